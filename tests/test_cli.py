@@ -1,0 +1,131 @@
+"""The CLI end to end: exit codes, stdin, stdout for data, stderr for people, fast start-up."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tierline.cli import main
+
+from .conftest import EXAMPLES, write_jsonl
+
+
+def results(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def feed_stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+class TestClassify:
+    def test_examples_all_classified(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Every example job comes back with a tier, a why and a confidence; exit 0."""
+        assert main(["classify", str(EXAMPLES / "jobs.jsonl")]) == 0
+        out = results(capsys.readouterr().out)
+        assert len(out) == len((EXAMPLES / "jobs.jsonl").read_text().splitlines()) >= 25
+        assert {o["tier"] for o in out} == {1, 2, 3}
+        assert all(isinstance(o["why"], str) and o["why"] for o in out)
+
+    def test_stdin_and_bad_lines(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """'-' reads stdin; a bad line is reported in place and the exit code is 1."""
+        feed_stdin(
+            monkeypatch,
+            b'{"id": "a", "prompt": "Summarize: hi"}\n{"id": 3.5}\n{"id": "b", "prompt": "x", "tier": 3}\n',
+        )
+        assert main(["classify", "-"]) == 1
+        captured = capsys.readouterr()
+        out = results(captured.out)
+        assert [o.get("tier") for o in out] == [1, None, 3]
+        assert out[1]["status"] == "invalid" and "-:2" in out[1]["error"]["message"]  # type: ignore[index]
+        assert "1 invalid line" in captured.err
+
+    def test_output_file_is_written_atomically(self, tmp_path: Path) -> None:
+        """-o writes the file and leaves no .partial behind."""
+        jobs = write_jsonl(tmp_path / "j.jsonl", ['{"id": "a", "prompt": "What is 2+2?"}'])
+        assert main(["classify", str(jobs), "-o", str(tmp_path / "out.jsonl"), "-q"]) == 0
+        assert len(results((tmp_path / "out.jsonl").read_text())) == 1
+        assert not (tmp_path / "out.jsonl.partial").exists()
+
+    def test_classify_output_feeds_run_as_override(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """classify's output is valid input: its tier field parses as an override."""
+        from tierline.jobs import Job, read_jobs
+
+        jobs = write_jsonl(
+            tmp_path / "j.jsonl", ['{"id": "a", "prompt": "Prove that sqrt(2) is irrational."}']
+        )
+        main(["classify", str(jobs), "-o", str(tmp_path / "c.jsonl")])
+        [job] = list(read_jobs([str(tmp_path / "c.jsonl")]))
+        assert isinstance(job, Job) and job.tier == 3
+
+
+class TestErrors:
+    def test_missing_input_file_is_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unreadable input is exit 2 with the path in a one-line message."""
+        assert main(["classify", "nope.jsonl"]) == 2
+        assert "cannot read nope.jsonl" in capsys.readouterr().err
+
+    def test_bad_config_is_exit_2_naming_file_and_key(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A config error stops before anything runs and says where."""
+        bad = tmp_path / "t.toml"
+        bad.write_text(
+            '[backends.x]\nkind = "llamacpp"\n[routes]\n1 = ["x"]\n2 = ["x"]\n3 = ["y"]\n',
+            encoding="utf-8",
+        )
+        jobs = write_jsonl(tmp_path / "j.jsonl", ['{"prompt": "x"}'])
+        assert main(["run", str(jobs), "--config", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and "routes.3: unknown backend 'y'" in err
+
+    def test_unknown_option_is_exit_2(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A usage error is exit 2."""
+        assert main(["run", "--no-such-flag", "x"]) == 2
+
+    def test_no_arguments_shows_help(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Bare `tierline` explains itself instead of failing silently."""
+        code = main([])
+        assert code in (0, 2)
+        assert "classify" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["classify"]])
+def test_help_is_useful(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command's --help describes it and its options."""
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage" in out and ("--output" in out or "classify" in out)
+
+
+def test_startup_does_not_import_sdks(tmp_path: Path) -> None:
+    """--help and classify import neither SDK nor llama.cpp (they cost seconds to import)."""
+    jobs = write_jsonl(tmp_path / "j.jsonl", ['{"prompt": "Summarize: a b c"}'])
+    code = (
+        "import sys, contextlib, io\n"
+        "from tierline.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help']); main(['classify', sys.argv[1]])\n"
+        "print(sorted(m for m in ('openai', 'anthropic', 'llama_cpp', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(jobs)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_python_dash_m_works() -> None:
+    """`python -m tierline` is the same CLI."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tierline", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "classify" in out.stdout

@@ -1,0 +1,126 @@
+"""The run loop with fake backends: one result per job, fallback, retries and the ledger."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tierline.config import config_from_mapping
+from tierline.dispatch.scheduler import run_jobs
+from tierline.errors import BackendConnectionError, BackendStatusError, BackendUnavailable
+from tierline.jobs import Result, jobs_from_lines
+from tierline.ledger.store import Ledger
+from tierline.testing import FakeBackend
+from tierline.tiering.pipeline import Tierer
+
+CONFIG = config_from_mapping(
+    {
+        "backends": {
+            "small": {"kind": "llamacpp", "max_attempts": 3},
+            "big": {"kind": "llamacpp", "max_attempts": 3},
+        },
+        "routes": {"1": ["small"], "2": ["small", "big"], "3": ["big"]},
+    },
+    origin="test",
+)
+
+LINES = [
+    '{"id": "a", "prompt": "Summarize: the cat sat.", "tier": 1}',
+    '{"id": "b", "prompt": "Write a Python function to merge intervals.", "tier": 2}',
+    "{not json",
+    '{"id": "c", "prompt": "Prove there are infinitely many primes.", "tier": 3}',
+    '{"id": "a", "prompt": "duplicate"}',
+]
+
+
+async def run(
+    lines: list[str], small: FakeBackend, big: FakeBackend, ledger: Ledger | None = None
+) -> tuple[list[Result], object]:
+    results: list[Result] = []
+    run_id = (
+        ledger.start_run(command="test", config_origin="test", inputs=["t"]) if ledger else None
+    )
+    summary = await run_jobs(
+        jobs_from_lines(lines, source="t.jsonl"),
+        config=CONFIG,
+        tierer=Tierer.from_config(CONFIG.tiering),
+        sink=results.append,
+        ledger=ledger,
+        run_id=run_id,
+        backends={"small": small, "big": big},
+    )
+    return results, summary
+
+
+async def test_one_result_per_input_line() -> None:
+    """Good jobs run on their tier's first backend; bad lines become errors in place."""
+    small, big = FakeBackend("small"), FakeBackend("big")
+    results, summary = await run(LINES, small, big)
+    by_line = {r.line: r for r in results}
+    assert sorted(by_line) == [1, 2, 3, 4, 5]
+    assert [by_line[n].status for n in (1, 2, 3, 4, 5)] == ["ok", "ok", "invalid", "ok", "invalid"]
+    assert (by_line[1].backend, by_line[2].backend, by_line[4].backend) == ("small", "small", "big")
+    assert by_line[1].output == "echo: Summarize: the cat sat."
+    assert "t.jsonl:3" in by_line[3].error["message"]  # type: ignore[index]
+    assert "duplicate id 'a'" in by_line[5].error["message"]  # type: ignore[index]
+    assert summary.tally.failed == 2 and int(summary.exit_code) == 1  # type: ignore[attr-defined]
+    assert len(small.calls) == 2 and len(big.calls) == 1
+
+
+async def test_unavailable_backend_falls_back_and_says_so() -> None:
+    """A backend that cannot serve hands the job to the next one; the route shows both."""
+    small = FakeBackend("small").enqueue(BackendUnavailable("no key for small"))
+    big = FakeBackend("big")
+    results, summary = await run([LINES[1]], small, big)
+    [result] = results
+    assert result.status == "ok" and result.backend == "big"
+    assert [(h["backend"], h["status"]) for h in result.route] == [
+        ("small", "unavailable"),
+        ("big", "ok"),
+    ]
+    assert summary.tally.fallbacks == 1  # type: ignore[attr-defined]
+
+
+async def test_retryable_errors_are_retried_then_succeed() -> None:
+    """A 429 with a short Retry-After is retried on the same backend."""
+    small = FakeBackend("small").enqueue(
+        BackendStatusError("slow down", status_code=429, retry_after=0.01), "fine"
+    )
+    results, _ = await run([LINES[0]], small, FakeBackend("big"))
+    assert results[0].status == "ok" and results[0].output == "fine" and results[0].attempts == 2
+
+
+async def test_permanent_error_fails_the_job_without_fallback() -> None:
+    """A 400 is the job's fault: no retry, no fallback, an error result naming the backend."""
+    small = FakeBackend("small").enqueue(BackendStatusError("bad request", status_code=400))
+    big = FakeBackend("big")
+    results, _ = await run([LINES[1]], small, big)
+    assert results[0].status == "error" and results[0].attempts == 1
+    assert "bad request" in results[0].error["message"] and big.calls == []  # type: ignore[index]
+
+
+async def test_dead_backend_exhausts_retries_then_falls_back() -> None:
+    """Connection failures on every attempt make the next backend take the job."""
+    refused = [BackendConnectionError("refused", retry_after=0.001)] * 3
+    small = FakeBackend("small").enqueue(*refused)
+    results, _ = await run([LINES[1]], small, FakeBackend("big"))
+    assert results[0].status == "ok" and results[0].backend == "big" and results[0].attempts == 4
+
+
+async def test_ledger_has_a_row_per_call(tmp_path: Path) -> None:
+    """Each dispatched call is a ledger row; invalid lines cost nothing and make none."""
+    with Ledger(tmp_path / "l.db") as ledger:
+        results, _ = await run(LINES, FakeBackend("small"), FakeBackend("big"), ledger)
+    rows = (
+        sqlite3.connect(tmp_path / "l.db")
+        .execute(
+            "SELECT job_id, backend, status, input_tokens, output_tokens FROM calls ORDER BY job_id"
+        )
+        .fetchall()
+    )
+    assert [r[:3] for r in rows] == [("a", "small", "ok"), ("b", "small", "ok"), ("c", "big", "ok")]
+    ok = {r.id: r for r in results if r.status == "ok"}
+    assert all(
+        row[3] == ok[row[0]].usage.input_tokens and row[4] == ok[row[0]].usage.output_tokens
+        for row in rows
+    )

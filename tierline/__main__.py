@@ -1,0 +1,3 @@
+from tierline.cli import cli_exit
+
+cli_exit()

@@ -1,0 +1,65 @@
+"""The tierline command line: the only part of tierline that prints.
+
+`main(argv) -> int` is the whole CLI; `cli_exit()` is the console script. Commands are thin:
+parse options, call one library function, map the outcome to an exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import ExitCode, TierlineError
+from . import classify, run
+from .output import err_console
+
+__all__ = ["app", "cli_exit", "main"]
+
+app = typer.Typer(
+    name="tierline",
+    help=(
+        "Tier batch LLM jobs and dispatch them to the cheapest backend that can do them well.\n\n"
+        "Reads JSONL jobs (files or '-' for stdin), writes one JSONL result per job to stdout "
+        "or -o, and keeps a cost ledger. Messages and the summary go to stderr."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    # API keys live in locals: never print them in a traceback.
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command(name="run")(run.run)
+app.command(name="classify")(classify.classify)
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("TIERLINE_DEBUG")) or "pytest" in sys.modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (README "Exit codes")."""
+    try:
+        app(args=argv, prog_name="tierline")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else ExitCode.USAGE)
+    except TierlineError as exc:
+        err_console.print(f"tierline: error: {exc}", markup=False, highlight=False)
+        return int(exc.exit_code)
+    except Exception as exc:
+        if _debug():
+            raise
+        err_console.print(
+            f"tierline: internal error: {type(exc).__name__}: {exc} "
+            "(set TIERLINE_DEBUG=1 for a traceback, and please report it)",
+            markup=False,
+            highlight=False,
+        )
+        return ExitCode.INTERNAL
+    return 0
+
+
+def cli_exit() -> None:
+    sys.exit(main())

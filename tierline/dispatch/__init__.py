@@ -1,0 +1,1 @@
+"""Dispatch: the backend protocol, backends, routing, retries and the run loop."""

@@ -1,0 +1,123 @@
+"""The one small backend protocol every backend implements.
+
+A backend takes a `Request` and returns a `Completion` carrying normalised `Usage`; it never
+returns raw SDK objects, and it raises only `tierline.errors.BackendError` subclasses, so the
+router and the single retry layer can treat every provider alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from typing_extensions import Self
+
+from ..jobs import Job, Message, Usage
+
+__all__ = ["Backend", "BaseBackend", "Completion", "Request", "request_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a backend is asked to do: provider-neutral, already resolved against defaults."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int
+    system: str | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+    # {"type": "json_object"} or {"type": "json_object", "schema": {...}} or OpenAI's
+    # {"type": "json_schema", "json_schema": {"name", "schema", "strict"?}}; each adapter
+    # translates it to what its server understands.
+    response_format: Mapping[str, Any] | None = None
+    job_id: str | None = None
+
+    @property
+    def json_schema(self) -> Mapping[str, Any] | None:
+        rf = self.response_format
+        if not rf:
+            return None
+        if rf.get("type") == "json_schema":
+            schema = (rf.get("json_schema") or {}).get("schema")
+        else:
+            schema = rf.get("schema")
+        return schema if isinstance(schema, Mapping) else None
+
+    def openai_messages(self) -> list[dict[str, str]]:
+        """Messages in Chat Completions form, system prompt first."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        out.extend({"role": m.role, "content": m.content} for m in self.messages)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A backend's answer."""
+
+    text: str
+    finish_reason: str  # "stop", "length", "refusal", ... (provider values normalised)
+    usage: Usage
+    model: str  # the model the provider says answered
+    request_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One configured destination for requests (an in-process model, a server, an API)."""
+
+    name: str
+    model: str
+
+    async def complete(self, request: Request) -> Completion:
+        """Answer one request or raise a BackendError."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients, threads and models."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def request_for(job: Job, *, max_tokens: int, temperature: float | None) -> Request:
+    """The request for a job, its own settings first, then the given defaults."""
+    return Request(
+        messages=job.messages,
+        system=job.system,
+        max_tokens=job.max_tokens or max_tokens,
+        temperature=job.temperature if job.temperature is not None else temperature,
+        stop=job.stop,
+        response_format=job.response_format,
+        job_id=job.id,
+    )
+
+
+class BaseBackend:
+    """Shared plumbing for backends: async-context-manager support around `aclose`."""
+
+    name: str
+    model: str
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

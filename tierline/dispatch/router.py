@@ -1,0 +1,146 @@
+"""Routing: each tier maps to an ordered chain of backends; a backend that cannot serve hands the
+job to the next one in its chain. Every hop is recorded, so nothing is silently downgraded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config
+from ..errors import BackendConnectionError, BackendError, BackendUnavailable
+from .base import Backend, Completion, Request
+from .registry import create_backend
+from .retry import Attempted, call_with_retry
+
+__all__ = ["Hop", "Outcome", "Router"]
+
+
+@dataclass(slots=True)
+class Hop:
+    """One backend tried for a job."""
+
+    backend: str
+    model: str
+    status: str  # "ok", "error", "unavailable"
+    attempts: int
+    latency_s: float
+    error: str | None = None
+    completion: Completion | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "model": self.model,
+            "status": self.status,
+            "attempts": self.attempts,
+            "latency_s": round(self.latency_s, 4),
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Everything that happened to one job's request across its route."""
+
+    hops: list[Hop] = field(default_factory=list)
+
+    @property
+    def final(self) -> Hop | None:
+        return self.hops[-1] if self.hops else None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.hops) and self.hops[-1].status == "ok"
+
+    @property
+    def attempts(self) -> int:
+        return sum(h.attempts for h in self.hops)
+
+    @property
+    def fell_back(self) -> bool:
+        return len(self.hops) > 1
+
+
+class Router:
+    """Creates backends lazily and sends each request along its tier's chain."""
+
+    def __init__(self, config: Config, backends: Mapping[str, Backend] | None = None) -> None:
+        """`backends` supplies ready-made backends by name (tests, library users)."""
+        self.config = config
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._limits: dict[str, asyncio.Semaphore] = {
+            name: asyncio.Semaphore(config.backends[name].max_concurrency)
+            for name in self._backends
+        }
+
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = create_backend(name, self.config.backends[name])
+            self._limits[name] = asyncio.Semaphore(self.config.backends[name].max_concurrency)
+        return self._backends[name]
+
+    def chain(self, tier: int) -> list[str]:
+        return list(self.config.routes[tier])  # type: ignore[index]
+
+    def max_tokens_for(self, name: str) -> int:
+        return self.config.backends[name].max_tokens or self.config.defaults.max_tokens
+
+    async def dispatch(self, tier: int, build: Any) -> Outcome:
+        """Send the request built by `build(max_tokens)` along the tier's chain."""
+        outcome = Outcome()
+        for name in self.chain(tier):
+            hop = await self._try(name, build(self.max_tokens_for(name)))
+            outcome.hops.append(hop)
+            if hop.status != "unavailable":
+                break
+        return outcome
+
+    async def _try(self, name: str, request: Request) -> Hop:
+        config = self.config.backends[name]
+        started = time.perf_counter()
+        try:
+            backend = self.backend(name)
+            async with self._limits[name]:
+                completion, attempts = await call_with_retry(
+                    lambda: backend.complete(request), max_attempts=config.max_attempts
+                )
+        except BackendUnavailable as exc:
+            return Hop(
+                name, _model_of(config), "unavailable", 0, time.perf_counter() - started, str(exc)
+            )
+        except Attempted as exc:
+            # A backend that never answered (refused, reset, timed out) after every retry
+            # cannot serve now: the next backend in the chain gets the job.
+            unavailable = isinstance(exc.error, (BackendConnectionError, BackendUnavailable))
+            status = "unavailable" if unavailable else "error"
+            message = str(exc.error) if isinstance(exc.error, BackendError) else repr(exc.error)
+            return Hop(
+                name,
+                _model_of(config),
+                status,
+                exc.attempts,
+                time.perf_counter() - started,
+                message,
+            )
+        return Hop(
+            name,
+            completion.model,
+            "ok",
+            attempts,
+            time.perf_counter() - started,
+            completion=completion,
+        )
+
+    async def aclose(self) -> None:
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            await backend.aclose()
+
+
+def _model_of(config: Any) -> str:
+    return str(getattr(config, "model", None) or getattr(config, "model_name", None) or config.kind)

@@ -1,0 +1,253 @@
+"""The run loop: stream jobs, tier them, dispatch with a bounded number in flight, and hand each
+result to a sink as it completes. Memory is bounded by the in-flight window, not the input size."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..errors import ExitCode
+from ..jobs import InvalidLine, Job, Result, ResultWriter, Usage, read_jobs
+from ..ledger.pricing import price_call
+from ..ledger.store import CallRecord, Ledger
+from ..tiering.pipeline import Tierer
+from .base import Backend, request_for
+from .router import Hop, Outcome, Router
+
+__all__ = ["RunSummary", "Tally", "run_files", "run_jobs"]
+
+Sink = Callable[[Result], None]
+
+DEFAULT_NOTE = "embedded default config (no tierline.toml): every tier runs on the local model"
+
+
+@dataclass
+class Tally:
+    """Counts for the summary line, kept as results stream past."""
+
+    jobs: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    by_tier: Counter[int] = field(default_factory=Counter)
+    by_backend: Counter[str] = field(default_factory=Counter)
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    fallbacks: int = 0
+
+    def add(self, result: Result) -> None:
+        self.jobs += 1
+        self.by_status[result.status] += 1
+        if result.tier is not None:
+            self.by_tier[result.tier] += 1
+        if result.backend:
+            self.by_backend[result.backend] += 1
+        self.usage = self.usage + result.usage
+        if result.cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += result.cost_usd
+        if len(result.route) > 1:
+            self.fallbacks += 1
+
+    @property
+    def failed(self) -> int:
+        return self.jobs - self.by_status["ok"]
+
+
+@dataclass
+class RunSummary:
+    run_id: str | None
+    config_origin: str
+    tally: Tally
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.tally.by_status["skipped_budget"]:
+            return ExitCode.BUDGET
+        return ExitCode.OK if self.tally.failed == 0 else ExitCode.JOBS_FAILED
+
+
+def _hop_error(outcome: Outcome) -> dict[str, str]:
+    hop = outcome.final
+    if hop is None:
+        return {"type": "no_backend", "message": "no backend in the route"}
+    kind = "backend_unavailable" if hop.status == "unavailable" else "backend_error"
+    tried = " -> ".join(h.backend for h in outcome.hops)
+    return {"type": kind, "message": f"{hop.error} (tried: {tried})"}
+
+
+class _Dispatcher:
+    def __init__(
+        self, config: Config, router: Router, ledger: Ledger | None, run_id: str | None
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.ledger = ledger
+        self.run_id = run_id
+
+    def _record(self, job: Job, tier: int, hop: Hop) -> float | None:
+        completion = hop.completion
+        usage = completion.usage if completion else Usage()
+        cost: float | None
+        if completion is None:
+            cost, source = 0.0, "not billed (no answer)"
+        else:
+            cost, source = price_call(self.config.backends[hop.backend], completion.model, usage)
+        if self.ledger is not None and self.run_id is not None and hop.attempts:
+            self.ledger.record_call(
+                self.run_id,
+                CallRecord(
+                    job.id,
+                    tier,
+                    hop.backend,
+                    hop.model,
+                    hop.status,
+                    usage,
+                    cost,
+                    source,
+                    hop.latency_s,
+                    hop.attempts,
+                    hop.error,
+                ),
+            )
+        return cost
+
+    async def __call__(self, job: Job, tierer: Tierer) -> Result:
+        vote = tierer(job)
+        defaults = self.config.defaults
+        outcome = await self.router.dispatch(
+            vote.tier,
+            lambda max_tokens: request_for(
+                job, max_tokens=max_tokens, temperature=defaults.temperature
+            ),
+        )
+        costs = [self._record(job, vote.tier, hop) for hop in outcome.hops]
+        known = [c for c in costs if c is not None]
+        route = [h.as_dict() for h in outcome.hops]
+        if self.config.is_default and route:
+            route[-1]["note"] = DEFAULT_NOTE
+        final = outcome.final
+        completion = final.completion if final else None
+        return Result(
+            id=job.id,
+            line=job.line,
+            source=job.source,
+            status="ok" if outcome.ok else "error",
+            tier=vote.tier,
+            why=vote.why,
+            confidence=round(vote.confidence, 3),
+            backend=final.backend if final else None,
+            model=final.model if final else None,
+            output=completion.text if completion else None,
+            finish_reason=completion.finish_reason if completion else None,
+            usage=completion.usage if completion else Usage(),
+            cost_usd=None if len(known) < len(costs) else round(sum(known), 8),
+            latency_s=sum(h.latency_s for h in outcome.hops),
+            attempts=outcome.attempts,
+            route=route,
+            error=None if outcome.ok else _hop_error(outcome),
+            metadata=job.metadata,
+        )
+
+
+async def run_jobs(
+    items: Iterable[Job | InvalidLine],
+    *,
+    config: Config,
+    tierer: Tierer,
+    sink: Sink,
+    ledger: Ledger | None = None,
+    run_id: str | None = None,
+    max_in_flight: int | None = None,
+    read_in_thread: bool = False,
+    backends: Mapping[str, Backend] | None = None,
+) -> RunSummary:
+    """Dispatch every job; call `sink` once per input item, in completion order."""
+    started = time.perf_counter()
+    router = Router(config, backends)
+    dispatcher = _Dispatcher(config, router, ledger, run_id)
+    tally = Tally()
+    window = max_in_flight or min(
+        1024, sum(b.max_concurrency for b in config.backends.values()) * 2
+    )
+    slots = asyncio.Semaphore(window)
+    pending: set[asyncio.Task[None]] = set()
+
+    def emit(result: Result) -> None:
+        tally.add(result)
+        sink(result)
+
+    async def one(job: Job) -> None:
+        try:
+            emit(await dispatcher(job, tierer))
+        finally:
+            slots.release()
+
+    iterator = iter(items)
+    sentinel = object()
+    try:
+        while True:
+            # A pipe on stdin may block: read it on a thread so in-flight calls keep moving.
+            item = (
+                await asyncio.to_thread(next, iterator, sentinel)
+                if read_in_thread
+                else next(iterator, sentinel)
+            )
+            if item is sentinel:
+                break
+            if isinstance(item, InvalidLine):
+                emit(Result.invalid(item))
+                continue
+            assert isinstance(item, Job)
+            await slots.acquire()
+            task = asyncio.create_task(one(item))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+    finally:
+        for task in pending:
+            task.cancel()
+        await router.aclose()
+    notes = [DEFAULT_NOTE] if config.is_default else []
+    return RunSummary(run_id, config.origin, tally, time.perf_counter() - started, notes)
+
+
+async def run_files(
+    inputs: list[str],
+    *,
+    config: Config,
+    writer: ResultWriter,
+    ledger_path: Path,
+    command: str = "run",
+    on_result: Sink | None = None,
+) -> RunSummary:
+    """A whole run: read the inputs, dispatch, write results, and keep the ledger."""
+    with Ledger(ledger_path) as ledger:
+        run_id = ledger.start_run(command=command, config_origin=config.origin, inputs=inputs)
+
+        def sink(result: Result) -> None:
+            writer.write(result.to_dict())
+            if on_result is not None:
+                on_result(result)
+
+        summary = await run_jobs(
+            read_jobs(inputs),
+            config=config,
+            tierer=Tierer.from_config(config.tiering),
+            sink=sink,
+            ledger=ledger,
+            run_id=run_id,
+            read_in_thread="-" in inputs,
+        )
+        t = summary.tally
+        status = "ok" if t.failed == 0 else "failed"
+        ledger.finish_run(run_id, jobs=t.jobs, ok=t.by_status["ok"], failed=t.failed, status=status)
+    return summary

@@ -1,0 +1,1 @@
+"""Tiering: which tier each job belongs to, and why."""
