@@ -1,0 +1,44 @@
+"""Fixtures for the fake-server tests: each fake is started per test and always stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tierline.testing.servers import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM
+from tierline.testing.servers.spec import OpenAISpec, SpecMissing
+
+from fakehelpers import KEY
+
+
+@pytest.fixture
+def oai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def ant() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def vllm() -> Iterator[FakeVLLM]:
+    with FakeVLLM(model="m") as srv:
+        yield srv
+
+
+@pytest.fixture
+def llama() -> Iterator[FakeLlamaServer]:
+    with FakeLlamaServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def spec() -> OpenAISpec:
+    try:
+        return OpenAISpec.load()
+    except SpecMissing as exc:
+        pytest.skip(f"OpenAI OpenAPI spec not available: {exc}")
