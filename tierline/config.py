@@ -31,6 +31,8 @@ __all__ = [
     "LlamaCppBackendConfig",
     "OpenAIBackendConfig",
     "OpenAICompatibleBackendConfig",
+    "config_from_mapping",
+    "config_from_toml",
     "data_dir",
     "embedded_default",
     "find_config_path",
@@ -216,14 +218,21 @@ def load_config(explicit: str | None = None) -> Config:
     if path is None:
         return embedded_default()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    return config_from_toml(text, origin=str(path))
+
+
+def config_from_toml(text: str, *, origin: str) -> Config:
+    """Parse and validate TOML text; errors name the origin."""
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return config_from_mapping(data, origin=str(path))
+        raise ConfigError(f"{origin}: invalid TOML: {exc}") from None
+    return config_from_mapping(data, origin=origin)
 
 
 def config_from_mapping(data: Mapping[str, Any], *, origin: str) -> Config:

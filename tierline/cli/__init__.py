@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ..errors import ExitCode, TierlineError
-from . import classify, run
+from . import classify, init, run
 from .output import err_console
 
 __all__ = ["app", "cli_exit", "main"]
@@ -32,6 +32,7 @@ app = typer.Typer(
 )
 app.command(name="run")(run.run)
 app.command(name="classify")(classify.classify)
+app.command(name="init")(init.init)
 
 
 def _debug() -> bool:
