@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,10 +28,13 @@ else:  # pragma: no cover - exercised only on 3.10
 __all__ = [
     "AnthropicBackendConfig",
     "BackendConfig",
+    "BaselineConfig",
     "Config",
     "LlamaCppBackendConfig",
     "OpenAIBackendConfig",
     "OpenAICompatibleBackendConfig",
+    "PriceConfig",
+    "PricingConfig",
     "config_from_mapping",
     "config_from_toml",
     "data_dir",
@@ -40,11 +44,21 @@ __all__ = [
 ]
 
 Tier = Literal[1, 2, 3]
+Usd = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo like `max_concurency` must not be silently ignored.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceConfig(_Strict):
+    """A model's price in USD per million tokens (docs/costs.md)."""
+
+    input_per_mtok: Usd
+    output_per_mtok: Usd
+    cached_input_per_mtok: Usd | None = None  # cache reads; default: the input price
+    cache_write_per_mtok: Usd | None = None  # cache writes; default: the input price
 
 
 class _BackendBase(_Strict):
@@ -54,9 +68,15 @@ class _BackendBase(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 600.0
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # default for jobs that set none
+    price: PriceConfig | None = None  # overrides genai-prices for this backend
 
 
-class LlamaCppBackendConfig(_BackendBase):
+class _LocalPricing(_Strict):
+    # A self-hosted model costs what its hardware costs while busy (docs/costs.md).
+    gpu_hour_usd: Usd | None = None
+
+
+class LlamaCppBackendConfig(_BackendBase, _LocalPricing):
     """In-process llama-cpp-python. One model per backend; calls are serialised."""
 
     kind: Literal["llamacpp"]
@@ -69,7 +89,7 @@ class LlamaCppBackendConfig(_BackendBase):
     max_concurrency: Annotated[int, Field(ge=1, le=1)] = 1  # one Llama is not thread-safe
 
 
-class OpenAICompatibleBackendConfig(_BackendBase):
+class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing):
     """vLLM, llama.cpp llama-server, python -m llama_cpp.server, or any OpenAI-compatible URL."""
 
     kind: Literal["openai-compatible"]
@@ -158,12 +178,30 @@ class LedgerConfig(_Strict):
     path: str | None = None
 
 
+class PricingConfig(_Strict):
+    """Price overrides by model name, and the provider batch discount."""
+
+    models: dict[str, PriceConfig] = Field(default_factory=dict)
+    # OpenAI Batch and Anthropic Message Batches both bill 50%; used when genai-prices has no
+    # batch price for a model.
+    batch_discount: Annotated[Decimal, Field(ge=0, le=1)] = Decimal("0.5")
+
+
+class BaselineConfig(_Strict):
+    """What every job would have cost on one frontier model: the yardstick for savings."""
+
+    model: str = "claude-opus-4-6"
+    provider: str | None = "anthropic"  # a genai-prices provider id; None: infer from the model
+
+
 class Config(_Strict):
     backends: dict[str, BackendConfig]
     routes: dict[Tier, Annotated[list[str], Field(min_length=1)]]
     tiering: TieringConfig = Field(default_factory=TieringConfig)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     # Where the config came from: a path, or "embedded default". Not a TOML key.
     origin: str = Field(default="embedded default", exclude=True)
 
