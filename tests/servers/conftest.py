@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from fakehelpers import KEY
 
 from tierline.testing.servers import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM
 from tierline.testing.servers.spec import OpenAISpec, SpecMissing
-
-from fakehelpers import KEY
 
 
 @pytest.fixture

@@ -38,26 +38,47 @@ def create(c: anthropic.Anthropic, **kwargs: object) -> anthropic.types.Message:
 class TestMessages:
     def test_response_shape_and_headers(self, ant: FakeAnthropic, c: anthropic.Anthropic) -> None:
         """A message has the documented shape, a request-id and RFC 3339 rate-limit resets."""
-        raw = c.messages.with_raw_response.create(model="claude-test", max_tokens=200, messages=PROMPT)  # type: ignore[arg-type]
+        raw = c.messages.with_raw_response.create(
+            model="claude-test", max_tokens=200, messages=PROMPT
+        )  # type: ignore[arg-type]
         body = json.loads(raw.http_response.content)
-        assert body["type"] == "message" and body["role"] == "assistant" and body["id"].startswith("msg_")
+        assert (
+            body["type"] == "message"
+            and body["role"] == "assistant"
+            and body["id"].startswith("msg_")
+        )
         assert body["stop_reason"] == "end_turn" and body["stop_sequence"] is None
-        assert set(body["usage"]) >= {"input_tokens", "output_tokens", "cache_creation_input_tokens",
-                                      "cache_read_input_tokens", "cache_creation", "service_tier"}
+        assert set(body["usage"]) >= {
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "cache_creation",
+            "service_tier",
+        }
         assert raw.headers["request-id"].startswith("req_")
         for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
             assert int(raw.headers[f"anthropic-ratelimit-{kind}-limit"]) > 0
-            reset = dt.datetime.fromisoformat(raw.headers[f"anthropic-ratelimit-{kind}-reset"].replace("Z", "+00:00"))
+            reset = dt.datetime.fromisoformat(
+                raw.headers[f"anthropic-ratelimit-{kind}-reset"].replace("Z", "+00:00")
+            )
             assert reset.tzinfo is not None
         sent = ant.requests[-1]
-        assert sent.headers["authorization"] == f"Bearer {KEY}" and sent.headers["anthropic-version"]
+        assert (
+            sent.headers["authorization"] == f"Bearer {KEY}" and sent.headers["anthropic-version"]
+        )
 
     def test_cache_accounting_matches_openai(self) -> None:
         """input + cache reads + cache writes equals OpenAI's prompt_tokens for the same prompt."""
         with FakeAnthropic(cache_read_tokens=4, cache_creation_tokens=2) as srv, client(srv) as c:
             usage = create(c).usage
-        with FakeOpenAI() as srv, openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as oc:
-            prompt_tokens = oc.chat.completions.create(model="m", messages=PROMPT).usage.prompt_tokens  # type: ignore[arg-type, union-attr]
+        with (
+            FakeOpenAI() as srv,
+            openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as oc,
+        ):
+            prompt_tokens = oc.chat.completions.create(
+                model="m", messages=PROMPT
+            ).usage.prompt_tokens  # type: ignore[arg-type, union-attr]
         assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (4, 2)
         assert usage.input_tokens + 4 + 2 == prompt_tokens
         assert usage.cache_creation and usage.cache_creation.ephemeral_5m_input_tokens == 2
@@ -83,8 +104,12 @@ class TestMessages:
     def test_x_api_key_and_any_version(self, ant: FakeAnthropic) -> None:
         """The old x-api-key form and any anthropic-version are accepted; no version is a 400."""
         body = {"model": "m", "max_tokens": 5, "messages": PROMPT}
-        status, headers, _ = http("POST", f"{ant.url}/v1/messages", body,
-                                  {"x-api-key": KEY, "anthropic-version": "2023-06-01"})
+        status, headers, _ = http(
+            "POST",
+            f"{ant.url}/v1/messages",
+            body,
+            {"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+        )
         assert status == 200 and headers["request-id"]
         status, _, raw = http("POST", f"{ant.url}/v1/messages", body, {"x-api-key": KEY})
         assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
@@ -102,15 +127,23 @@ class TestMessages:
             (529, anthropic.OverloadedError, "overloaded_error"),
         ],
     )
-    def test_errors(self, ant: FakeAnthropic, c: anthropic.Anthropic, status, exc, err_type) -> None:
+    def test_errors(
+        self, ant: FakeAnthropic, c: anthropic.Anthropic, status, exc, err_type
+    ) -> None:
         """Each status raises the SDK class; the body is {type:error, error:{type,message}, request_id}."""
         ant.enqueue_fault(status)
         with pytest.raises(exc) as info:
             create(c)
         body = info.value.body
         assert info.value.status_code == status
-        assert body["type"] == "error" and body["error"]["type"] == err_type and body["error"]["message"]
-        assert body["request_id"] == info.value.request_id == info.value.response.headers["request-id"]
+        assert (
+            body["type"] == "error"
+            and body["error"]["type"] == err_type
+            and body["error"]["message"]
+        )
+        assert (
+            body["request_id"] == info.value.request_id == info.value.response.headers["request-id"]
+        )
 
     def test_wrong_key(self, ant: FakeAnthropic) -> None:
         """A wrong key is a 401 authentication_error."""
@@ -144,15 +177,23 @@ class TestMessages:
 
     async def test_async_client(self, ant: FakeAnthropic) -> None:
         """The async SDK works against the fake."""
-        async with anthropic.AsyncAnthropic(base_url=ant.base_url, api_key=KEY, max_retries=0) as ac:
+        async with anthropic.AsyncAnthropic(
+            base_url=ant.base_url, api_key=KEY, max_retries=0
+        ) as ac:
             reply = await ac.messages.create(model="m", max_tokens=50, messages=PROMPT)  # type: ignore[arg-type]
         assert reply.content
 
 
 def requests(n: int, prefix: str = "r") -> list[dict[str, object]]:
     return [
-        {"custom_id": f"{prefix}{i}", "params": {"model": "m", "max_tokens": 50,
-                                                 "messages": [{"role": "user", "content": f"q{i}"}]}}
+        {
+            "custom_id": f"{prefix}{i}",
+            "params": {
+                "model": "m",
+                "max_tokens": 50,
+                "messages": [{"role": "user", "content": f"q{i}"}],
+            },
+        }
         for i in range(n)
     ]
 
@@ -173,8 +214,13 @@ class TestBatches:
         done = c.messages.batches.retrieve(batch.id)
         assert done.processing_status == "ended" and done.ended_at is not None
         assert done.results_url == f"{ant.url}/v1/messages/batches/{batch.id}/results"
-        assert done.request_counts.model_dump() == {"processing": 0, "succeeded": 9, "errored": 1, "canceled": 0,
-                                                   "expired": 0}
+        assert done.request_counts.model_dump() == {
+            "processing": 0,
+            "succeeded": 9,
+            "errored": 1,
+            "canceled": 0,
+            "expired": 0,
+        }
         results = list(c.messages.batches.results(batch.id))
         by_id = {r.custom_id: r.result for r in results}
         assert [r.custom_id for r in results] != [f"r{i}" for i in range(10)]
@@ -207,8 +253,11 @@ class TestBatches:
         batch = c.messages.batches.create(requests=requests(1))  # type: ignore[arg-type]
         with pytest.raises(anthropic.AnthropicError):
             list(c.messages.batches.results(batch.id))
-        status, _, _ = http("GET", f"{ant.url}/v1/messages/batches/{batch.id}/results",
-                            headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"})
+        status, _, _ = http(
+            "GET",
+            f"{ant.url}/v1/messages/batches/{batch.id}/results",
+            headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+        )
         assert status == 400
 
     @pytest.mark.parametrize(

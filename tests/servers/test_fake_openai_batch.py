@@ -15,7 +15,10 @@ URL = "/v1/chat/completions"
 
 
 def line(custom_id: str, *, url: str = URL, content: str | None = None) -> dict[str, object]:
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content or f"question {custom_id}"}]}
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": content or f"question {custom_id}"}],
+    }
     return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
 
 
@@ -48,7 +51,10 @@ class TestLifecycle:
         upload = c.files.create(file=("in.jsonl", jsonl([line(i) for i in ids])), purpose="batch")
         spec.validate(upload.model_dump(mode="json"), "OpenAIFile")
         batch = c.batches.create(
-            input_file_id=upload.id, endpoint=URL, completion_window="24h", metadata={"job": "nightly"}
+            input_file_id=upload.id,
+            endpoint=URL,
+            completion_window="24h",
+            metadata={"job": "nightly"},
         )
         spec.check_request(oai.requests[-1])
         seen = []
@@ -59,7 +65,11 @@ class TestLifecycle:
             oai.advance_batches()
         assert seen == ["validating", "in_progress", "finalizing", "completed"]
         done = c.batches.retrieve(batch.id)
-        assert done.request_counts and done.request_counts.model_dump() == {"total": 20, "completed": 20, "failed": 0}
+        assert done.request_counts and done.request_counts.model_dump() == {
+            "total": 20,
+            "completed": 20,
+            "failed": 0,
+        }
         assert done.created_at <= done.in_progress_at <= done.finalizing_at <= done.completed_at  # type: ignore[operator]
         assert done.expires_at == done.created_at + 86_400
         assert done.metadata == {"job": "nightly"} and done.model == "gpt-4o-mini"
@@ -73,11 +83,17 @@ class TestLifecycle:
         out_file = c.files.retrieve(done.output_file_id or "")
         assert out_file.purpose == "batch_output"
         usage = done.usage
-        assert usage is not None and usage.total_tokens == usage.input_tokens + usage.output_tokens > 0
+        assert (
+            usage is not None and usage.total_tokens == usage.input_tokens + usage.output_tokens > 0
+        )
 
-    def test_scripted_line_failures_go_to_the_error_file(self, oai: FakeOpenAI, c: openai.OpenAI) -> None:
+    def test_scripted_line_failures_go_to_the_error_file(
+        self, oai: FakeOpenAI, c: openai.OpenAI
+    ) -> None:
         """A non-2xx line lands in the error file with its error body inside response."""
-        oai.script_batch_line("b", status=400, message="Invalid value: 'object'.", code="invalid_value")
+        oai.script_batch_line(
+            "b", status=400, message="Invalid value: 'object'.", code="invalid_value"
+        )
         oai.script_batch_line("c", Reply(content="scripted", finish_reason="length"))
         batch_id = submit(c, jsonl([line("a"), line("b"), line("c")]))
         done = oai.complete_batch(batch_id)
@@ -98,7 +114,9 @@ class TestLifecycle:
         assert got.status == "expired" and got.expired_at is not None
         output, errors = read_lines(c, got.output_file_id), read_lines(c, got.error_file_id)
         assert len(output) == len(errors) == 5 and not set(output) & set(errors)
-        assert all(r["response"] is None and r["error"]["code"] == "batch_expired" for r in errors.values())
+        assert all(
+            r["response"] is None and r["error"]["code"] == "batch_expired" for r in errors.values()
+        )
 
     def test_clock_past_expiry_expires(self, oai: FakeOpenAI, c: openai.OpenAI) -> None:
         """advance_time past expires_at makes the next advance expire the batch."""
@@ -125,7 +143,10 @@ class TestLifecycle:
 
     def test_auto_advance_on_retrieve(self) -> None:
         """auto_advance=True lets a poll loop reach 'completed' without test intervention."""
-        with FakeOpenAI(auto_advance=True) as srv, openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as c:
+        with (
+            FakeOpenAI(auto_advance=True) as srv,
+            openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as c,
+        ):
             batch_id = submit(c, jsonl([line("a")]))
             statuses = [c.batches.retrieve(batch_id).status for _ in range(4)]
         assert statuses == ["in_progress", "finalizing", "completed", "completed"]
@@ -134,7 +155,9 @@ class TestLifecycle:
         """The async SDK runs the same lifecycle."""
         async with openai.AsyncOpenAI(base_url=oai.base_url, api_key=KEY, max_retries=0) as ac:
             upload = await ac.files.create(file=("in.jsonl", jsonl([line("x")])), purpose="batch")
-            batch = await ac.batches.create(input_file_id=upload.id, endpoint=URL, completion_window="24h")
+            batch = await ac.batches.create(
+                input_file_id=upload.id, endpoint=URL, completion_window="24h"
+            )
             oai.complete_batch(batch.id)
             done = await ac.batches.retrieve(batch.id)
             content = await ac.files.content(done.output_file_id or "")
@@ -147,10 +170,16 @@ class TestValidation:
         [
             ([line("a"), line("a")], "duplicate_custom_id", 2),
             ([line("a"), line("b", url="/v1/embeddings")], "invalid_url", 2),
-            ([line("a"), {"custom_id": "b", "method": "GET", "url": URL, "body": {}}], "invalid_method", 2),
+            (
+                [line("a"), {"custom_id": "b", "method": "GET", "url": URL, "body": {}}],
+                "invalid_method",
+                2,
+            ),
         ],
     )
-    def test_invalid_lines_fail_the_batch(self, oai: FakeOpenAI, c: openai.OpenAI, spec, rows, code, line_no) -> None:
+    def test_invalid_lines_fail_the_batch(
+        self, oai: FakeOpenAI, c: openai.OpenAI, spec, rows, code, line_no
+    ) -> None:
         """Invalid input makes the batch 'failed' with errors naming code and line."""
         batch_id = submit(c, jsonl(rows))
         oai.advance_batches()
@@ -172,9 +201,10 @@ class TestValidation:
 
     def test_too_many_lines_and_bytes(self) -> None:
         """More lines (or bytes) than the limits fail validation."""
-        with FakeOpenAI(max_batch_requests=2, max_batch_file_bytes=10_000) as srv, openai.OpenAI(
-            base_url=srv.base_url, api_key="k", max_retries=0
-        ) as c:
+        with (
+            FakeOpenAI(max_batch_requests=2, max_batch_file_bytes=10_000) as srv,
+            openai.OpenAI(base_url=srv.base_url, api_key="k", max_retries=0) as c,
+        ):
             many = srv.complete_batch(submit(c, jsonl([line(str(i)) for i in range(3)])))
             big = srv.complete_batch(submit(c, jsonl([line("a", content="x" * 20_000)])))
         assert many["status"] == big["status"] == "failed"

@@ -28,12 +28,16 @@ class TestCompletions:
     def test_response_matches_spec_and_headers(self, oai: FakeOpenAI, spec) -> None:
         """A completion is spec-valid, carries request id, Go-style rate-limit resets and timing."""
         with client(oai) as c:
-            raw = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+            raw = c.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=MESSAGES
+            )
         body = json.loads(raw.content)
         spec.validate(body, "CreateChatCompletionResponse", strict_nulls=True)
         assert raw.headers["x-request-id"].startswith("req_")
         assert raw.parse()._request_id == raw.headers["x-request-id"]
-        assert int(raw.headers["x-ratelimit-remaining-requests"]) < int(raw.headers["x-ratelimit-limit-requests"])
+        assert int(raw.headers["x-ratelimit-remaining-requests"]) < int(
+            raw.headers["x-ratelimit-limit-requests"]
+        )
         for kind in ("requests", "tokens"):
             assert GO_DURATION.match(raw.headers[f"x-ratelimit-reset-{kind}"])
         assert raw.headers["openai-processing-ms"].isdigit()
@@ -42,7 +46,9 @@ class TestCompletions:
     def test_sdk_request_matches_spec(self, oai: FakeOpenAI, spec) -> None:
         """The recorded SDK request validates as CreateChatCompletionRequest."""
         with client(oai) as c:
-            c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=50, temperature=0)
+            c.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_completion_tokens=50, temperature=0
+            )
         recorded = oai.requests[-1]
         assert spec.check_request(recorded) == "CreateChatCompletionRequest"
         assert recorded.headers["authorization"] == f"Bearer {KEY}"
@@ -53,7 +59,9 @@ class TestCompletions:
         with client(oai) as c:
             first = c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
             again = c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
-            other = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            other = c.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
         assert first.choices[0].message.content == again.choices[0].message.content
         assert first.choices[0].message.content != other.choices[0].message.content
         assert "Summarise the plot" in (first.choices[0].message.content or "")
@@ -76,14 +84,23 @@ class TestCompletions:
                 "label": {"type": "string", "enum": ["spam", "ham"]},
                 "score": {"type": "number", "minimum": 0, "maximum": 1},
                 "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
-                "meta": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
+                "meta": {
+                    "type": "object",
+                    "properties": {"ok": {"type": "boolean"}},
+                    "required": ["ok"],
+                },
             },
             "required": ["label", "score", "tags", "meta"],
             "additionalProperties": False,
         }
-        fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}
+        fmt = {
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": schema, "strict": True},
+        }
         with client(oai) as c:
-            reply = c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, response_format=fmt)  # type: ignore[arg-type]
+            reply = c.chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, response_format=fmt
+            )  # type: ignore[arg-type]
             plain = c.chat.completions.create(
                 model="gpt-4o-mini", messages=MESSAGES, response_format={"type": "json_object"}
             )
@@ -96,10 +113,15 @@ class TestCompletions:
         oai.enqueue_reply(content="")
         oai.enqueue_reply(Reply(refusal="I can't help with that."))
         with client(oai) as c:
-            got = [c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices[0] for _ in range(4)]
+            got = [
+                c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).choices[0]
+                for _ in range(4)
+            ]
         assert (got[0].message.content, got[0].finish_reason) == ("partial", "length")
         assert got[1].message.content == ""
-        assert got[2].message.content is None and got[2].message.refusal == "I can't help with that."
+        assert (
+            got[2].message.content is None and got[2].message.refusal == "I can't help with that."
+        )
         assert got[3].finish_reason == "stop" and got[3].message.content
 
     def test_max_tokens_truncates(self, oai: FakeOpenAI) -> None:
@@ -124,11 +146,18 @@ class TestCompletions:
     async def test_async_aiohttp_client(self, oai: FakeOpenAI) -> None:
         """The SDK's aiohttp transport handles many concurrent requests."""
         async with openai.AsyncOpenAI(
-            base_url=oai.base_url, api_key=KEY, max_retries=0, http_client=openai.DefaultAioHttpClient()
+            base_url=oai.base_url,
+            api_key=KEY,
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),
         ) as c:
             replies = await asyncio.gather(
-                *(c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": str(i)}])
-                  for i in range(40))
+                *(
+                    c.chat.completions.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": str(i)}]
+                    )
+                    for i in range(40)
+                )
             )
         assert len({r.choices[0].message.content for r in replies}) == 40
         assert oai.request_count == 40
@@ -139,25 +168,37 @@ class TestErrors:
         ("status", "exc", "err_type", "code"),
         [
             (400, openai.BadRequestError, "invalid_request_error", None),
-            (403, openai.PermissionDeniedError, "invalid_request_error", "unsupported_country_region_territory"),
+            (
+                403,
+                openai.PermissionDeniedError,
+                "invalid_request_error",
+                "unsupported_country_region_territory",
+            ),
             (409, openai.ConflictError, "invalid_request_error", None),
             (429, openai.RateLimitError, "requests", "rate_limit_exceeded"),
             (500, openai.InternalServerError, "server_error", None),
             (503, openai.InternalServerError, "server_error", None),
         ],
     )
-    def test_status_maps_to_sdk_exception(self, oai: FakeOpenAI, spec, status, exc, err_type, code) -> None:
+    def test_status_maps_to_sdk_exception(
+        self, oai: FakeOpenAI, spec, status, exc, err_type, code
+    ) -> None:
         """Each injected status raises the SDK's class with the error body's type and code."""
         oai.enqueue_fault(status)
         with client(oai) as c, pytest.raises(exc) as info:
             c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
         assert info.value.status_code == status
         assert (info.value.type, info.value.code) == (err_type, code)
-        spec.validate(info.value.body and {"error": info.value.body}, "ErrorResponse", strict_nulls=True)
+        spec.validate(
+            info.value.body and {"error": info.value.body}, "ErrorResponse", strict_nulls=True
+        )
 
     def test_auth(self, oai: FakeOpenAI) -> None:
         """A wrong key is 'invalid_api_key'; a missing key is 401 too."""
-        with client(oai, api_key="sk-wrong") as c, pytest.raises(openai.AuthenticationError) as info:
+        with (
+            client(oai, api_key="sk-wrong") as c,
+            pytest.raises(openai.AuthenticationError) as info,
+        ):
             c.models.list()
         assert info.value.code == "invalid_api_key"
         status, _, body = http("GET", f"{oai.base_url}/models")
@@ -168,7 +209,9 @@ class TestErrors:
         """Invalid bodies get 400s with OpenAI's param and code."""
         with client(oai) as c:
             with pytest.raises(openai.BadRequestError) as info:
-                c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, response_format={"type": "xml"})  # type: ignore[arg-type, typeddict-item]
+                c.chat.completions.create(
+                    model="gpt-4o-mini", messages=MESSAGES, response_format={"type": "xml"}
+                )  # type: ignore[arg-type, typeddict-item]
             assert (info.value.param, info.value.code) == ("response_format.type", "invalid_value")
             with pytest.raises(openai.BadRequestError) as info:
                 c.post("/chat/completions", body={"model": "gpt-4o-mini"}, cast_to=object)
@@ -176,7 +219,11 @@ class TestErrors:
 
     def test_unknown_model_when_strict(self) -> None:
         """strict_models=True answers 404 model_not_found."""
-        with FakeOpenAI(strict_models=True) as srv, client(srv) as c, pytest.raises(openai.NotFoundError) as info:
+        with (
+            FakeOpenAI(strict_models=True) as srv,
+            client(srv) as c,
+            pytest.raises(openai.NotFoundError) as info,
+        ):
             c.chat.completions.create(model="gpt-9", messages=MESSAGES)
         assert info.value.code == "model_not_found"
 
@@ -230,7 +277,10 @@ class TestFaults:
     def test_malformed_body(self, oai: FakeOpenAI) -> None:
         """A 200 with truncated JSON fails to decode in the SDK."""
         oai.enqueue_fault(kind="malformed")
-        with client(oai) as c, pytest.raises((json.JSONDecodeError, openai.APIResponseValidationError)):
+        with (
+            client(oai) as c,
+            pytest.raises((json.JSONDecodeError, openai.APIResponseValidationError)),
+        ):
             c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
     def test_slow_reply_times_out(self, oai: FakeOpenAI) -> None:
@@ -266,7 +316,10 @@ class TestFaults:
 
         def outcomes(seed: int) -> list[str]:
             mix = [Fault(status=429), Fault(status=500), Fault(kind="malformed")]
-            with FakeOpenAI(fault_rate=0.4, fault_mix=mix, seed=seed, record=False) as srv, client(srv) as c:
+            with (
+                FakeOpenAI(fault_rate=0.4, fault_mix=mix, seed=seed, record=False) as srv,
+                client(srv) as c,
+            ):
                 got = []
                 for _ in range(30):
                     try:

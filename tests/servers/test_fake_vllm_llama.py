@@ -14,7 +14,11 @@ from fakehelpers import KEY, http, parse_metrics
 from tierline.testing.servers import FakeLlamaCppPython, FakeLlamaServer, FakeVLLM
 
 MESSAGES = [{"role": "user", "content": "Classify: the parcel arrived broken."}]
-SCHEMA = {"type": "object", "properties": {"label": {"enum": ["ok", "broken"]}}, "required": ["label"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"enum": ["ok", "broken"]}},
+    "required": ["label"],
+}
 FORMAT = {"type": "json_schema", "json_schema": {"name": "c", "schema": SCHEMA}}
 QUEUE_FULL = {
     "message": "The engine is currently busy and cannot accept new requests. "
@@ -51,16 +55,22 @@ class TestVLLM:
     def test_chat_and_vllm_fields(self, vllm: FakeVLLM, spec) -> None:
         """A vLLM completion is OpenAI-shaped plus stop_reason, and honours json_schema."""
         with sdk(vllm) as c:
-            raw = c.chat.completions.with_raw_response.create(model="m", messages=MESSAGES, response_format=FORMAT)  # type: ignore[arg-type]
+            raw = c.chat.completions.with_raw_response.create(
+                model="m", messages=MESSAGES, response_format=FORMAT
+            )  # type: ignore[arg-type]
         body = json.loads(raw.content)
         spec.validate(body, "CreateChatCompletionResponse")
-        assert "stop_reason" in body["choices"][0] and body["usage"]["prompt_tokens_details"] is None
+        assert (
+            "stop_reason" in body["choices"][0] and body["usage"]["prompt_tokens_details"] is None
+        )
         jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), SCHEMA)
 
     def test_removed_guided_fields_are_ignored(self, vllm: FakeVLLM) -> None:
         """guided_json is ignored (plain text back); structured_outputs.json is honoured."""
         with sdk(vllm) as c:
-            plain = c.chat.completions.create(model="m", messages=MESSAGES, extra_body={"guided_json": SCHEMA})
+            plain = c.chat.completions.create(
+                model="m", messages=MESSAGES, extra_body={"guided_json": SCHEMA}
+            )
             shaped = c.chat.completions.create(
                 model="m", messages=MESSAGES, extra_body={"structured_outputs": {"json": SCHEMA}}
             )
@@ -107,10 +117,17 @@ class TestVLLM:
                 live = parse_metrics(http("GET", f"{srv.url}/metrics")[2].decode())
                 results = await asyncio.gather(*tasks)
         errors = [r for r in results if isinstance(r, openai.InternalServerError)]
-        assert len(errors) == 2 and all(e.status_code == 503 and e.body == QUEUE_FULL for e in errors)
+        assert len(errors) == 2 and all(
+            e.status_code == 503 and e.body == QUEUE_FULL for e in errors
+        )
         assert live["vllm:num_requests_running"] == 2 and live["vllm:num_requests_waiting"] == 1
         assert live["vllm:kv_cache_usage_perc"] == 1.0
-        assert live['vllm:admission_rejections_total{engine="0",model_name="m",reason="max_num_queued_reqs"}'] == 2
+        assert (
+            live[
+                'vllm:admission_rejections_total{engine="0",model_name="m",reason="max_num_queued_reqs"}'
+            ]
+            == 2
+        )
 
     def test_metric_override(self, vllm: FakeVLLM) -> None:
         """override_metric pins a gauge for backpressure tests."""
@@ -126,7 +143,9 @@ class TestLlamaServer:
         with FakeLlamaServer(loading_seconds=60) as srv:
             status, _, body = http("GET", f"{srv.url}/health")
             assert status == 503
-            assert json.loads(body) == {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+            assert json.loads(body) == {
+                "error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}
+            }
             with sdk(srv) as c, pytest.raises(openai.InternalServerError):
                 c.chat.completions.create(model="any", messages=MESSAGES)
             srv.finish_loading()
@@ -137,8 +156,10 @@ class TestLlamaServer:
         with FakeLlamaServer(n_parallel=2, latency_ms=200) as srv:
             async with async_sdk(srv) as c:
                 started = time.monotonic()
-                tasks = [asyncio.ensure_future(c.chat.completions.create(model="x", messages=MESSAGES))
-                         for _ in range(4)]
+                tasks = [
+                    asyncio.ensure_future(c.chat.completions.create(model="x", messages=MESSAGES))
+                    for _ in range(4)
+                ]
                 await asyncio.sleep(0.1)
                 live = parse_metrics(http("GET", f"{srv.url}/metrics")[2].decode())
                 slots = json.loads(http("GET", f"{srv.url}/slots")[2])
@@ -162,20 +183,31 @@ class TestLlamaServer:
                 reply = c.chat.completions.create(model="x", messages=MESSAGES, **form)  # type: ignore[call-overload]
                 jsonschema.validate(json.loads(reply.choices[0].message.content), SCHEMA)
             with pytest.raises(openai.BadRequestError) as info:
-                c.chat.completions.create(model="x", messages=MESSAGES, response_format={"type": "xml"})  # type: ignore[arg-type, typeddict-item]
+                c.chat.completions.create(
+                    model="x", messages=MESSAGES, response_format={"type": "xml"}
+                )  # type: ignore[arg-type, typeddict-item]
         assert info.value.body["code"] == 400 and info.value.body["type"] == "invalid_request_error"  # type: ignore[index]
 
     def test_llama_fields_and_auth(self) -> None:
         """Responses carry timings; auth takes Bearer or X-Api-Key; errors have int codes."""
         with FakeLlamaServer(api_key=KEY) as srv:
             with sdk(srv) as c:
-                raw = json.loads(c.chat.completions.with_raw_response.create(model="x", messages=MESSAGES).content)
+                raw = json.loads(
+                    c.chat.completions.with_raw_response.create(
+                        model="x", messages=MESSAGES
+                    ).content
+                )
             assert raw["timings"]["predicted_n"] == raw["usage"]["completion_tokens"]
             body = {"model": "x", "messages": MESSAGES}
-            assert http("POST", f"{srv.base_url}/chat/completions", body, {"X-Api-Key": KEY})[0] == 200
+            assert (
+                http("POST", f"{srv.base_url}/chat/completions", body, {"X-Api-Key": KEY})[0] == 200
+            )
             status, _, err = http("POST", f"{srv.base_url}/chat/completions", body)
             assert status == 401 and json.loads(err)["error"] == {
-                "code": 401, "message": "Invalid API Key", "type": "authentication_error"}
+                "code": 401,
+                "message": "Invalid API Key",
+                "type": "authentication_error",
+            }
             assert http("GET", f"{srv.url}/health")[0] == 200
 
 
@@ -186,7 +218,9 @@ class TestLlamaCppPython:
             with pytest.raises(openai.InternalServerError) as info:
                 c.chat.completions.create(model="x", messages=MESSAGES, response_format=FORMAT)  # type: ignore[arg-type]
             assert info.value.type == "internal_server_error" and srv.request_count == 3
-            ok = c.chat.completions.create(model="x", messages=MESSAGES, response_format={"type": "json_object"})
+            ok = c.chat.completions.create(
+                model="x", messages=MESSAGES, response_format={"type": "json_object"}
+            )
             assert isinstance(json.loads(ok.choices[0].message.content or ""), dict)
             assert ok.model == srv.models[0] and ok.usage and ok.usage.prompt_tokens_details is None
 
@@ -198,11 +232,17 @@ class TestLlamaCppPython:
             assert (status, json.loads(body)) == (401, {"detail": "Invalid API key"})
             async with async_sdk(srv) as c:
                 started = time.monotonic()
-                await asyncio.gather(*(c.chat.completions.create(model="x", messages=MESSAGES) for _ in range(3)))
+                await asyncio.gather(
+                    *(c.chat.completions.create(model="x", messages=MESSAGES) for _ in range(3))
+                )
                 assert time.monotonic() - started >= 0.3
 
     def test_context_length(self) -> None:
         """prompt + max_tokens over n_ctx is 400 context_length_exceeded."""
-        with FakeLlamaCppPython(n_ctx=64) as srv, sdk(srv) as c, pytest.raises(openai.BadRequestError) as info:
+        with (
+            FakeLlamaCppPython(n_ctx=64) as srv,
+            sdk(srv) as c,
+            pytest.raises(openai.BadRequestError) as info,
+        ):
             c.chat.completions.create(model="x", messages=MESSAGES, max_tokens=100)
         assert (info.value.code, info.value.param) == ("context_length_exceeded", "messages")

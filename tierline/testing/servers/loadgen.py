@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
     sys.stdout.write(json.dumps(result) + "\n")
     return 0 if result["errors"] == 0 else 1
 
