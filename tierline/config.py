@@ -69,6 +69,16 @@ class _BackendBase(_Strict):
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # default for jobs that set none
     price: PriceConfig | None = None  # overrides genai-prices for this backend
+    # Circuit breaker (docs/dispatch.md): this many consecutive failed attempts open it; after
+    # circuit_reset_s one probe request may go through.
+    circuit_failures: Annotated[int, Field(ge=1)] = 5
+    circuit_reset_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class _HTTPBackend(_Strict):
+    # The SDK's HTTP transport: "aiohttp" (default; scales to hundreds of connections) or the
+    # SDK's default "httpx" client (benchmarks/bench_dispatch.py compares them).
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
 
 
 class _LocalPricing(_Strict):
@@ -89,7 +99,7 @@ class LlamaCppBackendConfig(_BackendBase, _LocalPricing):
     max_concurrency: Annotated[int, Field(ge=1, le=1)] = 1  # one Llama is not thread-safe
 
 
-class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing):
+class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):
     """vLLM, llama.cpp llama-server, python -m llama_cpp.server, or any OpenAI-compatible URL."""
 
     kind: Literal["openai-compatible"]
@@ -99,6 +109,15 @@ class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing):
     api_key_env: str | None = None  # name of the environment variable holding the key
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 64
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    # Replicas (docs/dispatch.md): in-flight cap per base URL (default: max_concurrency), health
+    # probes of ejected replicas, and optional backpressure from each replica's /metrics.
+    max_in_flight_per_replica: Annotated[int, Field(ge=1)] | None = None
+    health_check: bool = True
+    health_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    metrics: bool = False
+    metrics_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    max_waiting: Annotated[int, Field(ge=0)] | None = None
+    max_kv_cache_usage: Annotated[float, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -111,7 +130,7 @@ class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing):
         return data
 
 
-class OpenAIBackendConfig(_BackendBase):
+class OpenAIBackendConfig(_BackendBase, _HTTPBackend):
     kind: Literal["openai"]
     model: str
     api_key_env: str = "OPENAI_API_KEY"
@@ -120,7 +139,7 @@ class OpenAIBackendConfig(_BackendBase):
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
-class AnthropicBackendConfig(_BackendBase):
+class AnthropicBackendConfig(_BackendBase, _HTTPBackend):
     kind: Literal["anthropic"]
     model: str
     api_key_env: str = "ANTHROPIC_API_KEY"

@@ -99,6 +99,9 @@ class BackendError(TierlineError):
     """
 
     retryable = False
+    # Set by a replicated backend when another replica can take the retry at once (a vLLM 503
+    # "engine busy", a refused connection): the retry layer then skips its backoff.
+    retry_elsewhere = False
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(redact(message))

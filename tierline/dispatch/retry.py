@@ -54,6 +54,8 @@ def backoff_delay(
 
 def _wait(state: RetryCallState) -> float:
     exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, BackendError) and exc.retry_elsewhere:
+        return 0.0  # another replica is free: waiting would only idle it
     retry_after = exc.retry_after if isinstance(exc, BackendError) else None
     return backoff_delay(state.attempt_number - 1, retry_after)
 
