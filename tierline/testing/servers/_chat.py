@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +17,7 @@ from tierline.testing.servers._content import Completion, Reply, resolve_complet
 from tierline.testing.servers._core import FakeServer, Routes, new_id
 
 JSON = Any
+_NO_SLOT: contextlib.nullcontext[None] = contextlib.nullcontext()
 Structured = tuple[Mapping[str, JSON] | None, bool]  # (json schema, plain json mode)
 
 
@@ -78,10 +79,9 @@ class ChatFake(FakeServer):
         """Refuse a valid request for capacity reasons (rate limits, a full queue), else None."""
         return None
 
-    @contextlib.asynccontextmanager
-    async def compute(self) -> AsyncIterator[None]:
+    def compute(self) -> contextlib.AbstractAsyncContextManager[object]:
         """Hold whatever the request needs while it 'runs' (slots on vLLM and llama-server)."""
-        yield
+        return _NO_SLOT
 
     def message_payload(self, completion: Completion) -> dict[str, JSON]:
         refused = completion.refusal is not None

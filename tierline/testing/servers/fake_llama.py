@@ -358,10 +358,8 @@ class FakeLlamaCppPython(ChatFake):
             f"Input should be 'text' or 'json_object' [type=literal_error, input_value='{kind}', input_type=str]",
         )
 
-    @contextlib.asynccontextmanager
-    async def compute(self) -> AsyncIterator[None]:
-        async with self.pool.slot():
-            yield
+    def compute(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self.pool.slot()
 
     def message_payload(self, completion: Completion) -> dict[str, JSON]:
         return {"role": "assistant", "content": completion.text}

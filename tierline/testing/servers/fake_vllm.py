@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -144,10 +144,8 @@ class FakeVLLM(ChatFake):
         self.counters["request_success"] += 1
         return None
 
-    @contextlib.asynccontextmanager
-    async def compute(self) -> AsyncIterator[None]:
-        async with self.pool.slot():
-            yield
+    def compute(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self.pool.slot()
 
     def message_payload(self, completion: Completion) -> dict[str, JSON]:
         return {
