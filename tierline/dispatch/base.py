@@ -62,6 +62,9 @@ class Completion:
     model: str  # the model the provider says answered
     request_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Rate-limit headers said a window is used up: send nothing more to this backend for this
+    # many seconds (0: no pause). The router's limiter acts on it.
+    pause_s: float = 0.0
 
 
 @runtime_checkable

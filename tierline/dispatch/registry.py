@@ -20,7 +20,30 @@ def _llamacpp(name: str, config: Any) -> Backend:
     return LlamaCppBackend(name, config)
 
 
-FACTORIES: dict[str, Factory] = {"llamacpp": _llamacpp}
+def _openai_compatible(name: str, config: Any) -> Backend:
+    from .openai_chat import openai_compatible
+
+    return openai_compatible(name, config)
+
+
+def _openai(name: str, config: Any) -> Backend:
+    from .openai_chat import openai_api
+
+    return openai_api(name, config)
+
+
+def _anthropic(name: str, config: Any) -> Backend:
+    from .anthropic import AnthropicBackend
+
+    return AnthropicBackend(name, config)
+
+
+FACTORIES: dict[str, Factory] = {
+    "llamacpp": _llamacpp,
+    "openai-compatible": _openai_compatible,
+    "openai": _openai,
+    "anthropic": _anthropic,
+}
 
 
 def register(kind: str, factory: Factory) -> None:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config
-from ..errors import BackendConnectionError, BackendError, BackendUnavailable
+from ..errors import BackendConnectionError, BackendError, BackendStatusError, BackendUnavailable
 from .base import Backend, Completion, Request
+from .limits import CircuitBreaker, RateLimiter, estimate_tokens
 from .registry import create_backend
 from .retry import Attempted, call_with_retry
 
-__all__ = ["Hop", "Outcome", "Router"]
+__all__ = ["Gate", "Hop", "Outcome", "Router"]
 
 
 @dataclass(slots=True)
@@ -66,6 +67,48 @@ class Outcome:
         return len(self.hops) > 1
 
 
+class Gate:
+    """What stands between requests and one backend: its concurrency cap, rpm/tpm limiter and
+    circuit breaker. Every attempt (retries included) passes through `call`."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Any,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.slots = asyncio.Semaphore(config.max_concurrency)
+        self.limiter = RateLimiter(rpm=config.rpm, tpm=config.tpm, clock=clock, sleep=sleep)
+        self.breaker = CircuitBreaker(
+            name, threshold=config.circuit_failures, reset_s=config.circuit_reset_s, clock=clock
+        )
+        self._counts_tokens = config.tpm is not None
+
+    async def call(self, backend: Backend, request: Request) -> Completion:
+        self.breaker.check()
+        estimate = estimate_tokens(request) if self._counts_tokens else 0
+        if self.limiter.active:
+            await self.limiter.acquire(estimate)
+        try:
+            completion = await backend.complete(request)
+        except BackendError as exc:
+            self.breaker.record(exc)
+            self.limiter.settle(estimate, 0)
+            if isinstance(exc, BackendStatusError) and exc.status_code == 429 and exc.retry_after:
+                # The quota is spent for everyone, not just this request: hold the backend.
+                self.limiter.pause(exc.retry_after)
+            raise
+        self.breaker.record(None)
+        if self._counts_tokens:
+            used = completion.usage.input_tokens + completion.usage.output_tokens
+            self.limiter.settle(estimate, used)
+        if completion.pause_s:
+            self.limiter.pause(completion.pause_s)
+        return completion
+
+
 class Router:
     """Creates backends lazily and sends each request along its tier's chain."""
 
@@ -73,15 +116,17 @@ class Router:
         """`backends` supplies ready-made backends by name (tests, library users)."""
         self.config = config
         self._backends: dict[str, Backend] = dict(backends or {})
-        self._limits: dict[str, asyncio.Semaphore] = {
-            name: asyncio.Semaphore(config.backends[name].max_concurrency)
-            for name in self._backends
-        }
+        self.gates: dict[str, Gate] = {}
+
+    def gate(self, name: str) -> Gate:
+        gate = self.gates.get(name)
+        if gate is None:
+            gate = self.gates[name] = Gate(name, self.config.backends[name])
+        return gate
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
             self._backends[name] = create_backend(name, self.config.backends[name])
-            self._limits[name] = asyncio.Semaphore(self.config.backends[name].max_concurrency)
         return self._backends[name]
 
     def chain(self, tier: int) -> list[str]:
@@ -105,9 +150,10 @@ class Router:
         started = time.perf_counter()
         try:
             backend = self.backend(name)
-            async with self._limits[name]:
+            gate = self.gate(name)
+            async with gate.slots:
                 completion, attempts = await call_with_retry(
-                    lambda: backend.complete(request), max_attempts=config.max_attempts
+                    lambda: gate.call(backend, request), max_attempts=config.max_attempts
                 )
         except BackendUnavailable as exc:
             return Hop(
