@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ..config import load_config
 from ..dispatch.scheduler import run_files
-from ..jobs import ResultWriter
+from ..errors import ExitCode
+from ..interrupts import DEFAULT_GRACE_S, Stop
 from ..ledger.store import default_ledger_path
+from ..resume import Journal, RunLock
+from ..shard import Shard
 from .options import ConfigPath, Inputs, LedgerPath, Output, Quiet
-from .output import print_summary, progress_bar
+from .output import err_console, print_summary, progress_bar
+
+ShardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Run only shard I of N (1-based; a stable hash of each job id), so N hosts or cron "
+        "entries can split one file. Merge their ledgers with `tierline ledger merge`.",
+    ),
+]
+Grace = Annotated[
+    float,
+    typer.Option(
+        "--grace",
+        min=0,
+        metavar="SECONDS",
+        help="On SIGINT/SIGTERM, let in-flight calls finish for this long before cancelling them.",
+    ),
+]
+Fresh = Annotated[
+    bool,
+    typer.Option(
+        "--fresh", help="Ignore the results of an interrupted attempt (-o PATH.partial); redo all."
+    ),
+]
 
 
 def run(
@@ -21,24 +50,62 @@ def run(
     config: ConfigPath = None,
     ledger: LedgerPath = None,
     quiet: Quiet = False,
+    shard: ShardOption = None,
+    grace: Grace = DEFAULT_GRACE_S,
+    fresh: Fresh = False,
 ) -> None:
     """Tier each job, dispatch it along its tier's route, write one result line per job.
 
-    Exit 0 when every job succeeded, 1 when some failed (each failure is in the results),
-    2 on a usage or config error, 3 when the budget stopped the run.
+    With -o, rerunning the same command after a crash or Ctrl-C resumes: jobs already done are
+    skipped. Exit 0 when every job succeeded, 1 when some failed (each failure is in the
+    results), 2 on a usage or config error, 3 when the budget stopped the run, 5 when another
+    run holds the output, 130/143 when interrupted by SIGINT/SIGTERM.
     """
     cfg = load_config(config)
     ledger_path = Path(ledger or cfg.ledger.path or default_ledger_path())
-    writer = ResultWriter(output)
-    try:
+    part = Shard.parse(shard) if shard else None
+    stop = Stop(grace_s=grace)
+    with RunLock(output), Journal(output, cfg, resume=not fresh) as journal:
         with progress_bar(inputs, quiet=quiet) as advance:
-            summary = asyncio.run(
-                run_files(
-                    inputs, config=cfg, writer=writer, ledger_path=ledger_path, on_result=advance
-                )
+            work = run_files(
+                inputs,
+                config=cfg,
+                writer=journal,
+                ledger_path=ledger_path,
+                on_result=advance,
+                select=lambda items: journal.select(part.select(items) if part else items),
+                stop=stop,
             )
-        writer.commit()
-    finally:
-        writer.close()
+            summary = asyncio.run(stop.guard(work))
+        if stop.exit_code is not None:
+            err_console.print(_resume_hint(stop, journal), markup=False)
+            raise typer.Exit(int(stop.exit_code))
+        stale = journal.commit()
+    _note_resume(summary.notes, journal, stale)
     print_summary(summary, quiet=quiet)
-    raise typer.Exit(int(summary.exit_code))
+    code = summary.exit_code
+    raise typer.Exit(int(ExitCode.JOBS_FAILED if code == 0 and journal.kept_failed else code))
+
+
+def _resume_hint(stop: Stop, journal: Journal) -> str:
+    name = "SIGINT" if stop.exit_code == ExitCode.INTERRUPTED else "SIGTERM"
+    if journal.partial is None:
+        return (
+            f"tierline: interrupted by {name} after {journal.count} result(s) on stdout; "
+            "runs on stdout do not resume (use -o PATH for that)"
+        )
+    done = journal.count + journal.kept
+    return (
+        f"tierline: interrupted by {name}; {done} result(s) saved in {journal.partial}; "
+        "rerun the same command to resume"
+    )
+
+
+def _note_resume(notes: list[str], journal: Journal, stale: int) -> None:
+    if journal.kept:
+        notes.append(
+            f"resumed: kept {journal.kept} result(s) of an interrupted attempt "
+            f"({journal.kept_failed} not ok); only the rest was dispatched"
+        )
+    if stale:
+        notes.append(f"dropped {stale} saved result(s) whose job is no longer in the input")

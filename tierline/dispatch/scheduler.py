@@ -9,10 +9,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from ..config import Config
 from ..errors import ExitCode
-from ..jobs import InvalidLine, Job, Result, ResultWriter, Usage, read_jobs
+from ..interrupts import Stop
+from ..jobs import InvalidLine, Job, Result, Usage, read_jobs
 from ..ledger.pricing import price_call
 from ..ledger.store import CallRecord, Ledger
 from ..tiering.pipeline import Tierer
@@ -22,6 +24,13 @@ from .router import Hop, Outcome, Router
 __all__ = ["RunSummary", "Tally", "run_files", "run_jobs"]
 
 Sink = Callable[[Result], None]
+
+
+class RecordWriter(Protocol):
+    """Where result records go: `jobs.ResultWriter` or `resume.Journal`."""
+
+    def write(self, record: Mapping[str, Any]) -> None: ...
+
 
 DEFAULT_NOTE = "embedded default config (no tierline.toml): every tier runs on the local model"
 
@@ -168,8 +177,13 @@ async def run_jobs(
     max_in_flight: int | None = None,
     read_in_thread: bool = False,
     backends: Mapping[str, Backend] | None = None,
+    stop: Stop | None = None,
 ) -> RunSummary:
-    """Dispatch every job; call `sink` once per input item, in completion order."""
+    """Dispatch every job; call `sink` once per input item, in completion order.
+
+    With `stop`, a stop request (SIGINT/SIGTERM) ends reading, and in-flight jobs get its grace
+    period before being cancelled; a cancelled job emits nothing (a resume redoes it).
+    """
     started = time.perf_counter()
     router = Router(config, backends)
     dispatcher = _Dispatcher(config, router, ledger, run_id)
@@ -200,17 +214,22 @@ async def run_jobs(
                 if read_in_thread
                 else next(iterator, sentinel)
             )
-            if item is sentinel:
+            if item is sentinel or (stop is not None and stop.requested):
                 break
             if isinstance(item, InvalidLine):
                 emit(Result.invalid(item))
                 continue
             assert isinstance(item, Job)
-            await slots.acquire()
+            if stop is None:
+                await slots.acquire()
+            elif not await stop.acquire(slots):
+                break
             task = asyncio.create_task(one(item))
             pending.add(task)
             task.add_done_callback(pending.discard)
-        if pending:
+        if pending and stop is not None:
+            await stop.drain(pending)
+        elif pending:
             await asyncio.gather(*pending)
     finally:
         for task in pending:
@@ -224,12 +243,18 @@ async def run_files(
     inputs: list[str],
     *,
     config: Config,
-    writer: ResultWriter,
+    writer: RecordWriter,
     ledger_path: Path,
     command: str = "run",
     on_result: Sink | None = None,
+    select: Callable[[Iterable[Job | InvalidLine]], Iterable[Job | InvalidLine]] | None = None,
+    stop: Stop | None = None,
 ) -> RunSummary:
-    """A whole run: read the inputs, dispatch, write results, and keep the ledger."""
+    """A whole run: read the inputs, dispatch, write results, and keep the ledger.
+
+    `select` filters the input stream (shards, jobs already done on resume); `stop` makes the
+    run stoppable by signals (see `run_jobs`).
+    """
     with Ledger(ledger_path) as ledger:
         run_id = ledger.start_run(command=command, config_origin=config.origin, inputs=inputs)
 
@@ -238,16 +263,20 @@ async def run_files(
             if on_result is not None:
                 on_result(result)
 
+        items: Iterable[Job | InvalidLine] = read_jobs(inputs)
         summary = await run_jobs(
-            read_jobs(inputs),
+            select(items) if select is not None else items,
             config=config,
             tierer=Tierer.from_config(config.tiering),
             sink=sink,
             ledger=ledger,
             run_id=run_id,
             read_in_thread="-" in inputs,
+            stop=stop,
         )
         t = summary.tally
         status = "ok" if t.failed == 0 else "failed"
+        if stop is not None and stop.requested:
+            status = "interrupted"
         ledger.finish_run(run_id, jobs=t.jobs, ok=t.by_status["ok"], failed=t.failed, status=status)
     return summary

@@ -1,0 +1,180 @@
+"""Resume: the key, the journal's recovery of a crashed attempt, and `tierline run` rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tierline.cli import main
+from tierline.config import config_from_toml, embedded_default
+from tierline.dispatch import registry
+from tierline.jobs import jobs_from_lines
+from tierline.resume import Journal, job_key, route_fingerprint
+from tierline.testing import FunctionBackend
+
+from .conftest import THREE_TIERS, Calls, jobs_file, read_results
+
+
+def one_job(line: str, source: str = "a.jsonl"):  # type: ignore[no-untyped-def]
+    [item] = jobs_from_lines([line], source=source)
+    return item
+
+
+class TestKey:
+    ROUTE = route_fingerprint(embedded_default())
+
+    def test_key_ignores_line_number_and_file(self) -> None:
+        """The same job at another line or in another file has the same key."""
+        first = one_job('{"id": "x", "prompt": "hi"}')
+        moved = next(iter(jobs_from_lines(["", "", '{"id": "x", "prompt": "hi"}'], "b.jsonl")))
+        assert first.line != moved.line
+        assert job_key(first, self.ROUTE) == job_key(moved, self.ROUTE)
+
+    @pytest.mark.parametrize(
+        "other",
+        [
+            '{"id": "x", "prompt": "hi!"}',
+            '{"id": "y", "prompt": "hi"}',
+            '{"id": "x", "prompt": "hi", "max_tokens": 5}',
+            '{"id": "x", "prompt": "hi", "metadata": {"k": 1}}',
+        ],
+    )
+    def test_key_changes_with_content(self, other: str) -> None:
+        """Any change to the job's content or id is a new key."""
+        base = one_job('{"id": "x", "prompt": "hi"}')
+        assert job_key(base, self.ROUTE) != job_key(one_job(other), self.ROUTE)
+
+    def test_field_order_does_not_matter(self) -> None:
+        """Keys hash canonical JSON: reordered fields are the same job."""
+        a = one_job('{"id": "x", "prompt": "hi", "tier": 2}')
+        b = one_job('{"tier": 2, "prompt": "hi", "id": "x"}')
+        assert job_key(a, self.ROUTE) == job_key(b, self.ROUTE)
+
+    def test_route_changes_with_model_not_with_concurrency(self) -> None:
+        """A new model or route redoes the work; new rate limits or timeouts do not."""
+        base = route_fingerprint(config_from_toml(THREE_TIERS, origin="t"))
+        ops = THREE_TIERS.replace('[backends.a]\nkind = "llamacpp"', '[backends.a]\nkind = "llamacpp"\ntimeout_s = 5\nmax_attempts = 2')
+        model = THREE_TIERS.replace('[backends.a]\nkind = "llamacpp"', '[backends.a]\nkind = "llamacpp"\nmodel_path = "other.gguf"')
+        route = THREE_TIERS.replace('1 = ["a"]', '1 = ["b"]')
+        assert route_fingerprint(config_from_toml(ops, origin="t")) == base
+        assert route_fingerprint(config_from_toml(model, origin="t")) != base
+        assert route_fingerprint(config_from_toml(route, origin="t")) != base
+
+
+def partial_of(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def crash_after(out: Path, keep: int, tail: bytes = b"") -> None:
+    """Turn a finished output back into what a crash after `keep` results leaves behind."""
+    lines = out.read_bytes().splitlines(keepends=True)
+    partial_of(out).write_bytes(b"".join(lines[:keep]) + tail)
+    out.unlink()
+
+
+class TestJournal:
+    def test_torn_and_garbage_lines_are_redone(self, tmp_path: Path) -> None:
+        """Only complete, final, keyed lines are kept; the rest of the file is rewritten away."""
+        cfg = embedded_default()
+        out = tmp_path / "o.jsonl"
+        items = list(jobs_from_lines([f'{{"id": "{i}", "prompt": "p"}}' for i in range(4)]))
+        with Journal(str(out), cfg) as journal:
+            for item in journal.select(items):
+                journal.write({"source": item.source, "line": item.line, "id": item.id, "status": "ok"})
+            journal.sync()
+        good = partial_of(out).read_bytes().splitlines(keepends=True)
+        cancelled = json.dumps({"status": "cancelled", "key": "0" * 32}).encode() + b"\n"
+        partial_of(out).write_bytes(good[0] + b"\x00\x00garbage\n" + good[1] + cancelled + good[2][:9])
+        with Journal(str(out), cfg) as journal:
+            todo = [item.id for item in journal.select(items)]  # type: ignore[union-attr]
+            assert todo == ["2", "3"] and journal.kept == 2
+        assert partial_of(out).read_bytes() == good[0] + good[1]
+
+    def test_stdout_never_resumes(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """On stdout there is no partial file and every job is selected."""
+        with Journal(None, embedded_default()) as journal:
+            items = list(jobs_from_lines(['{"id": 1, "prompt": "p"}']))
+            assert list(journal.select(items)) == items and journal.partial is None
+
+
+class TestRerun:
+    def test_rerun_after_crash_does_only_the_rest(
+        self, tmp_path: Path, calls: Calls, three_tiers: Path
+    ) -> None:
+        """A crash after 40 of 100 results, torn line included: the rerun calls 60, output has 100."""
+        jobs, out = jobs_file(tmp_path / "j.jsonl", 100), tmp_path / "out.jsonl"
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 0
+        crash_after(out, 40, tail=b'{"id": "j99", "status": "o')
+        calls.job_ids.clear()
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 0
+        results = read_results(out)
+        assert sorted(r["id"] for r in results) == sorted(f"j{i}" for i in range(100))
+        assert len(calls.job_ids) == 60 and not partial_of(out).exists()
+        assert {r["id"] for r in results[:40]}.isdisjoint(calls.job_ids)
+
+    def test_kept_failures_still_fail_the_exit_code(
+        self, tmp_path: Path, calls: Calls, three_tiers: Path
+    ) -> None:
+        """An invalid line kept from the first attempt still makes the resumed run exit 1."""
+        jobs = tmp_path / "j.jsonl"
+        jobs.write_text('{"id": "bad"}\n{"id": "good", "prompt": "p", "tier": 1}\n', encoding="utf-8")
+        out = tmp_path / "out.jsonl"
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 1
+        lines = out.read_bytes().splitlines(keepends=True)
+        crash_after(out, 1)  # the invalid line happens to be written first
+        assert b'"invalid"' in lines[0]
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 1
+        assert [r["status"] for r in read_results(out)] == ["invalid", "ok"]
+
+    def test_edited_input_drops_stale_results(
+        self, tmp_path: Path, calls: Calls, three_tiers: Path
+    ) -> None:
+        """Results of jobs no longer in the input are dropped: one line per current job."""
+        jobs, out = jobs_file(tmp_path / "j.jsonl", 10), tmp_path / "out.jsonl"
+        main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"])
+        crash_after(out, 10)
+        jobs_file(jobs, 10, start=5)  # j0..j4 are gone, j10..j14 are new
+        calls.job_ids.clear()
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 0
+        assert sorted(r["id"] for r in read_results(out)) == sorted(f"j{i}" for i in range(5, 15))
+        assert sorted(calls.job_ids) == sorted(f"j{i}" for i in range(10, 15))  # type: ignore[type-var]
+
+    def test_fresh_redoes_everything(self, tmp_path: Path, calls: Calls, three_tiers: Path) -> None:
+        """--fresh ignores an old partial file."""
+        jobs, out = jobs_file(tmp_path / "j.jsonl", 6), tmp_path / "out.jsonl"
+        main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"])
+        crash_after(out, 3)
+        calls.job_ids.clear()
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q", "--fresh"]) == 0
+        assert len(calls.job_ids) == 6 and len(read_results(out)) == 6
+
+    def test_resume_note_on_stderr(
+        self, tmp_path: Path, calls: Calls, three_tiers: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without --quiet the summary says how many results were kept."""
+        jobs, out = jobs_file(tmp_path / "j.jsonl", 6), tmp_path / "out.jsonl"
+        main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"])
+        crash_after(out, 4)
+        capsys.readouterr()
+        main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers)])
+        assert "resumed: kept 4 result(s)" in capsys.readouterr().err
+
+
+def test_output_appears_only_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, three_tiers: Path
+) -> None:
+    """While results are written, PATH does not exist; the rename makes it appear whole."""
+    jobs, out = jobs_file(tmp_path / "j.jsonl", 5), tmp_path / "out.jsonl"
+    seen: list[bool] = []
+
+    def answer(_request: object) -> str:
+        seen.append(out.exists())
+        return "ok"
+
+    monkeypatch.setitem(
+        registry.FACTORIES, "llamacpp", lambda name, _c: FunctionBackend(answer, name=name)
+    )
+    assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 0
+    assert len(seen) == 5 and not any(seen) and len(read_results(out)) == 5

@@ -1,0 +1,366 @@
+"""Crash-safe, resumable output: the resume key, the results journal and the run lock.
+
+A run writing to ``-o PATH`` keeps its results in ``PATH.partial``, one JSON line per job, each
+carrying its resume ``key``. Rerunning the same command after a crash, ``kill -9``, Ctrl-C or a
+power cut reads that file back, keeps every complete result and skips those jobs; only what was
+in flight is dispatched again. When the run ends the file is fsynced and renamed to ``PATH``, so
+a Makefile never sees a half-written file as complete. docs/reliability.md has the whole story.
+
+The resume key is a hash of the job's content (its parsed JSON and id, never its line number)
+and of the route fingerprint: the parts of the config that decide what answer a job gets
+(backends, routes, tiering, defaults), minus operational knobs such as concurrency, rate
+limits, timeouts, URLs and prices, which a user may well change before resuming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import orjson
+
+from .config import Config, data_dir
+from .errors import LockedError, UsageError
+from .jobs import InvalidLine, Job
+
+__all__ = [
+    "DONE_STATUSES",
+    "FSYNC_EVERY",
+    "FSYNC_INTERVAL_S",
+    "Journal",
+    "RunLock",
+    "job_key",
+    "route_fingerprint",
+]
+
+# fsync the partial file after this many results or this many seconds, whichever comes first,
+# and always at the end. Measured in docs/reliability.md: fsync per result costs ~40x more.
+FSYNC_EVERY = 256
+FSYNC_INTERVAL_S = 1.0
+
+# Results that count as done on resume. `pending` is a provider batch already paid for;
+# a budget-skipped or cancelled job cost nothing, so it is tried again.
+DONE_STATUSES = frozenset({"ok", "error", "invalid", "pending"})
+
+# Backend settings that change how a job is sent, not what answer it gets: changing them
+# between a crash and the resume keeps the work done.
+OPERATIONAL = frozenset(
+    {
+        "max_concurrency",
+        "rpm",
+        "tpm",
+        "timeout_s",
+        "max_attempts",
+        "base_url",
+        "base_urls",
+        "api_key_env",
+        "organization",
+        "n_threads",
+        "n_gpu_layers",
+        "price",
+        "gpu_hour_usd",
+    }
+)
+ANSWER_SECTIONS = ("backends", "routes", "tiering", "defaults")
+KEY_VERSION = b"tierline-resume-1\0"
+
+
+def route_fingerprint(config: Config) -> bytes:
+    """A digest of the config sections that decide a job's answer (see the module docstring)."""
+    data = config.model_dump(mode="json", include=set(ANSWER_SECTIONS))
+    data["backends"] = {
+        name: {k: v for k, v in backend.items() if k not in OPERATIONAL}
+        for name, backend in data.get("backends", {}).items()
+    }
+    canonical = orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(KEY_VERSION + canonical, digest_size=16).digest()
+
+
+def job_key(item: Job | InvalidLine, route: bytes) -> str:
+    """The resume key: 128-bit hex digest of the route fingerprint and the job's content.
+
+    An invalid line has no content to hash (it may not even be UTF-8), so its key is its place
+    and its error; it costs nothing to redo, the key only keeps it from being written twice.
+    """
+    h = hashlib.blake2b(route, digest_size=16)
+    if isinstance(item, Job):
+        h.update(b"job\0" + item.id.encode() + b"\0")
+        h.update(orjson.dumps(dict(item.raw), option=orjson.OPT_SORT_KEYS))
+    else:
+        place = f"{os.path.basename(item.source)}\0{item.line}\0{item.kind}\0{item.error}"
+        h.update(b"invalid\0" + place.encode())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    # The rename itself must reach the disk, or a power cut can bring the old name back.
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(end offset, line) for each newline-terminated line; a torn last line is not yielded."""
+    offset = 0
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                return
+            offset += len(line)
+            yield offset, line
+
+
+def _final(line: bytes) -> tuple[str, str] | None:
+    """(key, status) of a complete, final result line; None for anything else (torn, zeroed)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("status") not in DONE_STATUSES:
+        return None
+    key = record.get("key")
+    return (key, record["status"]) if isinstance(key, str) and len(key) == 32 else None
+
+
+class Journal:
+    """Writes result lines durably and remembers which jobs are done, for resume.
+
+    ``path`` None or ``-`` writes to stdout: nothing to resume from there (lines already sent
+    down a pipe cannot be taken back), so every run on stdout starts afresh.
+    """
+
+    def __init__(
+        self,
+        path: str | None,
+        config: Config,
+        *,
+        resume: bool = True,
+        fsync_every: int = FSYNC_EVERY,
+        fsync_interval_s: float = FSYNC_INTERVAL_S,
+    ) -> None:
+        self.path = None if path in (None, "-") else path
+        self.route = route_fingerprint(config)
+        self.fsync_every = fsync_every
+        self.fsync_interval_s = fsync_interval_s
+        self.count = 0
+        self.kept = 0  # jobs not dispatched again: their result from the last attempt was kept
+        self.kept_failed = 0  # of which failed or invalid
+        self._done: set[int] = set()  # keys (as ints: smaller than str) of kept results
+        self._failed: set[int] = set()  # the kept results that are not "ok"
+        self._keys: dict[tuple[str, int], str] = {}  # in flight: (source, line) -> key
+        self._unsynced = 0
+        self._synced_at = time.monotonic()
+        self._tmp: str | None = None
+        if self.path is None:
+            self._stream: IO[bytes] = sys.stdout.buffer
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise UsageError(f"cannot write {self.path}: directory {directory} does not exist")
+        self._tmp = f"{self.path}.partial"
+        if resume and os.path.exists(self._tmp):
+            self._recover(self._tmp)
+        self._stream = open(self._tmp, "ab" if resume else "wb")  # noqa: SIM115 - see close()
+
+    @property
+    def partial(self) -> str | None:
+        """The file results go to until the run ends (None on stdout)."""
+        return self._tmp
+
+    def _recover(self, tmp: str) -> None:
+        """Keep every complete final result of the last attempt; drop torn or non-final lines."""
+        keep_end, dropped = 0, False
+        for end, line in _complete_lines(tmp):
+            final = _final(line)
+            if final is None:
+                dropped = True
+                continue
+            if not dropped:
+                keep_end = end
+            self._done.add(int(final[0], 16))
+            if final[1] != "ok":
+                self._failed.add(int(final[0], 16))
+        if dropped:  # a bad line in the middle: rewrite without it
+            self._rewrite(tmp, lambda _key: True)
+        elif os.path.getsize(tmp) != keep_end:  # only a torn tail: cut it off
+            os.truncate(tmp, keep_end)
+
+    def _rewrite(self, tmp: str, keep: Callable[[str], bool]) -> int:
+        """Copy the final results whose key passes `keep` to a new file and swap it in."""
+        dropped = 0
+        new = f"{tmp}.resume"
+        with open(new, "wb") as out:
+            for _end, line in _complete_lines(tmp):
+                final = _final(line)
+                if final is not None and keep(final[0]):
+                    out.write(line)
+                else:
+                    dropped += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(new, tmp)
+        _fsync_dir(tmp)
+        return dropped
+
+    def select(self, items: Iterable[Job | InvalidLine]) -> Iterator[Job | InvalidLine]:
+        """Yield the items still to do; remember each one's key for `write`."""
+        for item in items:
+            key = job_key(item, self.route)
+            number = int(key, 16)
+            if number in self._done:
+                self._done.discard(number)  # what is left at the end matches no input
+                self.kept += 1
+                self.kept_failed += number in self._failed
+                continue
+            self._keys[(item.source, item.line)] = key
+            yield item
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one result line (with its key); fsync by the policy above."""
+        key = self._keys.pop((record["source"], record["line"]), None)
+        self._stream.write(orjson.dumps({**record, "key": key}, option=orjson.OPT_APPEND_NEWLINE))
+        self._stream.flush()  # one write(2) per result: a kill -9 loses nothing written
+        self.count += 1
+        self._unsynced += 1
+        if self._tmp is not None and (
+            self._unsynced >= self.fsync_every
+            or time.monotonic() - self._synced_at >= self.fsync_interval_s
+        ):
+            self.sync()
+
+    def sync(self) -> None:
+        """Make every line written so far durable (a no-op on stdout)."""
+        self._stream.flush()
+        if self._tmp is not None and not self._stream.closed:
+            os.fsync(self._stream.fileno())
+        self._unsynced, self._synced_at = 0, time.monotonic()
+
+    def commit(self) -> int:
+        """Sync and move the file into place; return how many stale results were dropped.
+
+        A kept result whose job is no longer in the input (the file was edited, or the shard
+        changed) is dropped, so the output holds exactly one line per input job.
+        """
+        self.sync()
+        if self._tmp is None or self.path is None:
+            return 0
+        self._stream.close()
+        stale, dropped = self._done, 0
+        if stale:
+            dropped = self._rewrite(self._tmp, lambda key: int(key, 16) not in stale)
+        os.replace(self._tmp, self.path)
+        _fsync_dir(self.path)
+        self._tmp = None
+        return dropped
+
+    def close(self) -> None:
+        """Sync and close without committing: the `.partial` file stays for the next attempt."""
+        if self._tmp is not None and not self._stream.closed:
+            self.sync()
+            self._stream.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _lock_path(output: str | None) -> str | None:
+    """Beside the output file; for stdout redirected to a file, in the data dir by its inode."""
+    if output not in (None, "-"):
+        return f"{output}.lock"
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (captured by a test harness)
+        return None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        return None  # a pipe or a terminal is this run's alone
+    return str(data_dir() / "locks" / f"stdout-{st.st_dev}-{st.st_ino}.lock")
+
+
+class RunLock:
+    """An advisory lock (flock) on the output, so two runs (say, overlapping cron entries)
+    never write the same file. The second one fails at once with `LockedError` (exit 5).
+
+    The lock file is removed on release; the inode check in `acquire` makes that safe against
+    a run that opened the file just before it was removed.
+    """
+
+    ATTEMPTS = 10
+
+    def __init__(self, output: str | None) -> None:
+        self.output = output
+        self.path = _lock_path(output)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self.path is None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no flock, no lock
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                what = self.output if self.output not in (None, "-") else "this output"
+                raise LockedError(
+                    f"{what} is being written by another tierline run ({holder}); "
+                    f"wait for it to finish or write elsewhere (lock: {self.path})"
+                ) from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                os.write(fd, f"pid {os.getpid()}, since {stamp}\n".encode())
+                self._fd = fd
+                return
+            os.close(fd)  # the holder removed it as we opened it: take the new one
+        raise LockedError(f"cannot take the lock {self.path}: it keeps changing")
+
+    def release(self) -> None:
+        if self._fd is None or self.path is None:
+            return
+        # Remove before unlocking: a waiter that opened the old file sees the inode change.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
