@@ -24,7 +24,7 @@ from .base import BaseBackend, Completion, Request
 from .limits import pause_from_headers
 from .openai_chat import decode
 from .probe import CheckResult, check_endpoint
-from .sdk import api_key, http_client, import_sdk, map_sdk_error
+from .sdk import api_key, http_client, import_sdk, map_sdk_error, post_json
 
 __all__ = ["AnthropicBackend", "parse_message"]
 
@@ -92,7 +92,7 @@ class AnthropicBackend(BaseBackend):
         )
 
     def body(self, request: Request) -> dict[str, JSON]:
-        """The `messages.create()` arguments for a request."""
+        """The JSON body of a Messages request."""
         # Messages takes the system prompt apart from the turns.
         system = [request.system] if request.system else []
         system += [m.content for m in request.messages if m.role == "system"]
@@ -120,8 +120,8 @@ class AnthropicBackend(BaseBackend):
     async def complete(self, request: Request) -> Completion:
         body = self.body(request)
         try:
-            raw = await self._client.messages.with_raw_response.create(**body)
-            data = decode(await raw.read(), self.name)
+            content, headers = await post_json(self._client, "/v1/messages", body)
+            data = decode(content, self.name)
             try:
                 completion = parse_message(data, self.model)
             except (KeyError, TypeError, AttributeError, ValueError):
@@ -130,7 +130,7 @@ class AnthropicBackend(BaseBackend):
                 ) from None
         except Exception as exc:
             raise map_sdk_error(exc, self._sdk, self.name) from None
-        pause = pause_from_headers(raw.headers)
+        pause = pause_from_headers(headers)
         return replace(completion, pause_s=pause) if pause else completion
 
     async def check(self) -> list[CheckResult]:

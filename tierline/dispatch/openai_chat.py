@@ -7,10 +7,9 @@ One adapter serves two kinds:
   `base_urls` are replicas, balanced by `ReplicaPool`.
 * `openai`: the OpenAI API itself (one endpoint, `max_completion_tokens`, no health probes).
 
-Requests go through `chat.completions.with_raw_response.create`: the SDK builds and sends the
-request (auth, headers, timeouts; its retries are off, ours are the only ones), and the raw
-response gives the rate-limit headers and a body decoded once with orjson instead of into
-pydantic models, which is most of the SDK's per-request CPU.
+Requests go through the SDK client's `post()` (see `sdk.post_json`): the SDK sends the request
+(auth, headers, timeouts; its retries are off, ours are the only ones); the raw response gives
+the rate-limit headers and a body decoded once with orjson.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from .base import BaseBackend, Completion, Request
 from .limits import pause_from_headers
 from .probe import CheckResult, check_endpoint
 from .replicas import PROBE_TIMEOUT_S, Backpressure, Replica, ReplicaPool
-from .sdk import api_key, http_client, import_sdk, map_sdk_error, root_url
+from .sdk import api_key, http_client, import_sdk, map_sdk_error, post_json, root_url
 
 __all__ = ["DIALECTS", "ChatCompletionsBackend", "Dialect", "parse_chat_completion"]
 
@@ -201,7 +200,7 @@ class ChatCompletionsBackend(BaseBackend):
         )
 
     def body(self, request: Request) -> dict[str, JSON]:
-        """The `create()` arguments for a request, in this server's dialect."""
+        """The JSON body of a request, in this server's dialect."""
         body: dict[str, JSON] = {
             "model": self.model,
             "messages": request.openai_messages(),
@@ -214,7 +213,7 @@ class ChatCompletionsBackend(BaseBackend):
         if request.response_format:
             body["response_format"] = self.dialect.response_format(request.response_format)
         if self._extra_body:
-            body["extra_body"] = self._extra_body
+            body.update(self._extra_body)  # vLLM's extras (top_k, chat_template_kwargs, ...)
         return body
 
     async def complete(self, request: Request) -> Completion:
@@ -222,8 +221,8 @@ class ChatCompletionsBackend(BaseBackend):
         replica = await self.pool.acquire()
         error: BackendError | None = None
         try:
-            raw = await replica.client.chat.completions.with_raw_response.create(**body)
-            data = decode(raw.content, self.name)
+            content, headers = await post_json(replica.client, "/chat/completions", body)
+            data = decode(content, self.name)
             try:
                 completion = parse_chat_completion(data, self.model)
             except (KeyError, IndexError, TypeError, ValueError, AttributeError):
@@ -235,7 +234,7 @@ class ChatCompletionsBackend(BaseBackend):
             raise error from None
         finally:
             self.pool.release(replica, error)
-        pause = pause_from_headers(raw.headers)
+        pause = pause_from_headers(headers)
         if pause:
             return replace(completion, pause_s=pause)
         return completion
