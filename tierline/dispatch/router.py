@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import BackendConnectionError, BackendError, BackendStatusError, BackendUnavailable
+from ..ledger.busy import BusyMeter, BusySpan
 from .base import Backend, Completion, Request
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens
 from .registry import create_backend
@@ -30,6 +31,7 @@ class Hop:
     latency_s: float
     error: str | None = None
     completion: Completion | None = None
+    busy_s: float = 0.0  # share of the backend's busy time, for gpu_hour_usd (ledger/busy.py)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -85,14 +87,18 @@ class Gate:
             name, threshold=config.circuit_failures, reset_s=config.circuit_reset_s, clock=clock
         )
         self._counts_tokens = config.tpm is not None
+        self.busy = BusyMeter()
 
-    async def call(self, backend: Backend, request: Request) -> Completion:
+    async def call(
+        self, backend: Backend, request: Request, span: BusySpan | None = None
+    ) -> Completion:
         self.breaker.check()
         estimate = estimate_tokens(request) if self._counts_tokens else 0
         if self.limiter.active:
             await self.limiter.acquire(estimate)
         try:
-            completion = await backend.complete(request)
+            answer = backend.complete(request)
+            completion = await (span.measure(answer) if span is not None else answer)
         except BackendError as exc:
             self.breaker.record(exc)
             self.limiter.settle(estimate, 0)
@@ -146,6 +152,12 @@ class Router:
         return outcome
 
     async def _try(self, name: str, request: Request) -> Hop:
+        span = self.gate(name).busy.span()
+        hop = await self._attempts(name, request, span)
+        hop.busy_s = span.seconds
+        return hop
+
+    async def _attempts(self, name: str, request: Request, span: BusySpan) -> Hop:
         config = self.config.backends[name]
         started = time.perf_counter()
         try:
@@ -153,7 +165,7 @@ class Router:
             gate = self.gate(name)
             async with gate.slots:
                 completion, attempts = await call_with_retry(
-                    lambda: gate.call(backend, request), max_attempts=config.max_attempts
+                    lambda: gate.call(backend, request, span), max_attempts=config.max_attempts
                 )
         except BackendUnavailable as exc:
             return Hop(

@@ -15,11 +15,13 @@ from ..config import Config
 from ..errors import ExitCode
 from ..interrupts import Stop
 from ..jobs import InvalidLine, Job, Result, Usage, read_jobs
-from ..ledger.pricing import price_call
-from ..ledger.store import CallRecord, Ledger
+from ..ledger.accounting import Accountant, JobCost, skipped_result
+from ..ledger.budget import Budget, Refusal
+from ..ledger.pricing import genai_prices_version, micros_to_usd
+from ..ledger.store import Ledger
 from ..tiering.pipeline import Tierer
 from .base import Backend, request_for
-from .router import Hop, Outcome, Router
+from .router import Outcome, Router
 
 __all__ = ["RunSummary", "Tally", "run_files", "run_jobs"]
 
@@ -93,52 +95,29 @@ def _hop_error(outcome: Outcome) -> dict[str, str]:
 
 
 class _Dispatcher:
-    def __init__(
-        self, config: Config, router: Router, ledger: Ledger | None, run_id: str | None
-    ) -> None:
+    def __init__(self, config: Config, router: Router, accountant: Accountant) -> None:
         self.config = config
         self.router = router
-        self.ledger = ledger
-        self.run_id = run_id
-
-    def _record(self, job: Job, tier: int, hop: Hop) -> float | None:
-        completion = hop.completion
-        usage = completion.usage if completion else Usage()
-        cost: float | None
-        if completion is None:
-            cost, source = 0.0, "not billed (no answer)"
-        else:
-            cost, source = price_call(self.config.backends[hop.backend], completion.model, usage)
-        if self.ledger is not None and self.run_id is not None and hop.attempts:
-            self.ledger.record_call(
-                self.run_id,
-                CallRecord(
-                    job.id,
-                    tier,
-                    hop.backend,
-                    hop.model,
-                    hop.status,
-                    usage,
-                    cost,
-                    source,
-                    hop.latency_s,
-                    hop.attempts,
-                    hop.error,
-                ),
-            )
-        return cost
+        self.accountant = accountant  # prices, ledger rows and the budget (tierline.ledger)
 
     async def __call__(self, job: Job, tierer: Tierer) -> Result:
         vote = tierer(job)
         defaults = self.config.defaults
-        outcome = await self.router.dispatch(
-            vote.tier,
-            lambda max_tokens: request_for(
-                job, max_tokens=max_tokens, temperature=defaults.temperature
-            ),
-        )
-        costs = [self._record(job, vote.tier, hop) for hop in outcome.hops]
-        known = [c for c in costs if c is not None]
+        chain = self.router.chain(vote.tier)
+        hold = await self.accountant.admit(job, chain, self.router.max_tokens_for)
+        if isinstance(hold, Refusal):
+            return skipped_result(job, vote.tier, vote.why, vote.confidence, hold)
+        cost: JobCost | None = None
+        try:
+            outcome = await self.router.dispatch(
+                vote.tier,
+                lambda max_tokens: request_for(
+                    job, max_tokens=max_tokens, temperature=defaults.temperature
+                ),
+            )
+            cost = self.accountant.record(job, vote.tier, outcome.hops)
+        finally:
+            self.accountant.settle(hold, cost)
         route = [h.as_dict() for h in outcome.hops]
         if self.config.is_default and route:
             route[-1]["note"] = DEFAULT_NOTE
@@ -157,7 +136,7 @@ class _Dispatcher:
             output=completion.text if completion else None,
             finish_reason=completion.finish_reason if completion else None,
             usage=completion.usage if completion else Usage(),
-            cost_usd=None if len(known) < len(costs) else round(sum(known), 8),
+            cost_usd=micros_to_usd(cost.micros),
             latency_s=sum(h.latency_s for h in outcome.hops),
             attempts=outcome.attempts,
             route=route,
@@ -178,6 +157,7 @@ async def run_jobs(
     read_in_thread: bool = False,
     backends: Mapping[str, Backend] | None = None,
     stop: Stop | None = None,
+    budget: Budget | None = None,
 ) -> RunSummary:
     """Dispatch every job; call `sink` once per input item, in completion order.
 
@@ -186,7 +166,8 @@ async def run_jobs(
     """
     started = time.perf_counter()
     router = Router(config, backends)
-    dispatcher = _Dispatcher(config, router, ledger, run_id)
+    accountant = Accountant(config, ledger=ledger, run_id=run_id, budget=budget)
+    dispatcher = _Dispatcher(config, router, accountant)
     tally = Tally()
     window = max_in_flight or min(
         1024, sum(b.max_concurrency for b in config.backends.values()) * 2
@@ -235,7 +216,7 @@ async def run_jobs(
         for task in pending:
             task.cancel()
         await router.aclose()
-    notes = [DEFAULT_NOTE] if config.is_default else []
+    notes = ([DEFAULT_NOTE] if config.is_default else []) + accountant.notes()
     return RunSummary(run_id, config.origin, tally, time.perf_counter() - started, notes)
 
 
@@ -249,6 +230,7 @@ async def run_files(
     on_result: Sink | None = None,
     select: Callable[[Iterable[Job | InvalidLine]], Iterable[Job | InvalidLine]] | None = None,
     stop: Stop | None = None,
+    max_cost_micros: int | None = None,
 ) -> RunSummary:
     """A whole run: read the inputs, dispatch, write results, and keep the ledger.
 
@@ -256,7 +238,14 @@ async def run_files(
     run stoppable by signals (see `run_jobs`).
     """
     with Ledger(ledger_path) as ledger:
-        run_id = ledger.start_run(command=command, config_origin=config.origin, inputs=inputs)
+        run_id = ledger.start_run(
+            command=command,
+            config_origin=config.origin,
+            inputs=inputs,
+            baseline_model=config.baseline.model,
+            max_cost_micros=max_cost_micros,
+            price_version=genai_prices_version(),
+        )
 
         def sink(result: Result) -> None:
             writer.write(result.to_dict())
@@ -273,10 +262,18 @@ async def run_files(
             run_id=run_id,
             read_in_thread="-" in inputs,
             stop=stop,
+            budget=None if max_cost_micros is None else Budget(max_cost_micros),
         )
         t = summary.tally
         status = "ok" if t.failed == 0 else "failed"
         if stop is not None and stop.requested:
             status = "interrupted"
-        ledger.finish_run(run_id, jobs=t.jobs, ok=t.by_status["ok"], failed=t.failed, status=status)
+        ledger.finish_run(
+            run_id,
+            jobs=t.jobs,
+            ok=t.by_status["ok"],
+            failed=t.failed,
+            status=status,
+            skipped_budget=t.by_status["skipped_budget"],
+        )
     return summary

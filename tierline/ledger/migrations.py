@@ -7,10 +7,11 @@ Applied names are recorded in `_tierline_migrations`.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
-__all__ = ["MIGRATIONS", "migrate"]
+__all__ = ["MIGRATIONS", "migrate", "transaction"]
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[Migration] = []
@@ -62,17 +63,63 @@ def m001_initial(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX calls_run ON calls(run_id)")
 
 
+@migration
+def m002_costs(conn: sqlite3.Connection) -> None:
+    """Price provenance, cache writes, batch, baseline (savings) and busy time; run totals."""
+    for column in (
+        "endpoint TEXT",  # the URL (or "in-process") that served the call
+        "cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+        "price_version TEXT",  # e.g. "genai-prices 0.2.3", or the config file for overrides
+        "batch INTEGER NOT NULL DEFAULT 0",  # 1: billed at the provider's batch discount
+        "baseline_micros INTEGER",  # the same usage on the baseline model
+        "busy_s REAL",  # share of the backend's busy time (gpu_hour_usd pricing)
+        "hop INTEGER NOT NULL DEFAULT 1",  # position in the tier's route (1 = first backend)
+    ):
+        conn.execute(f"ALTER TABLE calls ADD COLUMN {column}")
+    for column in (
+        "baseline_model TEXT",
+        "baseline_micros INTEGER NOT NULL DEFAULT 0",
+        "unpriced_calls INTEGER NOT NULL DEFAULT 0",  # calls with an unknown price (NULL cost)
+        "skipped_budget INTEGER NOT NULL DEFAULT 0",
+        "max_cost_micros INTEGER",  # the run's --max-cost, if any
+        "price_version TEXT",
+        "tierline_version TEXT",
+    ):
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    conn.execute("CREATE INDEX calls_created ON calls(created_at)")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taken up front so overlapping processes queue on busy_timeout.
+
+    The connection is in autocommit mode (isolation_level=None), where `with conn:` would not
+    open a transaction at all.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply every migration not yet applied; return the names applied now."""
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _tierline_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
     )
-    done = {row[0] for row in conn.execute("SELECT name FROM _tierline_migrations")}
     applied = []
     for step in MIGRATIONS:
-        if step.__name__ in done:
-            continue
-        with conn:  # one transaction per migration: all of it or none of it
+        # Checked inside the transaction: two processes opening a new ledger at once must not
+        # both apply the same migration.
+        with transaction(conn):
+            done = conn.execute(
+                "SELECT 1 FROM _tierline_migrations WHERE name = ?", (step.__name__,)
+            ).fetchone()
+            if done:
+                continue
             step(conn)
             conn.execute(
                 "INSERT INTO _tierline_migrations (name, applied_at) VALUES (?, ?)",

@@ -1,33 +1,43 @@
 """The ledger: a SQLite file with a row per run and a row per dispatched call.
 
-WAL mode and a busy timeout make it safe for overlapping cron runs and parallel shells. Money is
-stored as integer micro-dollars; a NULL cost means "price unknown", never "free".
+WAL mode and a busy timeout make it safe for overlapping cron runs and parallel shells: readers
+never block, and writers hold the lock only for short transactions. Calls are buffered and
+written in batches (every `FLUSH_EVERY` calls or `FLUSH_INTERVAL_S` seconds, and at run end), so
+a run at high concurrency does not pay one commit per call. Money is stored as integer
+micro-dollars; a NULL cost means "price unknown", never "free".
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import TracebackType
 
 from ..config import data_dir
 from ..jobs import Usage
-from .migrations import migrate
+from .migrations import migrate, transaction
 
-__all__ = ["CallRecord", "Ledger", "default_ledger_path", "to_micros"]
+__all__ = ["CallRecord", "Ledger", "default_ledger_path"]
 
 BUSY_TIMEOUT_MS = 30_000  # overlapping runs wait for each other's short write transactions
+FLUSH_EVERY = 256  # calls per write transaction
+FLUSH_INTERVAL_S = 1.0  # ... or at least this often, so `tierline ledger` sees a live run
 
 
 def default_ledger_path() -> Path:
     return data_dir() / "ledger.db"
 
 
-def to_micros(usd: float | None) -> int | None:
-    return None if usd is None else round(usd * 1_000_000)
+def _tierline_version() -> str | None:
+    try:
+        return version("tierline")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return None
 
 
 def _now() -> str:
@@ -44,15 +54,57 @@ class CallRecord:
     model: str
     status: str
     usage: Usage
-    cost_usd: float | None
+    cost_micros: int | None  # None: the price is unknown
     price_source: str | None
     latency_s: float
-    attempt: int = 1
+    attempt: int = 1  # attempts made on this backend (retries included)
     error: str | None = None
+    endpoint: str | None = None
+    price_version: str | None = None
+    batch: bool = False
+    baseline_micros: int | None = None
+    busy_s: float | None = None
+    hop: int = 1
+
+
+_INSERT = """INSERT INTO calls (run_id, job_id, tier, backend, model, status, input_tokens,
+    output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_micros,
+    price_source, price_version, batch, baseline_micros, busy_s, endpoint, latency_s, attempt,
+    hop, error, created_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+def _row(run_id: str, c: CallRecord, created_at: str) -> tuple[object, ...]:
+    u = c.usage
+    return (
+        run_id,
+        c.job_id,
+        c.tier,
+        c.backend,
+        c.model,
+        c.status,
+        u.input_tokens,
+        u.output_tokens,
+        u.cached_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+        c.cost_micros,
+        c.price_source,
+        c.price_version,
+        int(c.batch),
+        c.baseline_micros,
+        c.busy_s,
+        c.endpoint,
+        c.latency_s,
+        c.attempt,
+        c.hop,
+        c.error,
+        created_at,
+    )
 
 
 class Ledger:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, flush_every: int = FLUSH_EVERY) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,55 +114,80 @@ class Ledger:
         self.conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
         self.conn.execute("PRAGMA foreign_keys = ON")
         migrate(self.conn)
+        self.flush_every = flush_every
+        self._buffer: list[tuple[object, ...]] = []
+        self._flushed_at = time.monotonic()
 
-    def start_run(self, *, command: str, config_origin: str, inputs: list[str]) -> str:
+    def start_run(
+        self,
+        *,
+        command: str,
+        config_origin: str,
+        inputs: list[str],
+        baseline_model: str | None = None,
+        max_cost_micros: int | None = None,
+        price_version: str | None = None,
+    ) -> str:
         run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        with self.conn:
+        with transaction(self.conn):
             self.conn.execute(
-                "INSERT INTO runs (id, started_at, command, config_origin, inputs) VALUES (?, ?, ?, ?, ?)",
-                (run_id, _now(), command, config_origin, "\n".join(inputs)),
+                """INSERT INTO runs (id, started_at, command, config_origin, inputs,
+                   baseline_model, max_cost_micros, price_version, tierline_version)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    run_id,
+                    _now(),
+                    command,
+                    config_origin,
+                    "\n".join(inputs),
+                    baseline_model,
+                    max_cost_micros,
+                    price_version,
+                    _tierline_version(),
+                ),
             )
         return run_id
 
     def record_call(self, run_id: str, call: CallRecord) -> None:
-        u = call.usage
-        with self.conn:
-            self.conn.execute(
-                """INSERT INTO calls (run_id, job_id, tier, backend, model, status, input_tokens,
-                   output_tokens, cached_tokens, reasoning_tokens, cost_micros, price_source,
-                   latency_s, attempt, error, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    run_id,
-                    call.job_id,
-                    call.tier,
-                    call.backend,
-                    call.model,
-                    call.status,
-                    u.input_tokens,
-                    u.output_tokens,
-                    u.cached_tokens,
-                    u.reasoning_tokens,
-                    to_micros(call.cost_usd),
-                    call.price_source,
-                    call.latency_s,
-                    call.attempt,
-                    call.error,
-                    _now(),
-                ),
-            )
+        """Buffer one call; written with the next `flush()` (automatic every N calls or 1 s)."""
+        self._buffer.append(_row(run_id, call, _now()))
+        if (
+            len(self._buffer) >= self.flush_every
+            or time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S
+        ):
+            self.flush()
 
-    def finish_run(self, run_id: str, *, jobs: int, ok: int, failed: int, status: str) -> None:
-        with self.conn:
+    def flush(self) -> None:
+        """Write the buffered calls in one short transaction."""
+        self._flushed_at = time.monotonic()
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        with transaction(self.conn):
+            self.conn.executemany(_INSERT, rows)
+
+    def finish_run(
+        self, run_id: str, *, jobs: int, ok: int, failed: int, status: str, skipped_budget: int = 0
+    ) -> None:
+        self.flush()
+        with transaction(self.conn):
             self.conn.execute(
                 """UPDATE runs SET finished_at = ?, jobs = ?, ok = ?, failed = ?, status = ?,
-                   cost_micros = (SELECT COALESCE(SUM(cost_micros), 0) FROM calls WHERE run_id = ?)
+                   skipped_budget = ?,
+                   cost_micros = (SELECT COALESCE(SUM(cost_micros), 0) FROM calls WHERE run_id = ?),
+                   baseline_micros =
+                       (SELECT COALESCE(SUM(baseline_micros), 0) FROM calls WHERE run_id = ?),
+                   unpriced_calls = (SELECT COUNT(*) FROM calls
+                                     WHERE run_id = ? AND cost_micros IS NULL)
                    WHERE id = ?""",
-                (_now(), jobs, ok, failed, status, run_id, run_id),
+                (_now(), jobs, ok, failed, status, skipped_budget, run_id, run_id, run_id, run_id),
             )
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.flush()
+        finally:
+            self.conn.close()
 
     def __enter__(self) -> Ledger:
         return self

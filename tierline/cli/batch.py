@@ -1,0 +1,183 @@
+"""`tierline batch status|collect|cancel`: provider batches (OpenAI Batch, Anthropic Message
+Batches) submitted by `tierline run`; docs/batches.md is the guide.
+
+Also the helpers `run` uses for `--provider-batch` / `--wait` and for "the same command again".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..config import Config, load_config
+from ..dispatch import batch as batches
+from ..errors import ExitCode
+from ..jobs import dumps
+from ..ledger.store import default_ledger_path
+from .options import ConfigPath, LedgerPath, Quiet
+from .output import err_console
+
+__all__ = ["ProviderBatch", "Wait", "app", "batch_progress", "collect_same_command"]
+
+app = typer.Typer(
+    help="Provider batches (half price, done within 24 h): status, collect, cancel.",
+    no_args_is_help=True,
+)
+
+ProviderBatch = Annotated[
+    bool,
+    typer.Option(
+        "--provider-batch",
+        help="Send the jobs of every openai/anthropic backend through the provider's batch API "
+        '(50% off, done within 24 h); same as mode = "batch" on each of them.',
+    ),
+]
+Wait = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="Wait until the provider batches end and write their results (else exit 4 with "
+        "'pending' results, and collect later).",
+    ),
+]
+RunIds = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Run ids (default: every run with batches still open).", show_default=False
+    ),
+]
+
+
+def _ledger(ledger: str | None, cfg: Config) -> Path:
+    return Path(ledger or cfg.ledger.path or default_ledger_path())
+
+
+@contextmanager
+def batch_progress(*, quiet: bool) -> Iterator[Callable[[batches.Progress], None] | None]:
+    """A progress callback that draws on stderr while waiting (None when not a terminal)."""
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("[bold]batches"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.description}"), console=err_console) as bar:
+        task = bar.add_task("", total=None)
+
+        def show(p: batches.Progress) -> None:
+            states = ", ".join(f"{s}: {n}" for s, n in sorted(p.statuses.items()))
+            bar.update(task, total=p.requests, completed=p.done, description=states)
+
+        yield show
+
+
+def _stdout_line(record: dict[str, object]) -> None:
+    sys.stdout.buffer.write(dumps(record) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def _report(report: batches.CollectReport, *, quiet: bool) -> int:
+    code = report.exit_code
+    if not quiet or code != ExitCode.OK:
+        err_console.print(
+            f"tierline: batches: {report.collected} collected, {report.resubmitted} job(s) "
+            f"resubmitted; jobs: {report.ok} ok, {report.failed} failed, "
+            f"{report.pending} pending",
+            markup=False,
+        )
+    return int(code)
+
+
+def collect_same_command(
+    cfg: Config, ledger: Path, inputs: Sequence[str], output: str | None, *, wait: bool, quiet: bool
+) -> int | None:
+    """For `run`: when this command's batches are still open, collect them; the exit code."""
+    with batch_progress(quiet=quiet) as show:
+        report = asyncio.run(
+            batches.collect_same_command(cfg, ledger, inputs, output, wait=wait, on_progress=show)
+        )
+    return None if report is None else _report(report, quiet=quiet)
+
+
+@app.command()
+def status(
+    run_ids: RunIds = None,
+    config: ConfigPath = None,
+    ledger: LedgerPath = None,
+    every: Annotated[bool, typer.Option("--all", help="Collected batches too.")] = False,
+) -> None:
+    """List provider batches, asking each provider where it stands.
+
+    Exit 0 when nothing is pending, 4 when some batch has jobs still pending.
+    """
+    cfg = load_config(config)
+    rows = asyncio.run(batches.batch_status(cfg, _ledger(ledger, cfg), everything=every))
+    rows = [r for r in rows if not run_ids or r.batch.run_id in run_ids]
+    for r in rows:
+        b = r.batch
+        seen = "" if r.live else " (as last seen)"
+        counts = " ".join(f"{k}={v}" for k, v in b.counts.items())
+        where = r.submission.output if r.submission else "?"
+        err_console.print(
+            f"{b.run_id}  {b.backend}  {b.batch_id or '-'}  {b.status}{seen}  "
+            f"{b.requests} request(s)  {counts}  -> {where}",
+            markup=False,
+        )
+        if r.note or b.error:
+            err_console.print(f"  note: {r.note or b.error}", markup=False)
+    if not rows:
+        err_console.print("tierline: no provider batches pending", markup=False)
+    pending = any(r.batch.collected_at is None for r in rows)
+    raise typer.Exit(int(ExitCode.PENDING if pending else ExitCode.OK))
+
+
+@app.command()
+def collect(
+    run_ids: RunIds = None,
+    config: ConfigPath = None,
+    ledger: LedgerPath = None,
+    wait: Wait = False,
+    resubmit: Annotated[
+        bool,
+        typer.Option(
+            "--resubmit", help="Put jobs that never ran (expired, cancelled) into new batches."
+        ),
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fetch the results of ended batches into the results they belong to.
+
+    A results file has each pending line replaced by the job's final result; a run that wrote
+    to stdout gets the final lines on stdout. Exit 0 all ok, 1 some failed, 4 still pending.
+    """
+    cfg = load_config(config)
+    with batch_progress(quiet=quiet) as show:
+        report = asyncio.run(
+            batches.collect(
+                cfg,
+                _ledger(ledger, cfg),
+                run_ids or None,
+                wait=wait,
+                resubmit=resubmit,
+                on_progress=show,
+                stdout=_stdout_line,
+            )
+        )
+    raise typer.Exit(_report(report, quiet=quiet))
+
+
+@app.command()
+def cancel(
+    run_ids: RunIds = None,
+    config: ConfigPath = None,
+    ledger: LedgerPath = None,
+) -> None:
+    """Ask the providers to cancel open batches; what finished is kept (collect fetches it)."""
+    cfg = load_config(config)
+    count = asyncio.run(batches.cancel_batches(cfg, _ledger(ledger, cfg), run_ids or []))
+    err_console.print(f"tierline: asked to cancel {count} batch(es)", markup=False)
