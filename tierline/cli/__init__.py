@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ..errors import ExitCode, TierlineError
-from . import classify, init, run
+from . import backends, classify, init, run
 from .output import err_console
 
 __all__ = ["app", "cli_exit", "main"]
@@ -33,6 +33,7 @@ app = typer.Typer(
 app.command(name="run")(run.run)
 app.command(name="classify")(classify.classify)
 app.command(name="init")(init.init)
+app.add_typer(backends.app, name="backends")
 
 
 def _debug() -> bool:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..config import LlamaCppBackendConfig
 from ..errors import BackendError, BackendUnavailable
 from ..jobs import Usage
 from .base import BaseBackend, Completion, Request
+from .probe import CheckResult
 
 __all__ = [
     "EMBEDDED_MODEL_FILE",
@@ -161,6 +163,19 @@ class LlamaCppBackend(BaseBackend):
             model=self.model,
             request_id=raw.get("id"),
         )
+
+    async def check(self) -> list[CheckResult]:
+        """The model file is there and llama-cpp-python imports (loading it would take seconds)."""
+        base = CheckResult(self.name, "llamacpp", "in-process", self.model, False)
+        try:
+            path = self._path or default_model_path()
+            if importlib.util.find_spec("llama_cpp") is None:
+                raise BackendUnavailable(f"llama-cpp-python is not installed; {INSTALL_HINT}")
+        except BackendUnavailable as exc:
+            return [replace(base, detail=str(exc))]
+        if not path.is_file():
+            return [replace(base, model_present=False, detail=f"model file not found: {path}")]
+        return [replace(base, reachable=True, model_present=True, detail=str(path.name))]
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -1,15 +1,17 @@
-"""What `tierline backends check` reports per backend (or per replica of one)."""
+"""`tierline backends check`: per backend (per replica), reachable, key accepted, model served."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..errors import redact
+from ..config import Config
+from ..errors import BackendUnavailable, redact
 
-__all__ = ["CheckResult", "check_endpoint"]
+__all__ = ["CheckResult", "check_backends", "check_endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +69,26 @@ async def check_endpoint(
     present = model_listed(text)
     detail = "" if present is not False else "the server does not serve this model"
     return replace(found, auth=True, model_present=present, detail=detail)
+
+
+async def check_backends(config: Config, names: Sequence[str] | None = None) -> list[CheckResult]:
+    """Check every configured backend (or `names`), concurrently; one row per endpoint."""
+    from .registry import create_backend
+
+    async def one(name: str) -> list[CheckResult]:
+        backend_config = config.backends[name]
+        model = str(getattr(backend_config, "model", None) or backend_config.kind)
+        try:
+            backend = create_backend(name, backend_config)
+        except BackendUnavailable as exc:
+            return [CheckResult(name, backend_config.kind, "-", model, False, detail=str(exc))]
+        async with backend:
+            check = getattr(backend, "check", None)
+            if check is None:
+                return [CheckResult(name, backend_config.kind, "-", backend.model, True)]
+            results: list[CheckResult] = await check()
+            return results
+
+    chosen = list(names) if names is not None else list(config.backends)
+    rows = await asyncio.gather(*(one(name) for name in chosen))
+    return [row for group in rows for row in group]

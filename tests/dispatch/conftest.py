@@ -1,0 +1,58 @@
+"""Fixtures for dispatch tests: fake servers on 127.0.0.1 (always stopped) and config helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tierline.config import Config, config_from_mapping
+from tierline.testing.servers import FakeAnthropic, FakeOpenAI
+from tierline.testing.servers.spec import OpenAISpec, SpecMissing
+
+KEY = "sk-test-0123456789abcdef"
+ANT_KEY = "sk-ant-test-0123456789abcdef"
+
+
+def make_config(
+    backends: dict[str, dict[str, Any]], routes: dict[str, Any] | None = None
+) -> Config:
+    """A config with these backends; every tier routes to all of them in order by default."""
+    chain = list(backends)
+    return config_from_mapping(
+        {"backends": backends, "routes": routes or {"1": chain, "2": chain, "3": chain}},
+        origin="test",
+    )
+
+
+@pytest.fixture
+def openai_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("TEST_OPENAI_API_KEY", KEY)
+    return "TEST_OPENAI_API_KEY"
+
+
+@pytest.fixture
+def anthropic_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("TEST_ANTHROPIC_API_KEY", ANT_KEY)
+    return "TEST_ANTHROPIC_API_KEY"
+
+
+@pytest.fixture
+def oai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key=KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def ant() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key=ANT_KEY) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def spec() -> OpenAISpec:
+    try:
+        return OpenAISpec.load()
+    except SpecMissing as exc:
+        pytest.skip(f"OpenAI OpenAPI spec not available: {exc}")
