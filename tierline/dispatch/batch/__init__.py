@@ -136,19 +136,33 @@ def _open_for_output(ledger_path: Path, inputs: Sequence[str], output: str | Non
     if output in (None, "-") or not ledger_path.exists():
         return []
     path = os.path.abspath(output)
-    with Ledger(ledger_path) as ledger:
-        mine = [s for s in SubmissionStore(ledger.conn).submissions() if s.output == path]
-    if not mine or not os.path.exists(path):
+    if not os.path.exists(path):
         return []
+    with Ledger(ledger_path) as ledger:
+        store = SubmissionStore(ledger.conn)
+        return _same_command(
+            store, [s for s in store.submissions() if s.output == path], inputs, output
+        )
+
+
+def _same_command(
+    store: SubmissionStore, mine: list[Submission], inputs: Sequence[str], output: str
+) -> list[str]:
     key = inputs_key(inputs)
-    changed = [s for s in mine if key is None or s.inputs_key != key]
+    same = [s for s in mine if key is not None and s.inputs_key == key]
+    # Other input: only jobs still waiting at a provider stand in the way (a fresh run would
+    # lose their lines); what merely could be resubmitted gives way to the new run.
+    changed = [s for s in mine if s not in same and store.states(s.run_id).get("pending")]
     if changed:
         raise UsageError(
             f"{output} has provider batches still pending from run {changed[0].run_id} on other "
             f"input; run `tierline batch collect {changed[0].run_id}` first, or write to "
             "another -o"
         )
-    return [s.run_id for s in mine]
+    for s in mine:
+        if s not in same:  # superseded by the new run: its file is no longer theirs
+            store.set_submission_state(s.run_id, "done")
+    return [s.run_id for s in same]
 
 
 def rewrite_output(path: str, store: SubmissionStore, run_id: str) -> None:

@@ -470,7 +470,13 @@ class BatchEngine:
             failed=total_failed,
             status=status,
         )
-        self.store.set_submission_state(run_id, "open" if pending else "done")
+        # Open while something waits or can still be resubmitted; then done for good.
+        retry = any(
+            len((r.result or r.stub)["route"]) < MAX_BATCH_HOPS
+            for backend in {b.backend for b in self.store.batches(run_id)}
+            for r in self.store.unfinished(run_id, backend)
+        )
+        self.store.set_submission_state(run_id, "open" if pending or retry else "done")
 
 
 def _done(state: BatchState | None) -> int:

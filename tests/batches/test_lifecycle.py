@@ -1,0 +1,126 @@
+"""Provider batches through the CLI against the stateful fakes: submit, pending, collect, wait."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tierline.errors import ExitCode
+from tierline.testing.servers import FakeAnthropic, FakeOpenAI
+
+from .conftest import batch_ids, read_results, tl, write_config, write_jobs
+
+IDS = [f"job-{n}" for n in range(6)]
+
+
+def test_submit_pending_then_collect(tmp_path: Path, oai: FakeOpenAI) -> None:
+    """A run submits and exits 4 with pending lines; collect replaces them with final results."""
+    cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    assert tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db) == ExitCode.PENDING
+    pending = read_results(out)
+    assert [r["status"] for r in pending] == ["pending"] * len(IDS)
+    [batch_id] = batch_ids(pending)
+    assert batch_id.startswith("batch_")
+    assert tl("batch", "status", "-c", cfg, "--ledger", db) == ExitCode.PENDING
+    assert tl("batch", "collect", "-c", cfg, "--ledger", db) == ExitCode.PENDING  # not ended yet
+    oai.complete_batch(batch_id)
+    assert tl("batch", "collect", "-c", cfg, "--ledger", db) == ExitCode.OK
+    final = read_results(out)
+    assert sorted(r["id"] for r in final) == sorted(IDS)  # still one line per job
+    for r in final:
+        # The fake shuffles its output file: each answer must be its own job's.
+        assert r["status"] == "ok" and f"question about {r['id']}" in r["output"]
+        assert r["route"][-1]["batch_id"] == batch_id and r["usage"]["input_tokens"] > 0
+        assert len(r["key"]) == 32  # the resume key the run wrote is kept
+    assert tl("batch", "status", "-c", cfg, "--ledger", db) == ExitCode.OK
+    run = sqlite3.connect(db).execute("SELECT status, ok, failed FROM runs").fetchone()
+    assert run == ("ok", len(IDS), 0)
+
+
+def test_same_command_again_collects(tmp_path: Path, oai: FakeOpenAI) -> None:
+    """Cron: the same `run` command tonight submits, tomorrow it collects instead of rerunning."""
+    cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    command = ("run", jobs, "-o", out, "-c", cfg, "--ledger", db)
+    assert tl(*command) == ExitCode.PENDING
+    assert tl(*command) == ExitCode.PENDING  # still running at the provider: nothing resent
+    assert len(oai.batches.jobs) == 1
+    oai.advance_batches()
+    oai.advance_batches()
+    oai.advance_batches()
+    assert tl(*command) == ExitCode.OK
+    assert {r["status"] for r in read_results(out)} == {"ok"} and len(oai.batches.jobs) == 1
+
+
+def test_changed_inputs_with_open_batches_are_refused(
+    tmp_path: Path, oai: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run on new input must not overwrite results whose batches are still open."""
+    cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    assert tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db) == ExitCode.PENDING
+    write_jobs(jobs, [*IDS, "job-new"])
+    capsys.readouterr()
+    assert tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db) == ExitCode.USAGE
+    assert "tierline batch collect" in capsys.readouterr().err
+    assert [r["status"] for r in read_results(out)] == ["pending"] * len(IDS)
+
+
+def test_wait_writes_final_results(tmp_path: Path) -> None:
+    """`run --wait` polls until the batch ends and writes final results, exit 0."""
+    with FakeOpenAI(api_key="sk-test-batch-key-0001", auto_advance=True) as oai:
+        cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
+        jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
+        out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+        assert tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db, "--wait") == ExitCode.OK
+        retrieves = [r for r in oai.requests if r.method == "GET" and "/batches/" in r.path]
+    results = read_results(out)
+    assert len(results) == len(IDS) and {r["status"] for r in results} == {"ok"}
+    assert len(retrieves) >= 3  # validating -> in_progress -> finalizing -> completed
+
+
+def test_wait_on_stdout_writes_only_final_lines(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """On stdout, where lines cannot be taken back, --wait writes one final line per job."""
+    with FakeAnthropic(api_key="sk-test-batch-key-0001", auto_advance=True) as ant:
+        cfg = write_config(tmp_path / "t.toml", anthropic_url=ant.base_url, to="claude")
+        jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
+        code = tl("run", jobs, "-c", cfg, "--ledger", tmp_path / "l.db", "--wait")
+    lines = [json.loads(x) for x in capsysbinary.readouterr().out.splitlines()]
+    assert code == ExitCode.OK
+    assert sorted(r["id"] for r in lines) == sorted(IDS) and {r["status"] for r in lines} == {"ok"}
+
+
+def test_anthropic_ids_are_mapped_to_safe_custom_ids(tmp_path: Path, ant: FakeAnthropic) -> None:
+    """Ids Anthropic refuses get safe custom_ids; results come back under the original ids."""
+    ids = ["ticket/17 ü", "a b", "a_b", "x" * 100, "plain-id_1", "42"]
+    cfg = write_config(tmp_path / "t.toml", anthropic_url=ant.base_url, to="claude")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        "".join(json.dumps({"id": i, "prompt": f"question about {i}"}) + "\n" for i in ids),
+        encoding="utf-8",
+    )
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    assert tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db) == ExitCode.PENDING
+    [create] = [r for r in ant.requests if r.method == "POST" and r.path == "/v1/messages/batches"]
+    sent = [item["custom_id"] for item in create.body["requests"]]
+    assert len(set(sent)) == len(ids)
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", c) for c in sent)
+    assert "plain-id_1" in sent and "42" in sent  # safe ids are kept as they are
+    ant.complete_batch(batch_ids(read_results(out))[0])
+    assert tl("batch", "collect", "-c", cfg, "--ledger", db) == ExitCode.OK
+    results = {r["id"]: r for r in read_results(out)}
+    assert sorted(results) == sorted(ids)
+    for job_id, r in results.items():
+        assert r["status"] == "ok" and f"question about {job_id}"[:30] in r["output"]
+    mapping = dict(sqlite3.connect(db).execute("SELECT custom_id, job_id FROM provider_batch_jobs"))
+    assert sorted(mapping.values()) == sorted(ids) and sorted(mapping) == sorted(sent)
