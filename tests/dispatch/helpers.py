@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tierline.config import Config
@@ -20,5 +22,15 @@ async def ask(config: Config, req: Request | None = None, *, tier: int = 1) -> O
     router = Router(config)
     try:
         return await router.dispatch(tier, lambda _max_tokens: req or request())
+    finally:
+        await router.aclose()
+
+
+@contextlib.asynccontextmanager
+async def routed(config: Config) -> AsyncIterator[Router]:
+    """A router that is always closed, even when the test fails (no leaked HTTP sessions)."""
+    router = Router(config)
+    try:
+        yield router
     finally:
         await router.aclose()

@@ -179,8 +179,11 @@ def counts_against_circuit(error: BaseException) -> bool:
     """Failures that say the backend is broken, not that the request or the quota is.
 
     A 4xx is the request's fault and a 429 is the rate limiter's business; refused connections,
-    timeouts and 5xx (not 503 "busy", which is backpressure) are the backend's.
+    timeouts and 5xx (not 503 "busy", which is backpressure) are the backend's, unless another
+    replica of the same backend can take the retry (the replica was ejected, the backend works).
     """
+    if isinstance(error, BackendError) and error.retry_elsewhere:
+        return False
     if isinstance(error, BackendConnectionError):
         return True
     if isinstance(error, BackendStatusError):

@@ -232,6 +232,8 @@ class ReplicaPool:
                 return
             if self._probe is not None:
                 await asyncio.gather(*(self.check(r) for r in self.replicas))
+                if self.backpressure is not None:
+                    await asyncio.gather(*(self.scrape(r) for r in self.replicas if not r.ejected))
                 self._monitor = asyncio.create_task(self._watch(), name=f"{self.name}-replicas")
             self._started = True
 

@@ -1,0 +1,167 @@
+"""Several replicas behind one openai-compatible backend: balancing, ejection, 503, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tierline.dispatch.replicas import KV_METRICS, WAITING_METRICS, parse_metrics
+from tierline.dispatch.router import Router
+from tierline.testing.servers import FakeVLLM
+
+from .conftest import make_config
+from .helpers import request, routed
+
+
+def vllm_backend(*servers: FakeVLLM, **extra: object) -> dict[str, object]:
+    return {
+        "kind": "openai-compatible",
+        "flavor": "vllm",
+        "model": "m",
+        "base_urls": [s.base_url for s in servers],
+        "health_interval_s": 0.1,
+        **extra,
+    }
+
+
+def chat_counts(*servers: FakeVLLM) -> list[int]:
+    return [sum(r.path == "/v1/chat/completions" for r in s.requests) for s in servers]
+
+
+async def dispatch_many(router: Router, n: int) -> list[bool]:
+    outcomes = await asyncio.gather(
+        *(router.dispatch(1, lambda _m, i=i: request(f"job {i}")) for i in range(n))
+    )
+    return [o.ok for o in outcomes]
+
+
+async def test_least_outstanding_spreads_the_load() -> None:
+    """Concurrent requests are shared about evenly between equal replicas."""
+    with FakeVLLM(model="m", latency_ms=50) as a, FakeVLLM(model="m", latency_ms=50) as b:
+        async with routed(make_config({"v": vllm_backend(a, b)})) as router:
+            assert all(await dispatch_many(router, 40))
+        counts = chat_counts(a, b)
+    assert sum(counts) == 40 and min(counts) >= 15
+
+
+async def test_dead_replica_is_ejected_and_rejoins_after_probe() -> None:
+    """A killed replica stops getting requests; once revived, the health probe lets it back."""
+    with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
+        async with routed(make_config({"v": vllm_backend(a, b)})) as router:
+            assert all(await dispatch_many(router, 4))
+            a.kill()
+            assert all(await dispatch_many(router, 10))  # every job still answered, by b
+            pool = router.backend("v").pool  # type: ignore[attr-defined]
+            assert pool.replicas[0].ejected and not pool.replicas[1].ejected
+            before = chat_counts(a)[0]
+            a.revive()
+            for _ in range(50):  # bounded: the probe runs every 0.1 s
+                if not pool.replicas[0].ejected:
+                    break
+                await asyncio.sleep(0.05)
+            assert not pool.replicas[0].ejected
+            assert all(await dispatch_many(router, 10))
+        assert chat_counts(a)[0] > before
+
+
+async def test_unhealthy_replica_at_start_gets_nothing() -> None:
+    """/health 503 (engine dead) at start: that replica is ejected before the first request."""
+    with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
+        a.set_engine_dead()
+        async with routed(make_config({"v": vllm_backend(a, b)})) as router:
+            assert all(await dispatch_many(router, 6))
+        assert chat_counts(a, b) == [0, 6]
+
+
+async def test_engine_busy_503_is_retried_on_another_replica_at_once() -> None:
+    """vLLM's 503 "engine busy" goes to the other replica without a backoff wait."""
+    with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
+        a.enqueue_fault(503)
+        async with routed(make_config({"v": vllm_backend(a, b)})) as router:
+            started = time.perf_counter()
+            outcome = await router.dispatch(1, lambda _m: request())
+            elapsed = time.perf_counter() - started
+        counts = chat_counts(a, b)
+    assert outcome.ok and outcome.hops[0].attempts == 2
+    assert counts == [1, 1]
+    assert elapsed < 0.3  # the retry layer's first backoff would be ~0.4-0.5 s
+
+
+async def test_single_replica_503_backs_off() -> None:
+    """With no other replica free, a 503 is retried on the same one after a backoff."""
+    with FakeVLLM(model="m") as a:
+        a.enqueue_fault(503)
+        async with routed(make_config({"v": vllm_backend(a)})) as router:
+            started = time.perf_counter()
+            outcome = await router.dispatch(1, lambda _m: request())
+    assert outcome.ok and outcome.hops[0].attempts == 2
+    assert time.perf_counter() - started >= 0.3
+
+
+async def test_per_replica_cap_keeps_requests_under_the_server_limit() -> None:
+    """max_in_flight_per_replica=1 against servers that 503 beyond one request: no 503 at all."""
+    with (
+        FakeVLLM(model="m", latency_ms=30, max_num_seqs=1, max_queued=0) as a,
+        FakeVLLM(model="m", latency_ms=30, max_num_seqs=1, max_queued=0) as b,
+    ):
+        async with routed(
+            make_config({"v": vllm_backend(a, b, max_in_flight_per_replica=1)})
+        ) as router:
+            outcomes = await asyncio.gather(
+                *(router.dispatch(1, lambda _m: request()) for _ in range(8))
+            )
+        rejected = a.pool.rejected + b.pool.rejected
+    assert all(o.ok for o in outcomes) and rejected == 0
+    assert {o.hops[0].attempts for o in outcomes} == {1}
+
+
+async def test_metrics_backpressure_avoids_the_queued_replica() -> None:
+    """A replica reporting a long queue on /metrics gets no requests while another is free."""
+    with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
+        a.override_metric("vllm:num_requests_waiting", 50)
+        config = make_config(
+            {"v": vllm_backend(a, b, metrics=True, metrics_interval_s=0.1, max_waiting=10)}
+        )
+        async with routed(config) as router:
+            assert all(await dispatch_many(router, 10))
+        assert chat_counts(a, b) == [0, 10]
+
+
+async def test_backpressure_holds_requests_until_the_queue_drains() -> None:
+    """Every replica saturated: requests wait for /metrics to show room, then go."""
+    with FakeVLLM(model="m") as a:
+        a.override_metric("vllm:kv_cache_usage_perc", 0.99)
+        config = make_config(
+            {"v": vllm_backend(a, metrics=True, metrics_interval_s=0.1, max_kv_cache_usage=0.9)}
+        )
+        async with routed(config) as router:
+            task = asyncio.create_task(router.dispatch(1, lambda _m: request()))
+            await asyncio.sleep(0.3)
+            assert not task.done() and chat_counts(a) == [0]
+            a.override_metric("vllm:kv_cache_usage_perc", None)
+            outcome = await asyncio.wait_for(task, 5)
+    assert outcome.ok
+
+
+@pytest.mark.parametrize(
+    ("text", "waiting", "kv"),
+    [
+        (
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 3.0\n'
+            'vllm:num_requests_waiting{engine="1",model_name="m"} 2.0\n'
+            'vllm:num_requests_waiting_by_reason{reason="capacity"} 9.0\n'
+            'vllm:kv_cache_usage_perc{engine="0"} 0.5\nvllm:kv_cache_usage_perc{engine="1"} 0.75\n',
+            5.0,
+            0.75,
+        ),
+        ('# HELP old\nvllm:gpu_cache_usage_perc{model_name="m"} 0.4\n', None, 0.4),
+        ("llamacpp:requests_deferred 4\n", 4.0, None),
+    ],
+)
+def test_parse_metrics(text: str, waiting: float | None, kv: float | None) -> None:
+    """Queues add up across engines, KV use takes the fullest; old metric names still work."""
+    values = parse_metrics(text, WAITING_METRICS + KV_METRICS)
+    assert next((values[n] for n in WAITING_METRICS if n in values), None) == waiting
+    assert next((values[n] for n in KV_METRICS if n in values), None) == kv
