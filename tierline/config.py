@@ -184,8 +184,41 @@ class TieringRule(_Strict):
         return value
 
 
+class JudgeConfig(_Strict):
+    """``[tiering.judge]``: ask a local GGUF model about jobs the classifier is unsure of."""
+
+    enabled: bool = False  # off by default: measured not to help (docs/tiering.md)
+    model_path: str | None = None  # a .gguf file; None is the embedded SmolLM2-135M-Instruct
+    below: Annotated[float, Field(ge=0, le=1)] = 0.55  # only jobs with confidence under this
+    n_ctx: Annotated[int, Field(ge=256)] = 2048
+    max_prompt_chars: Annotated[int, Field(ge=100)] = 2000
+
+
 class TieringConfig(_Strict):
+    """``[tiering]``: user rules first, then heuristics, the classifier and the optional judge.
+
+    ``bias`` picks a calibration preset; ``prior`` and ``escalate_2``/``escalate_3`` override
+    its parts (see tierline/tiering/calibration.py and docs/tiering.md for the trade-off).
+    """
+
     rules: list[TieringRule] = Field(default_factory=list)
+    heuristics: bool = True
+    classifier: bool = True
+    model: str | None = None  # a model file from `tierline tiering train`; None is the shipped one
+    bias: Literal["quality", "balanced", "cost"] = "balanced"
+    prior: tuple[float, float, float] | None = None  # expected share of tiers 1, 2, 3
+    escalate_2: Annotated[float, Field(gt=0, lt=1)] | None = None
+    escalate_3: Annotated[float, Field(gt=0, lt=1)] | None = None
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @field_validator("prior")
+    @classmethod
+    def _prior_is_distribution(
+        cls, value: tuple[float, float, float] | None
+    ) -> tuple[float, float, float] | None:
+        if value is not None and (min(value) <= 0 or abs(sum(value) - 1) > 1e-6):
+            raise ValueError("prior must be three positive shares of tiers 1, 2, 3 summing to 1")
+        return value
 
 
 class DefaultsConfig(_Strict):

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ..errors import ExitCode, TierlineError
-from . import backends, classify, init, run
+from . import backends, classify, init, run, tiering
 from .output import err_console
 
 __all__ = ["app", "cli_exit", "main"]
@@ -34,6 +34,7 @@ app.command(name="run")(run.run)
 app.command(name="classify")(classify.classify)
 app.command(name="init")(init.init)
 app.add_typer(backends.app, name="backends")
+app.add_typer(tiering.app, name="tiering")
 
 
 def _debug() -> bool:
