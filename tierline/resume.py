@@ -67,6 +67,16 @@ OPERATIONAL = frozenset(
         "n_gpu_layers",
         "price",
         "gpu_hour_usd",
+        "circuit_failures",
+        "circuit_reset_s",
+        "http_client",
+        "max_in_flight_per_replica",
+        "health_check",
+        "health_interval_s",
+        "metrics",
+        "metrics_interval_s",
+        "max_waiting",
+        "max_kv_cache_usage",
     }
 )
 ANSWER_SECTIONS = ("backends", "routes", "tiering", "defaults")

@@ -55,8 +55,14 @@ class TestKey:
     def test_route_changes_with_model_not_with_concurrency(self) -> None:
         """A new model or route redoes the work; new rate limits or timeouts do not."""
         base = route_fingerprint(config_from_toml(THREE_TIERS, origin="t"))
-        ops = THREE_TIERS.replace('[backends.a]\nkind = "llamacpp"', '[backends.a]\nkind = "llamacpp"\ntimeout_s = 5\nmax_attempts = 2')
-        model = THREE_TIERS.replace('[backends.a]\nkind = "llamacpp"', '[backends.a]\nkind = "llamacpp"\nmodel_path = "other.gguf"')
+        ops = THREE_TIERS.replace(
+            '[backends.a]\nkind = "llamacpp"',
+            '[backends.a]\nkind = "llamacpp"\ntimeout_s = 5\nmax_attempts = 2',
+        )
+        model = THREE_TIERS.replace(
+            '[backends.a]\nkind = "llamacpp"',
+            '[backends.a]\nkind = "llamacpp"\nmodel_path = "other.gguf"',
+        )
         route = THREE_TIERS.replace('1 = ["a"]', '1 = ["b"]')
         assert route_fingerprint(config_from_toml(ops, origin="t")) == base
         assert route_fingerprint(config_from_toml(model, origin="t")) != base
@@ -82,11 +88,15 @@ class TestJournal:
         items = list(jobs_from_lines([f'{{"id": "{i}", "prompt": "p"}}' for i in range(4)]))
         with Journal(str(out), cfg) as journal:
             for item in journal.select(items):
-                journal.write({"source": item.source, "line": item.line, "id": item.id, "status": "ok"})
+                journal.write(
+                    {"source": item.source, "line": item.line, "id": item.id, "status": "ok"}
+                )
             journal.sync()
         good = partial_of(out).read_bytes().splitlines(keepends=True)
         cancelled = json.dumps({"status": "cancelled", "key": "0" * 32}).encode() + b"\n"
-        partial_of(out).write_bytes(good[0] + b"\x00\x00garbage\n" + good[1] + cancelled + good[2][:9])
+        partial_of(out).write_bytes(
+            good[0] + b"\x00\x00garbage\n" + good[1] + cancelled + good[2][:9]
+        )
         with Journal(str(out), cfg) as journal:
             todo = [item.id for item in journal.select(items)]  # type: ignore[union-attr]
             assert todo == ["2", "3"] and journal.kept == 2
@@ -119,7 +129,9 @@ class TestRerun:
     ) -> None:
         """An invalid line kept from the first attempt still makes the resumed run exit 1."""
         jobs = tmp_path / "j.jsonl"
-        jobs.write_text('{"id": "bad"}\n{"id": "good", "prompt": "p", "tier": 1}\n', encoding="utf-8")
+        jobs.write_text(
+            '{"id": "bad"}\n{"id": "good", "prompt": "p", "tier": 1}\n', encoding="utf-8"
+        )
         out = tmp_path / "out.jsonl"
         assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 1
         lines = out.read_bytes().splitlines(keepends=True)
@@ -147,7 +159,9 @@ class TestRerun:
         main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"])
         crash_after(out, 3)
         calls.job_ids.clear()
-        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q", "--fresh"]) == 0
+        assert (
+            main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q", "--fresh"]) == 0
+        )
         assert len(calls.job_ids) == 6 and len(read_results(out)) == 6
 
     def test_resume_note_on_stderr(

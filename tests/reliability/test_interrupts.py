@@ -1,0 +1,156 @@
+"""kill -9, SIGINT and SIGTERM against a real `tierline run` subprocess and a fake vLLM server:
+nothing lost, nothing duplicated, paid calls repeated on resume at most the in-flight window."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tierline.testing.servers import FakeVLLM
+
+from .conftest import jobs_file, read_results
+from .procs import complete_results, requested_ids, start_run, vllm_config, wait_for_lines
+
+pytestmark = pytest.mark.slow
+
+JOBS = 300
+CONCURRENCY = 8
+WINDOW = 2 * CONCURRENCY  # the scheduler's in-flight window: twice the backends' concurrency
+
+
+@pytest.fixture
+def vllm() -> Iterator[FakeVLLM]:
+    with FakeVLLM(model="m", latency_ms=20) as server:
+        yield server
+
+
+@pytest.fixture
+def setup(tmp_path: Path, vllm: FakeVLLM) -> tuple[list[str], Path]:
+    jobs = jobs_file(tmp_path / "jobs.jsonl", JOBS)
+    config = vllm_config(tmp_path / "tierline.toml", vllm, max_concurrency=CONCURRENCY)
+    out = tmp_path / "out.jsonl"
+    return [str(jobs), "-o", str(out), "-c", str(config), "-q"], out
+
+
+def test_kill_9_then_resume(tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[str], Path]) -> None:
+    """SIGKILL midway; the rerun completes every job once and repeats at most WINDOW calls."""
+    args, out = setup
+    partial = out.with_name(out.name + ".partial")
+    proc = start_run(args, tmp_path / "home")
+    wait_for_lines(partial, JOBS // 3, proc)
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert not out.exists()
+    first = requested_ids(vllm)
+    saved = {r["id"] for r in complete_results(partial)}
+    vllm.requests.clear()
+
+    proc = start_run(args, tmp_path / "home")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    ids = [r["id"] for r in read_results(out)]
+    assert len(ids) == JOBS and set(ids) == {f"j{i}" for i in range(JOBS)}
+    second = requested_ids(vllm)
+    repeated = sum(n for job, n in second.items() if job in first)
+    assert not saved & set(second)  # nothing saved is paid for again
+    assert repeated <= WINDOW, (repeated, WINDOW)
+    print(f"kill -9 after {len(saved)} saved results: {repeated} call(s) repeated, window {WINDOW}")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_flushes_and_hints(
+    tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[str], Path], sig: int, code: int
+) -> None:
+    """A signal lets in-flight calls land, exits 130/143 with a resume hint; rerun finishes."""
+    args, out = setup
+    partial = out.with_name(out.name + ".partial")
+    proc = start_run(args, tmp_path / "home")
+    wait_for_lines(partial, 50, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err.decode()
+    assert "rerun the same command to resume" in err.decode() and err.decode().count("\n") == 1
+    saved = complete_results(partial)
+    # Within the grace period every call that was sent also got its result written.
+    assert sum(requested_ids(vllm).values()) == len(saved) < JOBS and not out.exists()
+
+    proc = start_run(args, tmp_path / "home")
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0 and len({r["id"] for r in read_results(out)}) == JOBS
+
+
+def test_grace_expiry_cancels_slow_calls(tmp_path: Path, vllm: FakeVLLM) -> None:
+    """With calls slower than --grace, SIGTERM exits within about the grace period."""
+    vllm.latency = 2.0
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 20)
+    config = vllm_config(tmp_path / "tierline.toml", vllm)
+    out = tmp_path / "out.jsonl"
+    proc = start_run(
+        [str(jobs), "-o", str(out), "-c", str(config), "--grace", "0.5"], tmp_path / "h"
+    )
+    deadline = time.monotonic() + 20
+    while vllm.request_count < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 143 and time.monotonic() - started < 1.8
+    assert out.with_name(out.name + ".partial").read_bytes() == b""
+    time.sleep(2.0)  # let the fake finish the abandoned requests before it stops
+
+
+def test_second_run_on_same_output_is_locked(
+    tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[str], Path]
+) -> None:
+    """While one run writes out.jsonl a second exits 5 at once, naming the holder."""
+    vllm.latency = 1.0
+    args, _out = setup
+    first = start_run(args, tmp_path / "home")
+    try:
+        deadline = time.monotonic() + 20
+        while vllm.request_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = start_run(args, tmp_path / "home")
+        _, err = second.communicate(timeout=20)
+        assert second.returncode == 5
+        assert "being written by another tierline run (pid" in err.decode()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+
+
+def test_stdout_redirected_to_a_file_is_locked_too(tmp_path: Path, vllm: FakeVLLM) -> None:
+    """Two runs whose stdout is the same file collide on a lock in the data dir."""
+    import subprocess
+    import sys
+
+    vllm.latency = 1.0
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 50)
+    config = vllm_config(tmp_path / "tierline.toml", vllm)
+    env_home = tmp_path / "home"
+    with open(tmp_path / "out.jsonl", "ab") as sink:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "tierline", "run", str(jobs), "-c", str(config)],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            env={**__import__("os").environ, "TIERLINE_HOME": str(env_home)},
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while vllm.request_count == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            second = subprocess.run(
+                [sys.executable, "-m", "tierline", "run", str(jobs), "-c", str(config)],
+                stdout=sink,
+                stderr=subprocess.PIPE,
+                timeout=20,
+                env={**__import__("os").environ, "TIERLINE_HOME": str(env_home)},
+            )
+            assert second.returncode == 5 and b"another tierline run" in second.stderr
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.communicate(timeout=30)
