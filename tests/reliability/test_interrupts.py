@@ -58,7 +58,7 @@ def test_kill_9_then_resume(tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[st
     repeated = sum(n for job, n in second.items() if job in first)
     assert not saved & set(second)  # nothing saved is paid for again
     assert repeated <= WINDOW, (repeated, WINDOW)
-    print(f"kill -9 after {len(saved)} saved results: {repeated} call(s) repeated, window {WINDOW}")
+    print(f"kill -9 after {len(saved)} saved results: {repeated} call(s) repeated, window {WINDOW}")  # noqa: T201
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
