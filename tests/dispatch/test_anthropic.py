@@ -97,3 +97,20 @@ async def test_missing_key_names_the_variable(
     outcome = await ask(make_config({"c": claude(ant, "MISSING_ANTHROPIC_API_KEY")}))
     assert outcome.hops[0].status == "unavailable"
     assert "MISSING_ANTHROPIC_API_KEY" in (outcome.hops[0].error or "")
+
+
+async def test_check_reports_known_and_unknown_models(anthropic_key: str) -> None:
+    """backends check: GET /v1/models/{model}; 200 = usable, 404 = model not found."""
+    from tierline.config import AnthropicBackendConfig
+    from tierline.dispatch.anthropic import AnthropicBackend
+
+    with FakeAnthropic(api_key=ANT_KEY, models=["claude-sonnet-4-5"]) as srv:
+        results = []
+        for model in ("claude-sonnet-4-5", "claude-nope"):
+            config = AnthropicBackendConfig(
+                kind="anthropic", model=model, base_url=srv.base_url, api_key_env=anthropic_key
+            )
+            async with AnthropicBackend("c", config) as backend:
+                results.append((await backend.check())[0])
+    assert results[0].usable and results[0].model_present
+    assert not results[1].usable and results[1].model_present is False

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ..errors import ExitCode, TierlineError
-from . import backends, classify, init, run, tiering
+from . import backends, classify, init, ledger, plan, run, tiering
 from .output import err_console
 
 __all__ = ["app", "cli_exit", "main"]
@@ -33,8 +33,10 @@ app = typer.Typer(
 app.command(name="run")(run.run)
 app.command(name="classify")(classify.classify)
 app.command(name="init")(init.init)
+app.command(name="plan")(plan.plan)
 app.add_typer(backends.app, name="backends")
 app.add_typer(tiering.app, name="tiering")
+app.add_typer(ledger.app, name="ledger")
 
 
 def _debug() -> bool:

@@ -33,3 +33,16 @@ Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Print nothing on stderr unless something failed."),
 ]
+MaxCost = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        min=0,
+        metavar="USD",
+        help="Spending cap in US dollars. run: each job's worst case is reserved before it is "
+        "sent, so spend never passes the cap; jobs that do not fit are skipped (exit 3). "
+        "plan: exit 3 when the estimate passes it.",
+        show_default=False,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

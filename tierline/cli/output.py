@@ -7,6 +7,7 @@ NO_COLOR, a pipe or a file there is neither bar nor colour.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -15,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..dispatch.scheduler import RunSummary, Tally
 
-__all__ = ["count_lines", "err_console", "print_summary", "progress_bar"]
+__all__ = ["count_lines", "data_console", "err_console", "print_summary", "progress_bar"]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -87,3 +88,8 @@ def print_summary(summary: RunSummary, *, quiet: bool) -> None:
         err_console.print(
             "  failed jobs have status != \"ok\" and an 'error' in the results", markup=False
         )
+
+
+def data_console() -> Console:
+    """stdout for tables people read (`plan`, `ledger`): full width even in a pipe or a file."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +13,11 @@ from ..config import load_config
 from ..dispatch.scheduler import run_files
 from ..errors import ExitCode
 from ..interrupts import DEFAULT_GRACE_S, Stop
+from ..ledger.pricing import to_micros
 from ..ledger.store import default_ledger_path
 from ..resume import Journal, RunLock
 from ..shard import Shard
-from .options import ConfigPath, Inputs, LedgerPath, Output, Quiet
+from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
 from .output import err_console, print_summary, progress_bar
 
 ShardOption = Annotated[
@@ -53,6 +55,7 @@ def run(
     shard: ShardOption = None,
     grace: Grace = DEFAULT_GRACE_S,
     fresh: Fresh = False,
+    max_cost: MaxCost = None,
 ) -> None:
     """Tier each job, dispatch it along its tier's route, write one result line per job.
 
@@ -75,6 +78,7 @@ def run(
                 on_result=advance,
                 select=lambda items: journal.select(part.select(items) if part else items),
                 stop=stop,
+                max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
             )
             summary = asyncio.run(stop.guard(work))
         if stop.exit_code is not None:

@@ -18,11 +18,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import TracebackType
 
-from ..config import data_dir
+from ..config import Config, data_dir
 from ..jobs import Usage
 from .migrations import migrate, transaction
 
-__all__ = ["CallRecord", "Ledger", "default_ledger_path"]
+__all__ = ["CallRecord", "Ledger", "default_ledger_path", "ledger_path_for"]
 
 BUSY_TIMEOUT_MS = 30_000  # overlapping runs wait for each other's short write transactions
 FLUSH_EVERY = 256  # calls per write transaction
@@ -31,6 +31,11 @@ FLUSH_INTERVAL_S = 1.0  # ... or at least this often, so `tierline ledger` sees 
 
 def default_ledger_path() -> Path:
     return data_dir() / "ledger.db"
+
+
+def ledger_path_for(explicit: str | None, config: Config) -> Path:
+    """--ledger, else the config's [ledger] path, else the user data dir."""
+    return Path(explicit or config.ledger.path or default_ledger_path())
 
 
 def _tierline_version() -> str | None:
@@ -175,8 +180,8 @@ class Ledger:
                 """UPDATE runs SET finished_at = ?, jobs = ?, ok = ?, failed = ?, status = ?,
                    skipped_budget = ?,
                    cost_micros = (SELECT COALESCE(SUM(cost_micros), 0) FROM calls WHERE run_id = ?),
-                   baseline_micros =
-                       (SELECT COALESCE(SUM(baseline_micros), 0) FROM calls WHERE run_id = ?),
+                   baseline_micros = (SELECT COALESCE(SUM(baseline_micros), 0) FROM calls
+                                      WHERE run_id = ? AND cost_micros IS NOT NULL),
                    unpriced_calls = (SELECT COUNT(*) FROM calls
                                      WHERE run_id = ? AND cost_micros IS NULL)
                    WHERE id = ?""",

@@ -82,9 +82,11 @@ class FakeAnthropic(FakeServer):
         auto_advance: bool = False,
         max_batch_requests: int = 100_000,
         max_batch_bytes: int = 256 * MB,
+        models: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.models = models
         self.reply_defaults = Reply(
             cached_tokens=cache_read_tokens, cache_creation_tokens=cache_creation_tokens
         )
@@ -111,6 +113,17 @@ class FakeAnthropic(FakeServer):
         routes.delete("/v1/messages/batches/{id}", self.handle_delete_batch)
         routes.post("/v1/messages/batches/{id}/cancel", self.handle_cancel_batch)
         routes.get("/v1/messages/batches/{id}/results", self.handle_results)
+        routes.get("/v1/models/{id}", self.handle_model)
+
+    async def handle_model(self, request: web.Request) -> web.Response:
+        """``GET /v1/models/{id}``: every model id (or alias) exists unless ``models`` is set."""
+        model = request.match_info["id"]
+        if self.models is not None and model not in self.models:
+            return self.error_response(404, f"model: {model}")
+        created = rfc3339(time.time() - 86400, micros=False)
+        return self.json(
+            {"type": "model", "id": model, "display_name": model, "created_at": created}
+        )
 
     def body_limit(self, path: str) -> int:
         return self.max_batch_bytes if path == "/v1/messages/batches" else 32 * MB

@@ -1,0 +1,1 @@
+"""Tests for the cost ledger: migrations, pricing, budget, reports and plan."""

@@ -1,0 +1,91 @@
+"""A run's ledger agrees with its results, to the micro-dollar; busy time is shared fairly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tierline.dispatch.base import Completion
+from tierline.dispatch.scheduler import run_jobs
+from tierline.errors import BackendUnavailable
+from tierline.jobs import Result, Usage, jobs_from_lines
+from tierline.ledger.busy import BusyMeter
+from tierline.ledger.store import Ledger
+from tierline.testing import FakeBackend
+from tierline.tiering.pipeline import Tierer
+
+from .conftest import make_config
+
+CONFIG = make_config(
+    {
+        "cheap": {"kind": "openai", "model": "gpt-4o-mini"},
+        "dear": {"kind": "anthropic", "model": "claude-sonnet-4-5"},
+        "gpu": {"kind": "openai-compatible", "model": "qwen", "base_url": "http://gpu/v1"},
+    },
+    routes={"1": ["cheap"], "2": ["gpu", "dear"], "3": ["dear"]},
+)
+
+
+async def run_with_ledger(ledger: Ledger, cheap: FakeBackend, dear: FakeBackend, gpu: FakeBackend) -> list[Result]:
+    lines = [f'{{"id": "t{t}-{i}", "prompt": "job {i}", "tier": {t}}}' for t in (1, 2, 3) for i in range(5)]
+    run_id = ledger.start_run(command="test", config_origin="test", inputs=["x"])
+    results: list[Result] = []
+    summary = await run_jobs(
+        jobs_from_lines(lines),
+        config=CONFIG,
+        tierer=Tierer.from_config(CONFIG.tiering),
+        sink=results.append,
+        ledger=ledger,
+        run_id=run_id,
+        backends={"cheap": cheap, "dear": dear, "gpu": gpu},
+    )
+    t = summary.tally
+    ledger.finish_run(run_id, jobs=t.jobs, ok=t.by_status["ok"], failed=t.failed, status="ok")
+    return results
+
+
+async def test_ledger_totals_equal_the_sum_of_result_costs(tmp_path: Path) -> None:
+    """Summed over a run, the ledger's cost_micros equal the results' cost_usd exactly, and the
+    run row carries the same total and the baseline."""
+    usage = Usage(input_tokens=1234, output_tokens=567, cached_tokens=200)
+    cheap = FakeBackend("cheap", "gpt-4o-mini").enqueue(*[Completion("a", "stop", usage, "gpt-4o-mini")] * 5)
+    dear = FakeBackend("dear", "claude-sonnet-4-5")
+    gpu = FakeBackend("gpu", "qwen").enqueue(*[BackendUnavailable("down")] * 5)  # all fall to dear
+    with Ledger(tmp_path / "l.db") as ledger:
+        results = await run_with_ledger(ledger, cheap, dear, gpu)
+        calls = ledger.conn.execute("SELECT SUM(cost_micros), COUNT(*) FROM calls").fetchone()
+        run = ledger.conn.execute("SELECT cost_micros, baseline_micros, unpriced_calls FROM runs").fetchone()
+        hops = ledger.conn.execute("SELECT MAX(hop) FROM calls WHERE job_id LIKE 't2-%'").fetchone()
+    result_micros = sum(round(r.cost_usd * 1e6) for r in results if r.cost_usd is not None)
+    assert all(r.status == "ok" and r.cost_usd is not None for r in results)
+    assert calls[0] == result_micros == run[0] > 0
+    assert run[1] > run[0]  # the baseline (claude-opus-4-6) is dearer than this mix
+    assert run[2] == 0
+    assert hops[0] == 2  # tier 2 jobs were answered by the second backend of their route
+
+
+async def test_unknown_price_is_null_in_ledger_and_result(tmp_path: Path) -> None:
+    """A call answered by a model of unknown price: ledger NULL, result null, warning note."""
+    cheap, dear, gpu = FakeBackend("cheap", "gpt-4o-mini"), FakeBackend("dear", "claude-sonnet-4-5"), FakeBackend("gpu", "qwen")
+    with Ledger(tmp_path / "l.db") as ledger:
+        results = await run_with_ledger(ledger, cheap, dear, gpu)
+        nulls = ledger.conn.execute("SELECT COUNT(*) FROM calls WHERE cost_micros IS NULL").fetchone()[0]
+        unpriced = ledger.conn.execute("SELECT unpriced_calls FROM runs").fetchone()[0]
+    tier2 = [r for r in results if r.tier == 2]
+    assert all(r.cost_usd is None for r in tier2)
+    assert nulls == unpriced == 5
+
+
+def test_busy_time_is_shared_among_concurrent_calls() -> None:
+    """Two calls overlapping for 2 s of a 3 s busy period: shares 0.5+1 and 1+0.5 add up to 3."""
+    now = [0.0]
+    meter = BusyMeter(clock=lambda: now[0])
+    a, b = meter.span(), meter.span()
+    mark_a = meter._start()  # a alone for 0.5 s
+    now[0] = 0.5
+    mark_b = meter._start()  # both for 2 s
+    now[0] = 2.5
+    a.seconds += meter._stop(mark_a)
+    now[0] = 3.0  # b alone for 0.5 s
+    b.seconds += meter._stop(mark_b)
+    assert (a.seconds, b.seconds) == (1.5, 1.5)
+    assert meter.busy_s == 3.0

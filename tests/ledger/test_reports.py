@@ -1,0 +1,89 @@
+"""`tierline ledger summary|runs|export` over a small ledger."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from tierline.cli import main
+from tierline.errors import UsageError
+from tierline.jobs import Usage
+from tierline.ledger.reports import Filters, export_calls, parse_since, summarize
+from tierline.ledger.store import CallRecord, Ledger
+
+
+def fill(path: Path) -> str:
+    with Ledger(path) as ledger:
+        run = ledger.start_run(command="run", config_origin="t", inputs=["a"], baseline_model="b")
+        for tier, backend, cost, baseline in [(1, "local", 0, 900), (1, "local", 0, 1_100), (3, "claude", 700, 1_000), (2, "gpu", None, 500)]:
+            ledger.record_call(
+                run,
+                CallRecord(f"j{tier}{backend}{cost}", tier, backend, backend + "-m", "ok", Usage(10, 5), cost, "x", 0.1, baseline_micros=baseline),
+            )
+        ledger.finish_run(run, jobs=4, ok=4, failed=0, status="ok")
+    return run
+
+
+def test_summary_by_tier_counts_savings_like_for_like(tmp_path: Path) -> None:
+    """Per tier: cost, baseline and savings; the unknown-price call is counted apart and left
+    out of both cost and baseline."""
+    fill(tmp_path / "l.db")
+    with Ledger(tmp_path / "l.db") as ledger:
+        rows = {r.group["tier"]: r for r in summarize(ledger.conn, ["tier"], Filters())}
+        total = summarize(ledger.conn, [], Filters())[0]
+    assert (rows[1].cost_micros, rows[1].baseline_micros, rows[1].savings_micros) == (0, 2_000, 2_000)
+    assert (rows[3].savings_micros, rows[3].savings_share) == (300, 0.3)
+    assert (rows[2].unpriced_calls, rows[2].baseline_micros) == (1, 0)
+    assert (total.calls, total.cost_micros, total.baseline_micros, total.unpriced_calls) == (4, 700, 3_000, 1)
+
+
+def test_summary_json_and_unknown_group(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """`ledger summary --by backend --json` prints one object per backend; a bad --by exits 2."""
+    fill(tmp_path / "l.db")
+    assert main(["ledger", "summary", "--by", "backend", "--json", "--ledger", str(tmp_path / "l.db")]) == 0
+    rows = json.loads(capsysbinary.readouterr().out)
+    assert {r["group"]["backend"] for r in rows} == {"local", "claude", "gpu"}
+    assert main(["ledger", "summary", "--by", "colour", "--ledger", str(tmp_path / "l.db")]) == 2
+
+
+def test_export_csv_and_jsonl(tmp_path: Path) -> None:
+    """Export writes every call with all columns; CSV costs are exact decimals, NULL is empty."""
+    fill(tmp_path / "l.db")
+    with Ledger(tmp_path / "l.db") as ledger:
+        text = io.BytesIO()
+        assert export_calls(ledger.conn, Filters(), "csv", text) == 4
+        lines = io.BytesIO()
+        export_calls(ledger.conn, Filters(), "jsonl", lines)
+    rows = list(csv.DictReader(io.StringIO(text.getvalue().decode())))
+    assert {r["cost_usd"] for r in rows} == {"0.000000", "0.000700", ""}
+    assert {"endpoint", "price_version", "batch", "baseline_micros", "hop"} <= set(rows[0])
+    records = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert [r["cost_usd"] for r in records][2:] == [0.0007, None]
+
+
+def test_runs_lists_the_run(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """`ledger runs --json` shows the run with its totals."""
+    run = fill(tmp_path / "l.db")
+    assert main(["ledger", "runs", "--json", "--ledger", str(tmp_path / "l.db")]) == 0
+    [row] = json.loads(capsysbinary.readouterr().out)
+    assert (row["id"], row["cost_micros"], row["baseline_micros"], row["unpriced_calls"]) == (run, 700, 3_000, 1)
+
+
+def test_missing_ledger_is_a_usage_error(tmp_path: Path) -> None:
+    """Reading a ledger that does not exist exits 2 rather than creating an empty one."""
+    assert main(["ledger", "runs", "--ledger", str(tmp_path / "none.db")]) == 2
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_since_parses_durations_and_dates() -> None:
+    """--since takes 24h / 7d or an ISO date (UTC); anything else is a usage error."""
+    now = datetime(2026, 11, 29, 12, tzinfo=timezone.utc)
+    assert parse_since("24h", now=now) == "2026-11-28T12:00:00+00:00"
+    assert parse_since("2026-11-01", now=now) == "2026-11-01T00:00:00+00:00"
+    with pytest.raises(UsageError):
+        parse_since("yesterday")

@@ -1,0 +1,165 @@
+"""`tierline ledger ...`: read the cost ledger (totals and savings, runs, exports).
+
+A Typer sub-app: each command opens the ledger, calls one function of tierline.ledger.reports
+and renders the result. Add a command with `@app.command(...)`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..config import load_config
+from ..errors import UsageError
+from ..jobs import dumps
+from ..ledger.reports import Filters, SummaryRow, export_calls, list_runs, parse_since, summarize
+from ..ledger.store import Ledger, ledger_path_for
+from .options import ConfigPath, Json, LedgerPath
+from .output import data_console, err_console
+
+__all__ = ["app", "open_ledger"]
+
+app = typer.Typer(
+    help="Read the cost ledger: totals and savings, runs, exports.",
+    no_args_is_help=True,
+)
+
+
+By = Annotated[
+    str | None,
+    typer.Option("--by", help="Group by any of: tier, backend, model, day, run (comma-separated)."),
+]
+Since = Annotated[
+    str | None,
+    typer.Option("--since", help="Only calls since a duration ago (24h, 7d) or a date (UTC)."),
+]
+RunId = Annotated[str | None, typer.Option("--run", help="Only this run (see `ledger runs`).")]
+
+
+@contextmanager
+def open_ledger(path: str | None, config: str | None) -> Iterator[Ledger]:
+    """The ledger named by --ledger / the config; an error (exit 2) if there is none yet."""
+    target = ledger_path_for(path, load_config(config))
+    if not target.is_file():
+        raise UsageError(f"no ledger at {target} (it is created by the first `tierline run`)")
+    with Ledger(target) as ledger:
+        yield ledger
+
+
+def _filters(run: str | None, since: str | None) -> Filters:
+    return Filters(run_id=run, since=parse_since(since) if since else None)
+
+
+def _usd(micros: int) -> str:
+    return f"${micros / 1e6:,.6f}"
+
+
+def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
+    table = Table(*by, "calls", "jobs", "tokens in", "tokens out", "cost", "unpriced", "baseline")
+    table.add_column("saved")
+    for row in rows:
+        share = "" if row.savings_share is None else f" ({row.savings_share:.0%})"
+        table.add_row(
+            *(str(row.group[name]) for name in by),
+            f"{row.calls:,}",
+            f"{row.jobs:,}",
+            f"{row.input_tokens:,}",
+            f"{row.output_tokens:,}",
+            _usd(row.cost_micros),
+            f"{row.unpriced_calls:,}" if row.unpriced_calls else "",
+            _usd(row.baseline_micros),
+            _usd(row.savings_micros) + share,
+        )
+    return table
+
+
+@app.command("summary")
+def summary(
+    by: By = None,
+    since: Since = None,
+    run: RunId = None,
+    as_json: Json = False,
+    ledger: LedgerPath = None,
+    config: ConfigPath = None,
+) -> None:
+    """Calls, tokens, cost and savings against the baseline, grouped --by tier,backend,model,day.
+
+    Calls whose price is unknown are counted apart (never as free) and left out of both the cost
+    and the baseline.
+    """
+    groups = [name.strip() for name in by.split(",") if name.strip()] if by else []
+    with open_ledger(ledger, config) as book:
+        rows = summarize(book.conn, groups, _filters(run, since))
+    if as_json:
+        sys.stdout.buffer.write(dumps([row.as_dict() for row in rows]) + b"\n")
+        return
+    data_console().print(_summary_table(rows, groups))
+    unpriced = sum(row.unpriced_calls for row in rows)
+    if unpriced:
+        err_console.print(
+            f"tierline: {unpriced} call(s) have NO KNOWN PRICE and are not in these totals; "
+            "`tierline ledger export` shows them (cost_micros empty)",
+            markup=False,
+        )
+
+
+@app.command("runs")
+def runs(
+    since: Since = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 20,
+    as_json: Json = False,
+    ledger: LedgerPath = None,
+    config: ConfigPath = None,
+) -> None:
+    """Runs, newest first: jobs, status, cost, unpriced calls and the baseline."""
+    with open_ledger(ledger, config) as book:
+        rows = list_runs(book.conn, _filters(None, since), limit)
+    if as_json:
+        sys.stdout.buffer.write(dumps(rows) + b"\n")
+        return
+    table = Table(
+        "run", "started", "status", "jobs", "ok", "failed", "cost", "unpriced", "baseline"
+    )
+    for r in rows:
+        table.add_row(*_run_cells(r))
+    data_console().print(table)
+
+
+def _run_cells(r: dict[str, Any]) -> list[str]:
+    return [
+        r["id"],
+        (r["started_at"] or "")[:19],
+        r["status"],
+        str(r["jobs"]),
+        str(r["ok"]),
+        str(r["failed"]),
+        _usd(r["cost_micros"] or 0),
+        str(r["unpriced_calls"] or ""),
+        _usd(r["baseline_micros"] or 0),
+    ]
+
+
+@app.command("export")
+def export(
+    fmt: Annotated[str, typer.Option("--format", "-f", help="csv or jsonl.")] = "csv",
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File (default: stdout).")
+    ] = None,
+    since: Since = None,
+    run: RunId = None,
+    ledger: LedgerPath = None,
+    config: ConfigPath = None,
+) -> None:
+    """Every call row with all its ledger columns (costs in micro-dollars and in USD)."""
+    with open_ledger(ledger, config) as book:
+        if output is None or output == "-":
+            export_calls(book.conn, _filters(run, since), fmt, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return
+        with open(output, "wb") as stream:
+            export_calls(book.conn, _filters(run, since), fmt, stream)

@@ -1,0 +1,215 @@
+"""Reading the ledger: totals and savings grouped any way, the list of runs, and exports.
+
+Savings compare like with like: the baseline is summed over the calls whose own price is known,
+so a call of unknown price inflates neither side. Unknown-price calls are counted separately.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import IO, Any
+
+from ..errors import UsageError
+from ..jobs import dumps
+from .pricing import micros_to_usd
+
+__all__ = [
+    "GROUPS",
+    "Filters",
+    "SummaryRow",
+    "export_calls",
+    "list_runs",
+    "parse_since",
+    "summarize",
+]
+
+# --by names and the SQL that groups by each (fixed strings: never user text in SQL).
+GROUPS = {
+    "tier": "tier",
+    "backend": "backend",
+    "model": "model",
+    "day": "substr(created_at, 1, 10)",
+    "run": "run_id",
+}
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> str:
+    """`--since`: a duration back from now (30m, 24h, 7d, 2w) or an ISO date or time (UTC)."""
+    now = now or datetime.now(timezone.utc)
+    match = _DURATION.match(text.strip())
+    if match:
+        moment = now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    else:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(
+                f"--since {text!r}: give a duration (30m, 24h, 7d, 2w) or a date (2026-11-01)"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    run_id: str | None = None
+    since: str | None = None  # an ISO timestamp, from parse_since
+
+    def where(self, time_column: str = "created_at") -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if self.run_id is not None:
+            clauses.append("run_id = ?" if time_column == "created_at" else "id = ?")
+            params.append(self.run_id)
+        if self.since is not None:
+            clauses.append(f"{time_column} >= ?")
+            params.append(self.since)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    group: dict[str, Any]
+    calls: int
+    jobs: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_micros: int  # over the calls with a known price
+    unpriced_calls: int  # calls whose price is unknown: NOT in cost_micros
+    baseline_micros: int  # the same calls on the baseline model
+    batch_calls: int
+
+    @property
+    def savings_micros(self) -> int:
+        return self.baseline_micros - self.cost_micros
+
+    @property
+    def savings_share(self) -> float | None:
+        return self.savings_micros / self.baseline_micros if self.baseline_micros else None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            cost_usd=self.cost_micros / 1e6,
+            baseline_usd=self.baseline_micros / 1e6,
+            savings_usd=self.savings_micros / 1e6,
+            savings_share=self.savings_share,
+        )
+        return out
+
+
+def summarize(conn: sqlite3.Connection, by: Sequence[str], filters: Filters) -> list[SummaryRow]:
+    """Totals per group (one row with an empty group when `by` is empty), largest cost first."""
+    unknown = [name for name in by if name not in GROUPS]
+    if unknown:
+        raise UsageError(f"--by {unknown[0]!r}: choose from {', '.join(GROUPS)}")
+    keys = [GROUPS[name] for name in by]
+    where, params = filters.where()
+    select = "".join(f"{key}, " for key in keys)
+    group = f" GROUP BY {', '.join(keys)}" if keys else ""
+    sql = f"""SELECT {select}COUNT(*), COUNT(DISTINCT run_id || ':' || COALESCE(job_id, '')),
+        COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
+        COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
+        COALESCE(SUM(reasoning_tokens), 0), COALESCE(SUM(cost_micros), 0),
+        COALESCE(SUM(cost_micros IS NULL), 0),
+        COALESCE(SUM(CASE WHEN cost_micros IS NOT NULL THEN baseline_micros END), 0),
+        COALESCE(SUM(batch), 0)
+        FROM calls{where}{group} ORDER BY {len(keys) + 8} DESC"""
+    rows = []
+    for row in conn.execute(sql, params):
+        values = list(row)
+        group_values, numbers = values[: len(keys)], values[len(keys) :]
+        if not keys and numbers[0] == 0:
+            continue  # no calls at all: no row rather than a row of zeros
+        rows.append(SummaryRow(dict(zip(by, group_values, strict=True)), *numbers))
+    return rows
+
+
+RUN_COLUMNS = (
+    "id",
+    "started_at",
+    "finished_at",
+    "status",
+    "command",
+    "jobs",
+    "ok",
+    "failed",
+    "skipped_budget",
+    "cost_micros",
+    "unpriced_calls",
+    "baseline_micros",
+    "baseline_model",
+    "max_cost_micros",
+    "config_origin",
+    "price_version",
+)
+
+
+def list_runs(
+    conn: sqlite3.Connection, filters: Filters, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Runs, newest first."""
+    where, params = filters.where("started_at")
+    sql = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{where} ORDER BY started_at DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [dict(zip(RUN_COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
+
+
+def _calls(conn: sqlite3.Connection, filters: Filters) -> tuple[list[str], Iterator[Any]]:
+    where, params = filters.where()
+    cursor = conn.execute(f"SELECT * FROM calls{where} ORDER BY id", params)
+    return [d[0] for d in cursor.description], iter(cursor)
+
+
+def export_calls(conn: sqlite3.Connection, filters: Filters, fmt: str, stream: IO[bytes]) -> int:
+    """Write every call row (all ledger columns, plus cost in USD) as CSV or JSONL; the count."""
+    columns, rows = _calls(conn, filters)
+    columns = [*columns, "cost_usd", "baseline_usd"]
+    cost_at, baseline_at = columns.index("cost_micros"), columns.index("baseline_micros")
+    count = 0
+    if fmt == "jsonl":
+        for row in rows:
+            values = [*row, micros_to_usd(row[cost_at]), micros_to_usd(row[baseline_at])]
+            stream.write(dumps(dict(zip(columns, values, strict=True))) + b"\n")
+            count += 1
+        return count
+    if fmt != "csv":
+        raise UsageError(f"--format {fmt!r}: choose csv or jsonl")
+    text = _TextOut(stream)
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([*row, _usd(row[cost_at]), _usd(row[baseline_at])])
+        count += 1
+    return count
+
+
+def _usd(micros: int | None) -> str | None:
+    # Exact decimal text: a float would print 1.2e-05 for 12 micro-dollars.
+    if micros is None:
+        return None
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+class _TextOut:
+    """A minimal text adaptor for csv.writer onto a binary stream (stdout or a file)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text.encode())
