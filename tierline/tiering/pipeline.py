@@ -1,23 +1,45 @@
-"""The tiering pipeline: per-job override -> user rules -> built-in heuristics -> default.
+"""The tiering pipeline: override -> user rules -> heuristics -> classifier -> optional judge.
 
-Each stage is a pure callable `Job -> TierVote | None`; the first vote wins, so the order in
-`Tierer.stages` is the precedence. The trained classifier plugs in as one more stage.
+Each rule stage is a pure callable `Job -> TierVote | None`; the first vote wins, so the order in
+`Tierer.stages` is the precedence. Jobs no rule decides go to the classifier, which scores them a
+batch at a time (its cost is per batch, not per job). The judge, when enabled, is asked only
+about jobs the classifier is unsure of.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import TieringConfig, TieringRule
 from ..jobs import InvalidLine, Job, Result
 from .heuristics import HEURISTICS, default_rule
 from .vote import TierVote
 
-__all__ = ["Rule", "Tierer", "classify", "override_rule", "user_rule"]
+if TYPE_CHECKING:
+    from .calibration import Calibration
+
+__all__ = ["BATCH", "Rule", "Scorer", "Tierer", "calibration_from_config", "classify"]
 
 Rule = Callable[[Job], TierVote | None]
+
+# Jobs scored per classifier call: big enough to amortise numpy's per-call overhead, small
+# enough that memory stays flat and the first results stream out at once.
+BATCH = 1024
+
+
+class Scorer(Protocol):
+    """A batch stage (the classifier, the judge): one vote per text."""
+
+    def score(self, texts: Sequence[str]) -> list[TierVote]: ...
+
+
+class Judge(Protocol):
+    """Re-decides the votes it is given (only low-confidence ones are passed)."""
+
+    def review(self, texts: Sequence[str], votes: Sequence[TierVote]) -> list[TierVote]: ...
 
 
 def override_rule(job: Job) -> TierVote | None:
@@ -48,23 +70,87 @@ def user_rule(rule: TieringRule, index: int) -> Rule:
     return apply
 
 
+def calibration_from_config(config: TieringConfig) -> Calibration:
+    """The bias preset with any explicit prior or threshold from config laid over it."""
+    from dataclasses import replace
+
+    from .calibration import BIAS_PRESETS
+
+    cal = BIAS_PRESETS[config.bias]
+    if config.prior is not None:
+        cal = replace(cal, prior=config.prior)
+    if config.escalate_2 is not None:
+        cal = replace(cal, escalate_2=config.escalate_2)
+    if config.escalate_3 is not None:
+        cal = replace(cal, escalate_3=config.escalate_3)
+    return cal
+
+
 class Tierer:
     """Decides each job's tier with an explanation."""
 
-    def __init__(self, stages: Sequence[Rule]) -> None:
+    def __init__(
+        self,
+        stages: Sequence[Rule],
+        classifier: Scorer | None = None,
+        judge: Judge | None = None,
+        judge_below: float = 0.0,
+    ) -> None:
         self.stages = list(stages)
+        self.classifier = classifier
+        self.judge = judge
+        self.judge_below = judge_below
 
     @classmethod
-    def from_config(cls, config: TieringConfig) -> Tierer:
+    def from_config(cls, config: TieringConfig, model: str | None = None) -> Tierer:
+        """The pipeline a config describes; ``model`` overrides ``config.model``."""
         rules = [user_rule(rule, i) for i, rule in enumerate(config.rules)]
-        return cls([override_rule, *rules, *HEURISTICS])
+        heuristics = HEURISTICS if config.heuristics else []
+        classifier = None
+        if config.classifier:
+            from .classifier import TierClassifier  # numpy only when the classifier is used
+
+            classifier = TierClassifier.load(model or config.model, calibration_from_config(config))
+        judge = None
+        if config.judge.enabled:
+            from .judge import LlamaJudge
+
+            judge = LlamaJudge.from_config(config.judge)
+        return cls([override_rule, *rules, *heuristics], classifier, judge, config.judge.below)
 
     def __call__(self, job: Job) -> TierVote:
+        return self.tier_batch([job])[0]
+
+    def tier_batch(self, jobs: Sequence[Job]) -> list[TierVote]:
+        """Votes for a batch of jobs, in order."""
+        votes: list[TierVote | None] = [self._first_rule(job) for job in jobs]
+        pending = [i for i, v in enumerate(votes) if v is None]
+        if pending and self.classifier is not None:
+            texts = [jobs[i].text for i in pending]
+            for i, vote in zip(pending, self._classify(texts), strict=True):
+                votes[i] = vote
+        return [
+            v if v is not None else default_rule(job) for v, job in zip(votes, jobs, strict=True)
+        ]
+
+    def _first_rule(self, job: Job) -> TierVote | None:
         for stage in self.stages:
             vote = stage(job)
             if vote is not None:
                 return vote
-        return default_rule(job)
+        return None
+
+    def _classify(self, texts: Sequence[str]) -> list[TierVote]:
+        assert self.classifier is not None
+        votes = self.classifier.score(texts)
+        if self.judge is None:
+            return votes
+        unsure = [i for i, v in enumerate(votes) if v.confidence < self.judge_below]
+        if unsure:
+            reviewed = self.judge.review([texts[i] for i in unsure], [votes[i] for i in unsure])
+            for i, vote in zip(unsure, reviewed, strict=True):
+                votes[i] = vote
+        return votes
 
 
 def classify(items: Iterable[Job | InvalidLine], tierer: Tierer) -> Iterator[dict[str, Any]]:
@@ -72,15 +158,20 @@ def classify(items: Iterable[Job | InvalidLine], tierer: Tierer) -> Iterator[dic
 
     The output is itself a valid input: `tierline classify jobs.jsonl | tierline run -` keeps
     the decisions (the `tier` field is an override). Bad lines come back as error records.
+    Jobs are tiered a batch at a time; output order is input order.
     """
-    for item in items:
-        if isinstance(item, InvalidLine):
-            yield Result.invalid(item).to_dict()
-            continue
-        vote = tierer(item)
-        yield {
-            **item.raw,
-            "tier": vote.tier,
-            "why": vote.why,
-            "confidence": round(vote.confidence, 3),
-        }
+    it = iter(items)
+    while chunk := list(islice(it, BATCH)):
+        jobs = [item for item in chunk if isinstance(item, Job)]
+        votes = iter(tierer.tier_batch(jobs))
+        for item in chunk:
+            if isinstance(item, InvalidLine):
+                yield Result.invalid(item).to_dict()
+                continue
+            vote = next(votes)
+            yield {
+                **item.raw,
+                "tier": vote.tier,
+                "why": vote.why,
+                "confidence": round(vote.confidence, 3),
+            }

@@ -1,0 +1,162 @@
+"""Benchmark `tierline classify`: jobs/s and peak RSS against an orjson read/write floor.
+
+    python benchmarks/bench_classify.py [--sizes 100000 1000000] [--workdir DIR]
+
+For each size it generates a JSONL file of varied jobs (tier-1 chores, code, writing, math,
+long documents), then runs, each in a fresh subprocess so peak RSS is per measurement:
+
+* ``floor``: read every line with orjson and write it back with orjson, nothing else;
+* ``classify``: the real `tierline classify` path (`read_jobs` -> `tiering.pipeline.classify`
+  -> `ResultWriter`) with the default config's pipeline (rules, heuristics, shipped classifier).
+
+It prints one line per run and the classify/floor time ratio. One core: the pipeline is
+single-threaded, and numpy is limited to one thread by the environment set below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+# The classifier's numpy work must not borrow a second core.
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+_SUBJECTS = [
+    "the quarterly report",
+    "this support ticket",
+    "the attached email",
+    "my notes",
+    "the release notes",
+    "this customer review",
+    "the meeting transcript",
+]
+_TEMPLATES = [
+    "Summarize {s} in three bullet points:\n\n{body}",
+    "Classify {s} as billing, technical or account: {body}",
+    "Extract the names, dates and amounts from {s} as JSON.\n{body}",
+    "What is the capital of {country}?",
+    "Write a Python function that parses {s} and returns a dict of totals per customer, with tests.",
+    "Write a persuasive essay of 800 words about {topic}, in a warm but formal tone.",
+    "Let $n$ be a positive integer such that $n^2 + {k}n$ is a perfect square. Find all such $n$ and prove there are no others.",
+    "A shop sells {k} apples at $2 each and {k2} pears at $3 each. How much money does it take in?",
+    "Design a fault-tolerant scheduler for {k} heterogeneous machines with conflicting deadlines, and prove its approximation ratio.",
+]
+_WORDS = [
+    "order",
+    "delivery",
+    "invoice",
+    "refund",
+    "account",
+    "password",
+    "meeting",
+    "budget",
+    "deadline",
+    "customer",
+    "shipment",
+    "contract",
+    "payment",
+    "product",
+    "service",
+    "update",
+    "issue",
+    "report",
+    "team",
+    "project",
+]
+
+
+def _prompt(rng: random.Random) -> str:
+    body = " ".join(rng.choice(_WORDS) for _ in range(rng.choice((10, 40, 120, 400))))
+    return rng.choice(_TEMPLATES).format(
+        s=rng.choice(_SUBJECTS),
+        body=body,
+        country=rng.choice(("France", "Peru", "Japan")),
+        topic=rng.choice(("remote work", "city parks", "nuclear power")),
+        k=rng.randint(2, 99),
+        k2=rng.randint(2, 99),
+    )
+
+
+def generate(path: Path, n: int) -> None:
+    """Write n jobs with stable ids (seeded: the same file every time)."""
+    rng = random.Random(n)
+    with path.open("wb") as fh:
+        for i in range(n):
+            fh.write(orjson.dumps({"id": f"job-{i}", "prompt": _prompt(rng)}) + b"\n")
+
+
+def run_floor(src: str, dst: str) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for line in fin:
+            fout.write(orjson.dumps(orjson.loads(line), option=orjson.OPT_APPEND_NEWLINE))
+
+
+def run_classify(src: str, dst: str) -> None:
+    from tierline.config import embedded_default
+    from tierline.jobs import ResultWriter, read_jobs
+    from tierline.tiering.pipeline import Tierer, classify
+
+    tierer = Tierer.from_config(embedded_default().tiering)
+    writer = ResultWriter(dst, flush_each=False)
+    for record in classify(read_jobs([src]), tierer):
+        writer.write(record)
+    writer.commit()
+
+
+def child(mode: str, src: str, dst: str) -> None:
+    """Run one measurement and print 'seconds peak_rss_mib' (called in a fresh process)."""
+    start = time.perf_counter()
+    (run_floor if mode == "floor" else run_classify)(src, dst)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{elapsed:.3f} {peak:.1f}")
+
+
+def measure(mode: str, src: Path, workdir: Path) -> tuple[float, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(src), str(workdir / f"out-{mode}.jsonl")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        for n in args.sizes:
+            src = work / f"jobs-{n}.jsonl"
+            generate(src, n)
+            size_mb = src.stat().st_size / 2**20
+            floor_s, floor_rss = measure("floor", src, work)
+            cls_s, cls_rss = measure("classify", src, work)
+            print(
+                f"{n:>9} jobs ({size_mb:.0f} MiB)  floor {n / floor_s:>9,.0f} jobs/s "
+                f"peak {floor_rss:6.0f} MiB | classify {n / cls_s:>9,.0f} jobs/s "
+                f"peak {cls_rss:6.0f} MiB | classify/floor time x{cls_s / floor_s:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
