@@ -163,3 +163,31 @@ def export(
             return
         with open(output, "wb") as stream:
             export_calls(book.conn, _filters(run, since), fmt, stream)
+
+
+@app.command("merge")
+def merge(
+    sources: Annotated[list[str], typer.Argument(help="Ledger files to merge (one per host).")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="The merged ledger (created, or merged into).")
+    ],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+) -> None:
+    """Combine the ledgers of `--shard` runs on several hosts; merging twice adds nothing."""
+    from ..ledger.merge import merge_ledgers  # only this command needs it
+
+    report = merge_ledgers(sources, output)
+    if not quiet:
+        rows = ", ".join(f"{n} {t}" for t, n in sorted(report.rows.items())) or "no rows"
+        err_console.print(
+            f"tierline: merged {len(sources)} ledger(s) into {output}: "
+            f"{report.runs_added} run(s) added, {report.runs_updated} updated, "
+            f"{report.runs_unchanged} already there ({rows})",
+            markup=False,
+        )
+    if report.ignored_tables:
+        err_console.print(
+            f"tierline: warning: tables unknown to this tierline were not merged: "
+            f"{', '.join(sorted(report.ignored_tables))}",
+            markup=False,
+        )
