@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
 
-from ..errors import ExitCode, TierlineError
+from ..errors import ExitCode, TierlineError, redact
 from . import backends, classify, init, ledger, plan, run, tiering
 from .output import err_console
 
@@ -51,13 +52,20 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else ExitCode.USAGE)
     except TierlineError as exc:
-        err_console.print(f"tierline: error: {exc}", markup=False, highlight=False)
+        err_console.print(f"tierline: error: {redact(str(exc))}", markup=False, highlight=False)
         return int(exc.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before a run installs its own handler (config, model load)
+        err_console.print("tierline: interrupted", markup=False, highlight=False)
+        return ExitCode.INTERRUPTED
     except Exception as exc:
+        if os.environ.get("TIERLINE_DEBUG") and "pytest" not in sys.modules:
+            # An exception message can quote a key: print the traceback scrubbed, not raw.
+            err_console.print(redact(traceback.format_exc()), markup=False, highlight=False)
+            return ExitCode.INTERNAL
         if _debug():
             raise
         err_console.print(
-            f"tierline: internal error: {type(exc).__name__}: {exc} "
+            f"tierline: internal error: {type(exc).__name__}: {redact(str(exc))} "
             "(set TIERLINE_DEBUG=1 for a traceback, and please report it)",
             markup=False,
             highlight=False,

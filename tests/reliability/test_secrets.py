@@ -1,0 +1,86 @@
+"""API keys never appear in results, the ledger, messages or tracebacks: real `tierline run`
+subprocesses with fake keys set, a failing auth path (401) and a crash, TIERLINE_DEBUG on and off,
+and every byte they write scanned for the keys."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tierline.testing.servers import FakeOpenAI
+
+from .conftest import jobs_file
+
+pytestmark = pytest.mark.slow
+
+SECRETS = {
+    "OPENAI_API_KEY": "sk-test-SECRET-0penai-key-9f8e7d6c5b4a",
+    "ANTHROPIC_API_KEY": "sk-ant-test-SECRET-anthropic-1a2b3c4d",
+}
+
+
+@pytest.fixture
+def openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key="sk-the-right-key-only-the-server-knows") as server:
+        yield server
+
+
+def config(path: Path, server: FakeOpenAI) -> Path:
+    path.write_text(
+        f"""
+[backends.api]
+kind = "openai"
+model = "gpt-4o-mini"
+base_url = "{server.base_url}"
+max_attempts = 2
+[routes]
+1 = ["api"]
+2 = ["api"]
+3 = ["api"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run(args: list[str], tmp: Path, debug: bool) -> bytes:
+    env = {**os.environ, **SECRETS, "TIERLINE_HOME": str(tmp / "home")}
+    env.pop("TIERLINE_DEBUG", None)
+    if debug:
+        env["TIERLINE_DEBUG"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tierline", *args], capture_output=True, env=env, timeout=60
+    )
+    return proc.stdout + proc.stderr + str(proc.returncode).encode()
+
+
+def everything_written(tmp: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(tmp.rglob("*")) if p.is_file())
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_keys_never_leak(tmp_path: Path, openai: FakeOpenAI, debug: bool) -> None:
+    """401 on every call, then a crash: no key in stdout, stderr, results, ledger or logs."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 5)
+    cfg = config(tmp_path / "tierline.toml", openai)
+    ledger = tmp_path / "ledger.db"
+    out = run(["run", str(jobs), "-c", str(cfg), "--ledger", str(ledger)], tmp_path, debug)
+    out += run(["run", str(jobs), "-c", str(cfg), "-o", str(tmp_path / "o.jsonl")], tmp_path, debug)
+    assert b"401" in out or b"Incorrect API key" in out  # the auth path really failed
+    (tmp_path / "not-a-dir").write_text("x", encoding="utf-8")
+    crash = run(
+        ["run", str(jobs), "-c", str(cfg), "--ledger", str(tmp_path / "not-a-dir" / "l.db")],
+        tmp_path,
+        debug,
+    )
+    assert crash.endswith(b"70") and (b"Traceback" in crash) == debug
+    scanned = out + crash + everything_written(tmp_path)
+    assert ledger.exists() and len(scanned) > 1000
+    for name, key in SECRETS.items():
+        assert key.encode() not in scanned, name
+        assert key[8:].encode() not in scanned, name  # nor a key with its prefix cut off
