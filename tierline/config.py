@@ -130,7 +130,13 @@ class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):
         return data
 
 
-class OpenAIBackendConfig(_BackendBase, _HTTPBackend):
+class _ProviderBatchMode(_Strict):
+    # "batch": jobs whose route starts at this backend go to the provider's batch API at half
+    # price and finish within 24 h (docs/batches.md); fallbacks to it stay synchronous.
+    mode: Literal["sync", "batch"] = "sync"
+
+
+class OpenAIBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
     kind: Literal["openai"]
     model: str
     api_key_env: str = "OPENAI_API_KEY"
@@ -139,7 +145,7 @@ class OpenAIBackendConfig(_BackendBase, _HTTPBackend):
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
-class AnthropicBackendConfig(_BackendBase, _HTTPBackend):
+class AnthropicBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
     kind: Literal["anthropic"]
     model: str
     api_key_env: str = "ANTHROPIC_API_KEY"

@@ -21,6 +21,7 @@ from ..ledger.pricing import genai_prices_version, micros_to_usd
 from ..ledger.store import Ledger
 from ..tiering.pipeline import Tierer
 from .base import Backend, request_for
+from .batch.divert import BatchDiverter, BatchOptions, open_diverter
 from .router import Outcome, Router
 
 __all__ = ["RunSummary", "Tally", "run_files", "run_jobs"]
@@ -67,7 +68,8 @@ class Tally:
 
     @property
     def failed(self) -> int:
-        return self.jobs - self.by_status["ok"]
+        # a job waiting in a provider batch has not failed (yet)
+        return self.jobs - self.by_status["ok"] - self.by_status["pending"]
 
 
 @dataclass
@@ -82,6 +84,8 @@ class RunSummary:
     def exit_code(self) -> ExitCode:
         if self.tally.by_status["skipped_budget"]:
             return ExitCode.BUDGET
+        if self.tally.by_status["pending"]:
+            return ExitCode.PENDING
         return ExitCode.OK if self.tally.failed == 0 else ExitCode.JOBS_FAILED
 
 
@@ -95,13 +99,22 @@ def _hop_error(outcome: Outcome) -> dict[str, str]:
 
 
 class _Dispatcher:
-    def __init__(self, config: Config, router: Router, accountant: Accountant) -> None:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        accountant: Accountant,
+        divert: BatchDiverter | None = None,
+    ) -> None:
         self.config = config
         self.router = router
         self.accountant = accountant  # prices, ledger rows and the budget (tierline.ledger)
+        self.divert = divert  # provider batches (dispatch/batch): their results come later
 
-    async def __call__(self, job: Job, tierer: Tierer) -> Result:
+    async def __call__(self, job: Job, tierer: Tierer) -> Result | None:
         vote = tierer(job)
+        if self.divert is not None and await self.divert.offer(job, vote):
+            return None
         defaults = self.config.defaults
         chain = self.router.chain(vote.tier)
         hold = await self.accountant.admit(job, chain, self.router.max_tokens_for)
@@ -158,8 +171,12 @@ async def run_jobs(
     backends: Mapping[str, Backend] | None = None,
     stop: Stop | None = None,
     budget: Budget | None = None,
+    divert: BatchDiverter | None = None,
 ) -> RunSummary:
     """Dispatch every job; call `sink` once per input item, in completion order.
+
+    With `divert`, jobs bound for provider batches are packed and submitted by it; it emits
+    their (pending or final) results through the same sink.
 
     With `stop`, a stop request (SIGINT/SIGTERM) ends reading, and in-flight jobs get its grace
     period before being cancelled; a cancelled job emits nothing (a resume redoes it).
@@ -167,7 +184,7 @@ async def run_jobs(
     started = time.perf_counter()
     router = Router(config, backends)
     accountant = Accountant(config, ledger=ledger, run_id=run_id, budget=budget)
-    dispatcher = _Dispatcher(config, router, accountant)
+    dispatcher = _Dispatcher(config, router, accountant, divert)
     tally = Tally()
     window = max_in_flight or min(
         1024, sum(b.max_concurrency for b in config.backends.values()) * 2
@@ -179,9 +196,14 @@ async def run_jobs(
         tally.add(result)
         sink(result)
 
+    if divert is not None:
+        divert.bind(emit)
+
     async def one(job: Job) -> None:
         try:
-            emit(await dispatcher(job, tierer))
+            result = await dispatcher(job, tierer)
+            if result is not None:
+                emit(result)
         finally:
             slots.release()
 
@@ -212,10 +234,14 @@ async def run_jobs(
             await stop.drain(pending)
         elif pending:
             await asyncio.gather(*pending)
+        if divert is not None and not (stop is not None and stop.requested):
+            await divert.finish()  # an interrupted run leaves unsent jobs to the resume
     finally:
         for task in pending:
             task.cancel()
         await router.aclose()
+        if divert is not None:
+            await divert.aclose()
     notes = ([DEFAULT_NOTE] if config.is_default else []) + accountant.notes()
     return RunSummary(run_id, config.origin, tally, time.perf_counter() - started, notes)
 
@@ -231,6 +257,7 @@ async def run_files(
     select: Callable[[Iterable[Job | InvalidLine]], Iterable[Job | InvalidLine]] | None = None,
     stop: Stop | None = None,
     max_cost_micros: int | None = None,
+    batches: BatchOptions | None = None,
 ) -> RunSummary:
     """A whole run: read the inputs, dispatch, write results, and keep the ledger.
 
@@ -252,6 +279,7 @@ async def run_files(
             if on_result is not None:
                 on_result(result)
 
+        divert = open_diverter(batches, config=config, ledger=ledger, run_id=run_id, inputs=inputs)
         items: Iterable[Job | InvalidLine] = read_jobs(inputs)
         summary = await run_jobs(
             select(items) if select is not None else items,
@@ -263,9 +291,13 @@ async def run_files(
             read_in_thread="-" in inputs,
             stop=stop,
             budget=None if max_cost_micros is None else Budget(max_cost_micros),
+            divert=divert,
         )
         t = summary.tally
-        status = "ok" if t.failed == 0 else "failed"
+        if divert is not None:
+            divert.close(t.by_status["ok"], t.failed)
+            summary.notes += divert.notes
+        status = "pending" if t.by_status["pending"] else ("ok" if t.failed == 0 else "failed")
         if stop is not None and stop.requested:
             status = "interrupted"
         ledger.finish_run(

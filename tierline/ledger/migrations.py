@@ -127,3 +127,63 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             )
         applied.append(step.__name__)
     return applied
+
+
+# Appended last on purpose: other migrations may be added above; this one only needs m001.
+@migration
+def m003_provider_batches(conn: sqlite3.Connection) -> None:
+    """Provider batches (OpenAI Batch, Anthropic Message Batches) and the jobs waiting in them;
+    tierline/ledger/batches.py reads and writes them."""
+    conn.execute(
+        """
+        CREATE TABLE batch_submissions (
+            run_id TEXT PRIMARY KEY REFERENCES runs(id),
+            output TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            inputs_key TEXT,
+            sync_ok INTEGER NOT NULL DEFAULT 0,
+            sync_failed INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE provider_batches (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            backend TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            model TEXT NOT NULL,
+            batch_id TEXT,
+            input_file_id TEXT,
+            status TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            counts TEXT NOT NULL,
+            error TEXT,
+            submitted_at TEXT,
+            ended_at TEXT,
+            collected_at TEXT
+        )
+        """
+    )
+    conn.execute("CREATE INDEX provider_batches_run ON provider_batches(run_id)")
+    conn.execute(
+        """
+        CREATE TABLE provider_batch_jobs (
+            batch INTEGER NOT NULL REFERENCES provider_batches(id),
+            seq INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            custom_id TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            stub TEXT NOT NULL,
+            result TEXT,
+            request TEXT,
+            PRIMARY KEY (batch, seq)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX provider_batch_jobs_run ON provider_batch_jobs(run_id, state)")
