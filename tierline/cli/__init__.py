@@ -13,7 +13,7 @@ import traceback
 import typer
 
 from ..errors import ExitCode, TierlineError, redact
-from . import backends, classify, init, ledger, plan, run, tiering
+from . import backends, batch, classify, init, ledger, plan, run, tiering
 from .output import err_console
 
 __all__ = ["app", "cli_exit", "main"]
@@ -37,6 +37,7 @@ app.command(name="init")(init.init)
 app.command(name="plan")(plan.plan)
 app.add_typer(backends.app, name="backends")
 app.add_typer(tiering.app, name="tiering")
+app.add_typer(batch.app, name="batch")
 app.add_typer(ledger.app, name="ledger")
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..config import load_config
+from ..dispatch.batch import BatchOptions
 from ..dispatch.scheduler import run_files
 from ..errors import ExitCode
 from ..interrupts import DEFAULT_GRACE_S, Stop
@@ -17,6 +18,7 @@ from ..ledger.pricing import to_micros
 from ..ledger.store import default_ledger_path
 from ..resume import Journal, RunLock
 from ..shard import Shard
+from . import batch
 from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
 from .output import err_console, print_summary, progress_bar
 
@@ -55,6 +57,8 @@ def run(
     shard: ShardOption = None,
     grace: Grace = DEFAULT_GRACE_S,
     fresh: Fresh = False,
+    provider_batch: batch.ProviderBatch = False,
+    wait: batch.Wait = False,
     max_cost: MaxCost = None,
 ) -> None:
     """Tier each job, dispatch it along its tier's route, write one result line per job.
@@ -62,12 +66,17 @@ def run(
     With -o, rerunning the same command after a crash or Ctrl-C resumes: jobs already done are
     skipped. Exit 0 when every job succeeded, 1 when some failed (each failure is in the
     results), 2 on a usage or config error, 3 when the budget stopped the run, 5 when another
-    run holds the output, 130/143 when interrupted by SIGINT/SIGTERM.
+    run holds the output, 130/143 when interrupted by SIGINT/SIGTERM, 4 when jobs wait in
+    provider batches (the same command again, or `tierline batch collect`, fetches them).
     """
     cfg = load_config(config)
     ledger_path = Path(ledger or cfg.ledger.path or default_ledger_path())
     part = Shard.parse(shard) if shard else None
     stop = Stop(grace_s=grace)
+    again = batch.collect_same_command(cfg, ledger_path, inputs, output, wait=wait, quiet=quiet)
+    if again is not None:  # this command's provider batches are still open: collect them
+        raise typer.Exit(again)
+    to_file = output not in (None, "-")
     with RunLock(output), Journal(output, cfg, resume=not fresh) as journal:
         with progress_bar(inputs, quiet=quiet) as advance:
             work = run_files(
@@ -78,6 +87,7 @@ def run(
                 on_result=advance,
                 select=lambda items: journal.select(part.select(items) if part else items),
                 stop=stop,
+                batches=BatchOptions(provider_batch, wait, output if to_file else None),
                 max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
             )
             summary = asyncio.run(stop.guard(work))
@@ -87,6 +97,12 @@ def run(
         stale = journal.commit()
     _note_resume(summary.notes, journal, stale)
     print_summary(summary, quiet=quiet)
+    if wait and to_file and summary.tally.by_status["pending"]:
+        # the run wrote 'pending' lines and committed the file; now wait and fill them in
+        waited = batch.collect_same_command(
+            cfg, ledger_path, inputs, output, wait=True, quiet=quiet
+        )
+        raise typer.Exit(int(summary.exit_code) if waited is None else waited)
     code = summary.exit_code
     raise typer.Exit(int(ExitCode.JOBS_FAILED if code == 0 and journal.kept_failed else code))
 
