@@ -25,8 +25,14 @@ CONFIG = make_config(
 )
 
 
-async def run_with_ledger(ledger: Ledger, cheap: FakeBackend, dear: FakeBackend, gpu: FakeBackend) -> list[Result]:
-    lines = [f'{{"id": "t{t}-{i}", "prompt": "job {i}", "tier": {t}}}' for t in (1, 2, 3) for i in range(5)]
+async def run_with_ledger(
+    ledger: Ledger, cheap: FakeBackend, dear: FakeBackend, gpu: FakeBackend
+) -> list[Result]:
+    lines = [
+        f'{{"id": "t{t}-{i}", "prompt": "job {i}", "tier": {t}}}'
+        for t in (1, 2, 3)
+        for i in range(5)
+    ]
     run_id = ledger.start_run(command="test", config_origin="test", inputs=["x"])
     results: list[Result] = []
     summary = await run_jobs(
@@ -47,13 +53,17 @@ async def test_ledger_totals_equal_the_sum_of_result_costs(tmp_path: Path) -> No
     """Summed over a run, the ledger's cost_micros equal the results' cost_usd exactly, and the
     run row carries the same total and the baseline."""
     usage = Usage(input_tokens=1234, output_tokens=567, cached_tokens=200)
-    cheap = FakeBackend("cheap", "gpt-4o-mini").enqueue(*[Completion("a", "stop", usage, "gpt-4o-mini")] * 5)
+    cheap = FakeBackend("cheap", "gpt-4o-mini").enqueue(
+        *[Completion("a", "stop", usage, "gpt-4o-mini")] * 5
+    )
     dear = FakeBackend("dear", "claude-sonnet-4-5")
     gpu = FakeBackend("gpu", "qwen").enqueue(*[BackendUnavailable("down")] * 5)  # all fall to dear
     with Ledger(tmp_path / "l.db") as ledger:
         results = await run_with_ledger(ledger, cheap, dear, gpu)
         calls = ledger.conn.execute("SELECT SUM(cost_micros), COUNT(*) FROM calls").fetchone()
-        run = ledger.conn.execute("SELECT cost_micros, baseline_micros, unpriced_calls FROM runs").fetchone()
+        run = ledger.conn.execute(
+            "SELECT cost_micros, baseline_micros, unpriced_calls FROM runs"
+        ).fetchone()
         hops = ledger.conn.execute("SELECT MAX(hop) FROM calls WHERE job_id LIKE 't2-%'").fetchone()
     result_micros = sum(round(r.cost_usd * 1e6) for r in results if r.cost_usd is not None)
     assert all(r.status == "ok" and r.cost_usd is not None for r in results)
@@ -65,10 +75,16 @@ async def test_ledger_totals_equal_the_sum_of_result_costs(tmp_path: Path) -> No
 
 async def test_unknown_price_is_null_in_ledger_and_result(tmp_path: Path) -> None:
     """A call answered by a model of unknown price: ledger NULL, result null, warning note."""
-    cheap, dear, gpu = FakeBackend("cheap", "gpt-4o-mini"), FakeBackend("dear", "claude-sonnet-4-5"), FakeBackend("gpu", "qwen")
+    cheap, dear, gpu = (
+        FakeBackend("cheap", "gpt-4o-mini"),
+        FakeBackend("dear", "claude-sonnet-4-5"),
+        FakeBackend("gpu", "qwen"),
+    )
     with Ledger(tmp_path / "l.db") as ledger:
         results = await run_with_ledger(ledger, cheap, dear, gpu)
-        nulls = ledger.conn.execute("SELECT COUNT(*) FROM calls WHERE cost_micros IS NULL").fetchone()[0]
+        nulls = ledger.conn.execute(
+            "SELECT COUNT(*) FROM calls WHERE cost_micros IS NULL"
+        ).fetchone()[0]
         unpriced = ledger.conn.execute("SELECT unpriced_calls FROM runs").fetchone()[0]
     tier2 = [r for r in results if r.tier == 2]
     assert all(r.cost_usd is None for r in tier2)

@@ -70,10 +70,14 @@ async def test_run_with_max_cost_never_spends_past_it() -> None:
 
     async def answer(request: Request) -> Completion:
         await asyncio.sleep(rng.random() / 100)
-        usage = Usage(input_tokens=rng.randint(1, 40), output_tokens=rng.randint(1, request.max_tokens))
+        usage = Usage(
+            input_tokens=rng.randint(1, 40), output_tokens=rng.randint(1, request.max_tokens)
+        )
         return Completion("ok", "stop", usage, "m")
 
-    lines = [f'{{"id": "j{i}", "prompt": "say something {i}", "max_tokens": 500}}' for i in range(200)]
+    lines = [
+        f'{{"id": "j{i}", "prompt": "say something {i}", "max_tokens": 500}}' for i in range(200)
+    ]
     results: list[Result] = []
     budget = Budget(100_000)  # $0.10; each job may cost up to ~2,100 micro-$
     summary = await run_jobs(
@@ -94,7 +98,9 @@ async def test_run_with_max_cost_never_spends_past_it() -> None:
 
 async def test_unknown_price_is_not_sent_under_a_budget() -> None:
     """A route whose model has no known price cannot be bounded: its jobs are skipped, unsent."""
-    config = make_config({"gpu": {"kind": "openai-compatible", "model": "q", "base_url": "http://gpu/v1"}})
+    config = make_config(
+        {"gpu": {"kind": "openai-compatible", "model": "q", "base_url": "http://gpu/v1"}}
+    )
     backend = FunctionBackend(lambda r: "never", name="gpu", model="q")
     results: list[Result] = []
     await run_jobs(

@@ -19,7 +19,11 @@ from .conftest import make_config
 CONFIG = make_config(
     {
         "local": {"kind": "llamacpp"},
-        "api": {"kind": "openai", "model": "m", "price": {"input_per_mtok": 1, "output_per_mtok": 10}},
+        "api": {
+            "kind": "openai",
+            "model": "m",
+            "price": {"input_per_mtok": 1, "output_per_mtok": 10},
+        },
     },
     routes={"1": ["local"], "2": ["api"], "3": ["api"]},
     baseline={"model": "base", "provider": None},
@@ -52,20 +56,33 @@ def test_word_piece_estimate() -> None:
 
 
 def test_plan_rows_and_numbers() -> None:
-    """Per tier and backend: jobs, estimated tokens (prompt 3 words + 7 template = 10), output as
+    """Per tier and backend: jobs, estimated tokens (prompt 3 words + 7 template = 10 on an API, + 26 on the local model), output as
     a task share of max_tokens (classify 60%, other 80%), cost, batch cost and baseline."""
-    plan = make_plan(jobs_from_lines(LINES), config=CONFIG, tierer=Tierer.from_config(CONFIG.tiering))
+    plan = make_plan(
+        jobs_from_lines(LINES), config=CONFIG, tierer=Tierer.from_config(CONFIG.tiering)
+    )
     rows = {(r.tier, r.backend): r.as_dict() for r in plan.rows}
     local, api = rows[(1, "local")], rows[(3, "api")]
-    assert (local["jobs"], local["input_tokens"], local["output_tokens"], local["cost_micros"]) == (1, 10, 8, 0)
+    assert (local["jobs"], local["input_tokens"], local["output_tokens"], local["cost_micros"]) == (
+        1,
+        29,
+        8,
+        0,
+    )
     assert (api["jobs"], api["input_tokens"], api["output_tokens"]) == (2, 20, 140)
     # 20 in * $1 + 140 out * $10 per Mtok = 1,420 micro-$; batch half; baseline double
-    assert (api["cost_micros"], api["batch_cost_micros"], api["baseline_micros"]) == (1_420, 710, 2_840)
+    assert (api["cost_micros"], api["batch_cost_micros"], api["baseline_micros"]) == (
+        1_420,
+        710,
+        2_840,
+    )
     assert api["savings_micros"] == 1_420
     assert plan.invalid == 1
 
 
-def test_plan_exits_3_over_max_cost(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_plan_exits_3_over_max_cost(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     """--max-cost under the estimate exits 3, above it exits 0; --json reports over_budget."""
     jobs = write_jsonl(tmp_path / "jobs.jsonl", LINES)
     (tmp_path / "tierline.toml").write_text(TOML)

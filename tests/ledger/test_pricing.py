@@ -28,7 +28,9 @@ PRICED = {
 def test_cached_tokens_pay_the_cache_read_price() -> None:
     """1,000 input of which 400 cached, 100 output: 600*2 + 400*0.5 + 100*8 = 2,200 micro-$."""
     pricer = Pricer(make_config({"api": PRICED}))
-    price = pricer.price("api", "my-finetune", Usage(input_tokens=1000, output_tokens=100, cached_tokens=400))
+    price = pricer.price(
+        "api", "my-finetune", Usage(input_tokens=1000, output_tokens=100, cached_tokens=400)
+    )
     assert price.micros == 2_200
     assert price.source == "config:backends.api.price"
     assert price.version == "test.toml"
@@ -91,7 +93,15 @@ def test_model_override_beats_backend_price() -> None:
 def test_unknown_price_is_none_and_flagged() -> None:
     """A self-hosted server with no price is unknown (None), never free, and warned about."""
     pricer = Pricer(
-        make_config({"gpu": {"kind": "openai-compatible", "model": "Qwen/Qwen2.5-7B", "base_url": "http://gpu:8000/v1"}})
+        make_config(
+            {
+                "gpu": {
+                    "kind": "openai-compatible",
+                    "model": "Qwen/Qwen2.5-7B",
+                    "base_url": "http://gpu:8000/v1",
+                }
+            }
+        )
     )
     price = pricer.price("gpu", "Qwen/Qwen2.5-7B", Usage(input_tokens=10, output_tokens=10))
     assert price.micros is None
@@ -103,7 +113,16 @@ def test_unknown_price_is_none_and_flagged() -> None:
 def test_gpu_hour_prices_busy_time() -> None:
     """gpu_hour_usd = 3.60 and a 2.5 s share of busy time: 3.60 * 2.5 / 3600 = 2,500 micro-$."""
     pricer = Pricer(
-        make_config({"gpu": {"kind": "openai-compatible", "model": "m", "base_url": "http://gpu/v1", "gpu_hour_usd": 3.6}})
+        make_config(
+            {
+                "gpu": {
+                    "kind": "openai-compatible",
+                    "model": "m",
+                    "base_url": "http://gpu/v1",
+                    "gpu_hour_usd": 3.6,
+                }
+            }
+        )
     )
     price = pricer.price("gpu", "m", Usage(input_tokens=10_000, output_tokens=10_000), busy_s=2.5)
     assert price.micros == 2_500
@@ -133,8 +152,10 @@ def test_worst_case_uses_the_dearest_input_price() -> None:
 
 def test_unpriceable_baseline_is_a_config_error() -> None:
     """A baseline model nobody has a price for is refused up front, naming the fix."""
-    pricer = Pricer(make_config({"api": PRICED}, baseline={"model": "no-such-model", "provider": None}))
-    with pytest.raises(ConfigError, match="pricing.models"):
+    pricer = Pricer(
+        make_config({"api": PRICED}, baseline={"model": "no-such-model", "provider": None})
+    )
+    with pytest.raises(ConfigError, match=r"pricing\.models"):
         pricer.baseline  # noqa: B018
 
 

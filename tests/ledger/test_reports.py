@@ -20,10 +20,26 @@ from tierline.ledger.store import CallRecord, Ledger
 def fill(path: Path) -> str:
     with Ledger(path) as ledger:
         run = ledger.start_run(command="run", config_origin="t", inputs=["a"], baseline_model="b")
-        for tier, backend, cost, baseline in [(1, "local", 0, 900), (1, "local", 0, 1_100), (3, "claude", 700, 1_000), (2, "gpu", None, 500)]:
+        for tier, backend, cost, baseline in [
+            (1, "local", 0, 900),
+            (1, "local", 0, 1_100),
+            (3, "claude", 700, 1_000),
+            (2, "gpu", None, 500),
+        ]:
             ledger.record_call(
                 run,
-                CallRecord(f"j{tier}{backend}{cost}", tier, backend, backend + "-m", "ok", Usage(10, 5), cost, "x", 0.1, baseline_micros=baseline),
+                CallRecord(
+                    f"j{tier}{backend}{cost}",
+                    tier,
+                    backend,
+                    backend + "-m",
+                    "ok",
+                    Usage(10, 5),
+                    cost,
+                    "x",
+                    0.1,
+                    baseline_micros=baseline,
+                ),
             )
         ledger.finish_run(run, jobs=4, ok=4, failed=0, status="ok")
     return run
@@ -36,16 +52,30 @@ def test_summary_by_tier_counts_savings_like_for_like(tmp_path: Path) -> None:
     with Ledger(tmp_path / "l.db") as ledger:
         rows = {r.group["tier"]: r for r in summarize(ledger.conn, ["tier"], Filters())}
         total = summarize(ledger.conn, [], Filters())[0]
-    assert (rows[1].cost_micros, rows[1].baseline_micros, rows[1].savings_micros) == (0, 2_000, 2_000)
+    assert (rows[1].cost_micros, rows[1].baseline_micros, rows[1].savings_micros) == (
+        0,
+        2_000,
+        2_000,
+    )
     assert (rows[3].savings_micros, rows[3].savings_share) == (300, 0.3)
     assert (rows[2].unpriced_calls, rows[2].baseline_micros) == (1, 0)
-    assert (total.calls, total.cost_micros, total.baseline_micros, total.unpriced_calls) == (4, 700, 3_000, 1)
+    assert (total.calls, total.cost_micros, total.baseline_micros, total.unpriced_calls) == (
+        4,
+        700,
+        3_000,
+        1,
+    )
 
 
-def test_summary_json_and_unknown_group(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_summary_json_and_unknown_group(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     """`ledger summary --by backend --json` prints one object per backend; a bad --by exits 2."""
     fill(tmp_path / "l.db")
-    assert main(["ledger", "summary", "--by", "backend", "--json", "--ledger", str(tmp_path / "l.db")]) == 0
+    assert (
+        main(["ledger", "summary", "--by", "backend", "--json", "--ledger", str(tmp_path / "l.db")])
+        == 0
+    )
     rows = json.loads(capsysbinary.readouterr().out)
     assert {r["group"]["backend"] for r in rows} == {"local", "claude", "gpu"}
     assert main(["ledger", "summary", "--by", "colour", "--ledger", str(tmp_path / "l.db")]) == 2
@@ -71,7 +101,12 @@ def test_runs_lists_the_run(tmp_path: Path, capsysbinary: pytest.CaptureFixture[
     run = fill(tmp_path / "l.db")
     assert main(["ledger", "runs", "--json", "--ledger", str(tmp_path / "l.db")]) == 0
     [row] = json.loads(capsysbinary.readouterr().out)
-    assert (row["id"], row["cost_micros"], row["baseline_micros"], row["unpriced_calls"]) == (run, 700, 3_000, 1)
+    assert (row["id"], row["cost_micros"], row["baseline_micros"], row["unpriced_calls"]) == (
+        run,
+        700,
+        3_000,
+        1,
+    )
 
 
 def test_missing_ledger_is_a_usage_error(tmp_path: Path) -> None:

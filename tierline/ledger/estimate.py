@@ -29,6 +29,10 @@ _PIECES = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_")
 LETTERS_PER_EXTRA_TOKEN = 7
 TEMPLATE_TOKENS_PER_MESSAGE = 4  # role markers and separators of a chat template
 TEMPLATE_TOKENS = 3  # the assistant turn's priming
+# In-process llama.cpp: the embedded SmolLM2's ChatML template injects a default system prompt
+# (measured: 26 tokens beyond the text on examples/jobs.jsonl), and a JSON schema becomes a
+# grammar, not prompt tokens.
+LOCAL_TEMPLATE_TOKENS = 26
 BOUND_TOKENS_PER_MESSAGE = 32  # generous: some templates inject a default system prompt
 BOUND_TOKENS = 64
 
@@ -65,10 +69,12 @@ def _schema_text(job: Job) -> str:
     return json.dumps(schema) if schema else ""
 
 
-def estimate_input_tokens(job: Job) -> int:
-    """Best-guess prompt tokens of a job, template included."""
+def estimate_input_tokens(job: Job, kind: str | None = None) -> int:
+    """Best-guess prompt tokens of a job on a backend of `kind`, template included."""
     parts = _parts(job)
     text = sum(estimate_text_tokens(p) for p in parts)
+    if kind == "llamacpp":
+        return text + LOCAL_TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE * (len(parts) - 1)
     return (
         text
         + estimate_text_tokens(_schema_text(job))

@@ -162,7 +162,7 @@ def make_plan(
             )
         max_tokens = item.max_tokens or max_tokens_for(backend)
         usage = Usage(
-            input_tokens=estimate_input_tokens(item),
+            input_tokens=estimate_input_tokens(item, bc.kind),
             output_tokens=estimate_output_tokens(item, max_tokens),
         )
         worst = worst_case_micros(pricer, item, chain, max_tokens_for)
