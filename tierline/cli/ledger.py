@@ -185,7 +185,7 @@ def merge(
             f"{report.runs_unchanged} already there ({rows})",
             markup=False,
         )
-    if report.ignored_tables:
+    if report.ignored_tables and not quiet:
         err_console.print(
             f"tierline: warning: tables unknown to this tierline were not merged: "
             f"{', '.join(sorted(report.ignored_tables))}",
