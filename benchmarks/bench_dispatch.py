@@ -10,7 +10,9 @@ CPU time and peak RSS are its own:
 * `raw-httpx`: `AsyncOpenAI` on the SDK's default HTTP client (pool sized to the concurrency);
 * `raw-aiohttp`: the same loop on the SDK's aiohttp transport (`DefaultAioHttpClient`);
 * `tierline`: the real `run_files` path (read JSONL, tier, route, limits, retries, write results
-  and the ledger) with an `openai-compatible` backend.
+  and the ledger) with an `openai-compatible` backend. Jobs carry their tier, as they do after
+  `tierline classify` (`--classify` makes tierline tier them itself: that measures the tiering
+  pipeline too, which is not dispatch's cost).
 
 Reported: jobs/s, client CPU seconds per 1,000 jobs (`time.process_time` over the run), peak RSS
 (`ru_maxrss`), and tierline's throughput as a share of each raw loop's.
@@ -61,7 +63,9 @@ async def raw_loop(url: str, jobs: int, concurrency: int, transport: str) -> Non
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def tierline_run(url: str, jobs: int, concurrency: int, workdir: Path) -> int:
+async def tierline_run(
+    url: str, jobs: int, concurrency: int, workdir: Path, classify: bool = False
+) -> int:
     from tierline.config import config_from_mapping
     from tierline.dispatch.scheduler import run_files
     from tierline.jobs import ResultWriter
@@ -69,7 +73,10 @@ async def tierline_run(url: str, jobs: int, concurrency: int, workdir: Path) -> 
     inputs = workdir / "jobs.jsonl"
     with inputs.open("w", encoding="utf-8") as fh:
         for i in range(jobs):
-            fh.write(json.dumps({"id": f"j{i}", "prompt": prompt(i), "max_tokens": MAX_TOKENS}))
+            job = {"id": f"j{i}", "prompt": prompt(i), "max_tokens": MAX_TOKENS}
+            if not classify:
+                job["tier"] = 1  # tiered upstream (`tierline classify | tierline run -`)
+            fh.write(json.dumps(job))
             fh.write("\n")
     backend = {
         "kind": "openai-compatible",
@@ -93,7 +100,7 @@ async def tierline_run(url: str, jobs: int, concurrency: int, workdir: Path) -> 
     return int(summary.tally.by_status["ok"])
 
 
-def worker(mode: str, url: str, jobs: int, concurrency: int) -> dict[str, Any]:
+def worker(mode: str, url: str, jobs: int, concurrency: int, classify: bool) -> dict[str, Any]:
     """One contender, in this process: returns its numbers."""
     try:
         import uvloop  # the fakes use it too; without it the client pays asyncio's own overhead
@@ -105,7 +112,7 @@ def worker(mode: str, url: str, jobs: int, concurrency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         if mode == "tierline":
-            ok = runner(tierline_run(url, jobs, concurrency, Path(tmp)))
+            ok = runner(tierline_run(url, jobs, concurrency, Path(tmp), classify))
         else:
             runner(raw_loop(url, jobs, concurrency, mode.removeprefix("raw-")))
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -201,18 +208,24 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument(
+        "--classify",
+        action="store_true",
+        help="let tierline tier each job (default: jobs carry a tier, as after `tierline classify`)",
+    )
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.url, args.jobs, args.concurrency[0])))
+        result = worker(args.worker, args.url, args.jobs, args.concurrency[0], args.classify)
+        print(json.dumps(result))
         return 0
     proc, url = start_fake(args.latency_ms)
     rows = []
     try:
         for concurrency in args.concurrency:
             for mode in args.modes:
-                rows.append(run_one(mode, url, args.jobs, concurrency))
+                rows.append(run_one(mode, url, args.jobs, concurrency, args.classify))
                 print(table(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
     finally:
         proc.terminate()
