@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config
-from ..errors import BackendConnectionError, BackendError, BackendStatusError, BackendUnavailable
+from ..errors import (
+    BackendConnectionError,
+    BackendError,
+    BackendStatusError,
+    BackendUnavailable,
+    redact,
+)
 from ..ledger.busy import BusyMeter, BusySpan
 from .base import Backend, Completion, Request
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens
@@ -176,7 +182,7 @@ class Router:
             # cannot serve now: the next backend in the chain gets the job.
             unavailable = isinstance(exc.error, (BackendConnectionError, BackendUnavailable))
             status = "unavailable" if unavailable else "error"
-            message = str(exc.error) if isinstance(exc.error, BackendError) else repr(exc.error)
+            message = str(exc.error) if isinstance(exc.error, BackendError) else redact(repr(exc.error))
             return Hop(
                 name,
                 _model_of(config),
