@@ -39,9 +39,12 @@ def anthropic_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def oai() -> Iterator[FakeOpenAI]:
+def oai(spec: OpenAISpec) -> Iterator[FakeOpenAI]:
+    """FakeOpenAI; afterwards every chat request tierline sent it must match the OpenAPI spec."""
     with FakeOpenAI(api_key=KEY) as srv:
         yield srv
+        for request in srv.requests:
+            spec.check_request(request)
 
 
 @pytest.fixture

@@ -82,5 +82,12 @@ def check(
             typer.echo(json.dumps(r.as_dict()))
     else:
         err_console.print(_table(results))
+        # One unwrapped line per problem: the table wraps on narrow terminals, logs want grep.
+        for r in results:
+            if not r.usable:
+                err_console.print(
+                    f"tierline: backend {r.backend} ({r.endpoint}) is unusable: {r.detail}",
+                    markup=False,
+                )
     usable = all(r.usable for r in results)
     raise typer.Exit(int(ExitCode.OK if usable else ExitCode.JOBS_FAILED))
