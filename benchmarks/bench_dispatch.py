@@ -152,7 +152,7 @@ def start_fake(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-def run_one(mode: str, url: str, jobs: int, concurrency: int) -> dict[str, Any]:
+def run_one(mode: str, url: str, jobs: int, concurrency: int, classify: bool) -> dict[str, Any]:
     out = subprocess.run(
         [
             sys.executable,
@@ -165,6 +165,7 @@ def run_one(mode: str, url: str, jobs: int, concurrency: int) -> dict[str, Any]:
             str(jobs),
             "--concurrency",
             str(concurrency),
+            *(["--classify"] if classify else []),
         ],
         capture_output=True,
         text=True,
