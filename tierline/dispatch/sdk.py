@@ -114,8 +114,9 @@ def retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> 
         return float(value)
     except ValueError:
         pass
-    parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
-    if parsed is None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # neither seconds nor a date: no server-directed delay
         return None
     return parsed.timestamp() - (time.time() if now is None else now)
 
