@@ -26,7 +26,8 @@ ConfigPath = Annotated[
 LedgerPath = Annotated[
     str | None,
     typer.Option(
-        "--ledger", help="SQLite ledger file. Default: [ledger] path, else the user data dir."
+        "--ledger",
+        help="SQLite ledger file. Default: the config's ledger.path, else the user data dir.",
     ),
 ]
 Quiet = Annotated[

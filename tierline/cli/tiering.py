@@ -73,7 +73,8 @@ def evaluate(
     model: ModelOpt = None,
     config: ConfigPath = None,
     bias: Annotated[
-        str | None, typer.Option(help="Override [tiering] bias: quality, balanced or cost.")
+        str | None,
+        typer.Option(help="Override the config's tiering.bias: quality, balanced or cost."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
