@@ -252,6 +252,30 @@ class BaselineConfig(_Strict):
     provider: str | None = "anthropic"  # a genai-prices provider id; None: infer from the model
 
 
+CheckName = Literal["empty", "refusal", "truncated", "json", "expect"]  # dispatch/checks.py
+CHECK_NAMES: tuple[CheckName, ...] = ("empty", "refusal", "truncated", "json", "expect")
+
+
+class TierChecks(_Strict):
+    checks: list[CheckName]
+
+
+class EscalationConfig(_Strict):
+    """Check each answer and re-dispatch a failed one on the next tier's route.
+
+    Off unless the config has an [escalation] section: with it, `max_hops` defaults to 1.
+    """
+
+    max_hops: Annotated[int, Field(ge=0, le=2)] = 1
+    checks: list[CheckName] = Field(default_factory=lambda: list(CHECK_NAMES))
+    # per-tier check lists; TOML keys are strings ("1"), tiers are 1, 2 and 3
+    tiers: dict[Literal["1", "2", "3"], TierChecks] = Field(default_factory=dict)
+
+    def checks_for(self, tier: int) -> tuple[str, ...]:
+        per_tier = self.tiers.get(str(tier))  # type: ignore[call-overload]
+        return tuple(per_tier.checks if per_tier is not None else self.checks)
+
+
 class Config(_Strict):
     backends: dict[str, BackendConfig]
     routes: dict[Tier, Annotated[list[str], Field(min_length=1)]]
@@ -260,6 +284,7 @@ class Config(_Strict):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    escalation: EscalationConfig | None = None
     # Where the config came from: a path, or "embedded default". Not a TOML key.
     origin: str = Field(default="embedded default", exclude=True)
 

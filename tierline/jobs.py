@@ -25,6 +25,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
+from .config import CHECK_NAMES
 from .errors import JobError, UsageError
 
 __all__ = [
@@ -58,6 +59,7 @@ NATIVE_FIELDS = frozenset(
         "stop",
         "response_format",
         "expect",
+        "checks",
         "metadata",
         # written by `tierline classify`, so its output can be fed to `tierline run`
         "why",
@@ -100,6 +102,7 @@ class Job:
     stop: tuple[str, ...] = ()
     response_format: Mapping[str, Any] | None = None
     expect: str | tuple[str, ...] | None = None
+    checks: tuple[str, ...] | None = None  # answer checks for escalation; None: the tier's
     metadata: Mapping[str, Any] | None = None
     format: Literal["native", "openai-batch"] = "native"
     requested_model: str | None = None
@@ -195,6 +198,7 @@ class Result:
     latency_s: float = 0.0
     attempts: int = 0
     route: list[dict[str, Any]] = field(default_factory=list)
+    escalations: int = 0  # times a failed answer check moved the job up a tier
     error: dict[str, str] | None = None
     metadata: Mapping[str, Any] | None = None
 
@@ -216,6 +220,7 @@ class Result:
             "latency_s": round(self.latency_s, 4),
             "attempts": self.attempts,
             "route": self.route,
+            "escalations": self.escalations,
             "error": self.error,
             "metadata": self.metadata,
         }
@@ -332,6 +337,14 @@ def _response_format(value: Any) -> Mapping[str, Any] | None:
     )
 
 
+def _checks(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(c, str) and c in CHECK_NAMES for c in value):
+        return tuple(value)
+    raise JobError(f"'checks' must be an array of check names from {', '.join(CHECK_NAMES)}")
+
+
 def _expect(value: Any) -> str | tuple[str, ...] | None:
     if value is None or isinstance(value, str):
         return value
@@ -396,6 +409,7 @@ def _parse_native(obj: Mapping[str, Any], line: int, source: str) -> Job:
         stop=_stop(obj.get("stop")),
         response_format=_response_format(obj.get("response_format")),
         expect=_expect(obj.get("expect")),
+        checks=_checks(obj.get("checks")),
         metadata=metadata,
         raw=obj,
         **_number_fields(obj),

@@ -35,6 +35,8 @@ CALLS = {
     "baseline_micros": "INTEGER",
     "busy_s": "REAL",
     "hop": "INTEGER",
+    # m004
+    "check_failed": "TEXT",
 }
 RUNS = {
     "id": "TEXT",
@@ -69,7 +71,7 @@ def test_fresh_database_has_exact_columns() -> None:
     applied = migrate(conn)
     assert applied == [m.__name__ for m in MIGRATIONS]
     assert applied[:2] == ["m001_initial", "m002_costs"]
-    # later migrations (other areas) may add columns only to their own tables
+    # later migrations add their own tables (m003) or named columns (m004, listed above)
     assert columns(conn, "calls") == CALLS
     assert columns(conn, "runs") == RUNS
 

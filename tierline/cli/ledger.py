@@ -62,7 +62,9 @@ def _usd(micros: int) -> str:
 def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
     table = Table(*by, "calls", "jobs", "tokens in", "tokens out", "cost", "unpriced", "baseline")
     table.add_column("saved")
+    table.add_column("failed checks")
     for row in rows:
+        rate = row.check_failure_rate
         share = "" if row.savings_share is None else f" ({row.savings_share:.0%})"
         table.add_row(
             *(str(row.group[name]) for name in by),
@@ -74,6 +76,7 @@ def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
             f"{row.unpriced_calls:,}" if row.unpriced_calls else "",
             _usd(row.baseline_micros),
             _usd(row.savings_micros) + share,
+            f"{row.failed_checks:,} ({rate:.0%})" if row.failed_checks and rate is not None else "",
         )
     return table
 

@@ -68,7 +68,23 @@ def tally_lines(t: Tally) -> list[str]:
     lines.append(cost)
     if t.fallbacks:
         lines.append(f"fallbacks: {t.fallbacks} job(s) moved to the next backend of their route")
+    if t.failed_checks or t.escalated:
+        lines.append(escalation_line(t))
     return lines
+
+
+def escalation_line(t: Tally) -> str:
+    """Escalation rates: a high rate is the signal to retune tiering (docs/escalation.md)."""
+    per_tier = ", ".join(
+        f"tier {tier} {t.escalated[tier]}/{t.by_tier[tier]} ({t.escalated[tier] / t.by_tier[tier]:.0%})"
+        for tier in sorted(t.escalated)
+        if t.by_tier[tier]
+    )
+    per_backend = ", ".join(
+        f"{b} {t.failed_checks[b]}/{t.answers[b]} ({t.failed_checks[b] / t.answers[b]:.0%})"
+        for b in sorted(t.failed_checks)
+    )
+    return f"escalations: {per_tier or 'none'}; answers failing checks: {per_backend or 'none'}"
 
 
 def print_summary(summary: RunSummary, *, quiet: bool) -> None:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..config import CHECK_NAMES
 from ..jobs import Job
 from .base import Completion
 
@@ -115,7 +116,8 @@ CHECKS: dict[str, Check] = {
     "json": check_json,
     "expect": check_expect,
 }
-DEFAULT_CHECKS = ("empty", "refusal", "truncated", "json", "expect")
+DEFAULT_CHECKS: tuple[str, ...] = CHECK_NAMES  # config validates names against the same list
+assert set(CHECKS) == set(CHECK_NAMES)
 
 
 def run_checks(job: Job, completion: Completion, names: Iterable[str]) -> CheckFailure | None:

@@ -19,6 +19,7 @@ from ..errors import (
 )
 from ..ledger.busy import BusyMeter, BusySpan
 from .base import Backend, Completion, Request
+from .checks import CheckFailure
 from .limits import CircuitBreaker, RateLimiter, estimate_tokens
 from .registry import create_backend
 from .retry import Attempted, call_with_retry
@@ -38,6 +39,8 @@ class Hop:
     error: str | None = None
     completion: Completion | None = None
     busy_s: float = 0.0  # share of the backend's busy time, for gpu_hour_usd (ledger/busy.py)
+    tier: int | None = None  # the tier whose route this hop ran on (differs after escalation)
+    check: CheckFailure | None = None  # the answer check its answer failed, if any
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -47,8 +50,12 @@ class Hop:
             "attempts": self.attempts,
             "latency_s": round(self.latency_s, 4),
         }
+        if self.tier is not None:
+            out["tier"] = self.tier
         if self.error:
             out["error"] = self.error
+        if self.check is not None:
+            out["check"] = {"failed": self.check.check, "detail": self.check.detail}
         return out
 
 

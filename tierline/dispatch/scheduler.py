@@ -14,15 +14,17 @@ from typing import Any, Protocol
 from ..config import Config
 from ..errors import ExitCode
 from ..interrupts import Stop
-from ..jobs import InvalidLine, Job, Result, Usage, read_jobs
+from ..jobs import InvalidLine, Job, Result, Status, Usage, read_jobs
 from ..ledger.accounting import Accountant, JobCost, skipped_result
 from ..ledger.budget import Budget, Refusal
 from ..ledger.pricing import genai_prices_version, micros_to_usd
 from ..ledger.store import Ledger
 from ..tiering.pipeline import Tierer
+from ..tiering.vote import TierVote
 from .base import Backend, request_for
 from .batch.divert import BatchDiverter, BatchOptions, open_diverter
-from .router import Outcome, Router
+from .checks import CheckFailure, run_checks
+from .router import Hop, Outcome, Router
 
 __all__ = ["RunSummary", "Tally", "run_files", "run_jobs"]
 
@@ -50,6 +52,9 @@ class Tally:
     cost_usd: float = 0.0
     unpriced: int = 0
     fallbacks: int = 0
+    escalated: Counter[int] = field(default_factory=Counter)  # by the tier first decided
+    answers: Counter[str] = field(default_factory=Counter)  # checked answers by backend
+    failed_checks: Counter[str] = field(default_factory=Counter)  # ... that failed a check
 
     def add(self, result: Result) -> None:
         self.jobs += 1
@@ -63,8 +68,15 @@ class Tally:
             self.unpriced += 1
         else:
             self.cost_usd += result.cost_usd
-        if len(result.route) > 1:
+        if any(hop.get("status") == "unavailable" for hop in result.route):
             self.fallbacks += 1
+        if result.escalations and result.tier is not None:
+            self.escalated[result.tier] += 1
+        for hop in result.route:
+            if hop.get("status") == "ok":
+                self.answers[hop["backend"]] += 1
+                if "check" in hop:
+                    self.failed_checks[hop["backend"]] += 1
 
     @property
     def failed(self) -> int:
@@ -110,37 +122,115 @@ class _Dispatcher:
         self.router = router
         self.accountant = accountant  # prices, ledger rows and the budget (tierline.ledger)
         self.divert = divert  # provider batches (dispatch/batch): their results come later
+        self.escalation = config.escalation  # answer checks and moving up a tier (None: off)
 
     async def __call__(self, job: Job, tierer: Tierer) -> Result | None:
         vote = tierer(job)
         if self.divert is not None and await self.divert.offer(job, vote):
             return None
+        tier, micros = vote.tier, 0
+        hops: list[Hop] = []
+        micros_known = True
+        failure: CheckFailure | None = None
+        escalations = 0
+        while True:
+            step = await self._dispatch(job, tier, first_hop=len(hops) + 1)
+            if isinstance(step, Refusal):
+                if not hops:  # nothing was sent: the budget skipped the job
+                    return skipped_result(job, vote.tier, vote.why, vote.confidence, step)
+                break  # the budget stops the escalation; the last answer stands, failed
+            outcome, cost, failure = step
+            hops.extend(outcome.hops)
+            micros_known = micros_known and cost.micros is not None
+            micros += cost.micros or 0
+            if failure is None or not outcome.ok:
+                break
+            next_tier = self._escalate_to(tier, escalations, outcome)
+            if next_tier is None:
+                break
+            tier, escalations = next_tier, escalations + 1
+        return self._result(
+            job, vote, Outcome(hops), micros if micros_known else None, failure, escalations
+        )
+
+    async def _dispatch(
+        self, job: Job, tier: int, *, first_hop: int
+    ) -> tuple[Outcome, JobCost, CheckFailure | None] | Refusal:
+        """One pass along a tier's route: reserve, send, check the answer, record, settle."""
         defaults = self.config.defaults
-        chain = self.router.chain(vote.tier)
-        hold = await self.accountant.admit(job, chain, self.router.max_tokens_for)
+        hold = await self.accountant.admit(job, self.router.chain(tier), self.router.max_tokens_for)
         if isinstance(hold, Refusal):
-            return skipped_result(job, vote.tier, vote.why, vote.confidence, hold)
+            return hold
         cost: JobCost | None = None
         try:
             outcome = await self.router.dispatch(
-                vote.tier,
+                tier,
                 lambda max_tokens: request_for(
                     job, max_tokens=max_tokens, temperature=defaults.temperature
                 ),
             )
-            cost = self.accountant.record(job, vote.tier, outcome.hops)
+            for hop in outcome.hops:
+                hop.tier = tier
+            failure = self._check(job, tier, outcome)
+            cost = self.accountant.record(job, tier, outcome.hops, first_hop=first_hop)
         finally:
             self.accountant.settle(hold, cost)
+        return outcome, cost, failure
+
+    def _check(self, job: Job, tier: int, outcome: Outcome) -> CheckFailure | None:
+        """Run the answer checks (only when escalation is configured) on a successful answer."""
+        final = outcome.final
+        if self.escalation is None or not outcome.ok or final is None or final.completion is None:
+            return None
+        names = job.checks if job.checks is not None else self.escalation.checks_for(tier)
+        final.check = run_checks(job, final.completion, names)
+        return final.check
+
+    def _escalate_to(self, tier: int, escalations: int, outcome: Outcome) -> int | None:
+        """The next tier up whose route starts elsewhere; None when there is none (or no hops
+        left). Sending the same prompt to the same backend again would only pay twice."""
+        assert self.escalation is not None
+        if escalations >= self.escalation.max_hops:
+            return None
+        answered_by = outcome.final.backend if outcome.final else None
+        for higher in range(tier + 1, 4):
+            if self.router.chain(higher)[0] != answered_by:
+                return higher
+        return None
+
+    def _result(
+        self,
+        job: Job,
+        vote: TierVote,
+        outcome: Outcome,
+        micros: int | None,
+        failure: CheckFailure | None,
+        escalations: int,
+    ) -> Result:
         route = [h.as_dict() for h in outcome.hops]
         if self.config.is_default and route:
             route[-1]["note"] = DEFAULT_NOTE
         final = outcome.final
         completion = final.completion if final else None
+        status: Status
+        error: dict[str, str] | None
+        if not outcome.ok:
+            status, error = "error", _hop_error(outcome)
+        elif failure is not None:
+            # The answer is kept in `output`, but it is not what the job asked for.
+            status = "error"
+            error = {
+                "type": "check_failed",
+                "message": f"answer check {failure.check!r} failed: {failure.detail}"
+                + (f" (after {escalations} escalation(s))" if escalations else ""),
+            }
+        else:
+            status, error = "ok", None
         return Result(
             id=job.id,
             line=job.line,
             source=job.source,
-            status="ok" if outcome.ok else "error",
+            status=status,
             tier=vote.tier,
             why=vote.why,
             confidence=round(vote.confidence, 3),
@@ -149,12 +239,13 @@ class _Dispatcher:
             output=completion.text if completion else None,
             finish_reason=completion.finish_reason if completion else None,
             usage=completion.usage if completion else Usage(),
-            cost_usd=micros_to_usd(cost.micros),
+            cost_usd=micros_to_usd(micros),
             latency_s=sum(h.latency_s for h in outcome.hops),
             attempts=outcome.attempts,
             route=route,
-            error=None if outcome.ok else _hop_error(outcome),
+            error=error,
             metadata=job.metadata,
+            escalations=escalations,
         )
 
 

@@ -88,11 +88,13 @@ class Accountant:
         urls = getattr(bc, "base_urls", None) or [getattr(bc, "base_url", None)]
         return urls[0] or API_ENDPOINTS.get(bc.kind, "in-process")
 
-    def record(self, job: Job, tier: int, hops: Sequence[Hop]) -> JobCost:
-        """Price every hop of a job and write each one that made a call to the ledger."""
+    def record(self, job: Job, tier: int, hops: Sequence[Hop], *, first_hop: int = 1) -> JobCost:
+        """Price every hop of a job and write each one that made a call to the ledger.
+
+        `first_hop` numbers the hops on from earlier routes of the same job (escalation)."""
         total: int | None = 0
         baseline = 0
-        for index, hop in enumerate(hops, start=1):
+        for index, hop in enumerate(hops, start=first_hop):
             price = self._price(hop)
             if price.micros is None:
                 total = None
@@ -127,6 +129,7 @@ class Accountant:
             baseline_micros=price.baseline_micros,
             busy_s=busy if busy else None,
             hop=index,
+            check_failed=hop.check.check if hop.check else None,
         )
 
     def notes(self) -> list[str]:

@@ -187,3 +187,10 @@ def m003_provider_batches(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX provider_batch_jobs_run ON provider_batch_jobs(run_id, state)")
+
+
+@migration
+def m004_answer_checks(conn: sqlite3.Connection) -> None:
+    """The answer check a call failed (escalation, dispatch/checks.py), and the tier whose route
+    it ran on is already `tier`: together they give escalation rates per tier and backend."""
+    conn.execute("ALTER TABLE calls ADD COLUMN check_failed TEXT")

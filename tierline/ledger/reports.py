@@ -88,6 +88,13 @@ class SummaryRow:
     unpriced_calls: int  # calls whose price is unknown: NOT in cost_micros
     baseline_micros: int  # the same calls on the baseline model
     batch_calls: int
+    answered_calls: int  # calls that returned an answer
+    failed_checks: int  # answers that failed an answer check (escalated, or final errors)
+
+    @property
+    def check_failure_rate(self) -> float | None:
+        """The escalation signal: a high rate on a tier or backend means retune tiering."""
+        return self.failed_checks / self.answered_calls if self.answered_calls else None
 
     @property
     def savings_micros(self) -> int:
@@ -104,6 +111,7 @@ class SummaryRow:
             baseline_usd=self.baseline_micros / 1e6,
             savings_usd=self.savings_micros / 1e6,
             savings_share=self.savings_share,
+            check_failure_rate=self.check_failure_rate,
         )
         return out
 
@@ -123,7 +131,8 @@ def summarize(conn: sqlite3.Connection, by: Sequence[str], filters: Filters) -> 
         COALESCE(SUM(reasoning_tokens), 0), COALESCE(SUM(cost_micros), 0),
         COALESCE(SUM(cost_micros IS NULL), 0),
         COALESCE(SUM(CASE WHEN cost_micros IS NOT NULL THEN baseline_micros END), 0),
-        COALESCE(SUM(batch), 0)
+        COALESCE(SUM(batch), 0), COALESCE(SUM(status = 'ok'), 0),
+        COALESCE(SUM(check_failed IS NOT NULL), 0)
         FROM calls{where}{group} ORDER BY {len(keys) + 8} DESC"""
     rows = []
     for row in conn.execute(sql, params):

@@ -70,13 +70,14 @@ class CallRecord:
     baseline_micros: int | None = None
     busy_s: float | None = None
     hop: int = 1
+    check_failed: str | None = None  # the answer check this call's answer failed (escalation)
 
 
 _INSERT = """INSERT INTO calls (run_id, job_id, tier, backend, model, status, input_tokens,
     output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_micros,
     price_source, price_version, batch, baseline_micros, busy_s, endpoint, latency_s, attempt,
-    hop, error, created_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    hop, error, check_failed, created_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
 def _row(run_id: str, c: CallRecord, created_at: str) -> tuple[object, ...]:
@@ -104,6 +105,7 @@ def _row(run_id: str, c: CallRecord, created_at: str) -> tuple[object, ...]:
         c.attempt,
         c.hop,
         c.error,
+        c.check_failed,
         created_at,
     )
 
