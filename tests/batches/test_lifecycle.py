@@ -124,3 +124,17 @@ def test_anthropic_ids_are_mapped_to_safe_custom_ids(tmp_path: Path, ant: FakeAn
         assert r["status"] == "ok" and f"question about {job_id}"[:30] in r["output"]
     mapping = dict(sqlite3.connect(db).execute("SELECT custom_id, job_id FROM provider_batch_jobs"))
     assert sorted(mapping.values()) == sorted(ids) and sorted(mapping) == sorted(sent)
+
+
+def test_max_cost_bounds_batched_jobs(tmp_path: Path, oai: FakeOpenAI) -> None:
+    """Under --max-cost a batched job's worst case is counted when submitted; the rest is skipped."""
+    cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    # gpt-4o-mini at $0.60/Mtok output: 512 max_tokens is about $0.0003 a job, so 3 fit in $0.001.
+    code = tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db, "--max-cost", "0.001")
+    statuses = sorted(r["status"] for r in read_results(out))
+    assert code == ExitCode.BUDGET
+    assert statuses.count("pending") == 3 and statuses.count("skipped_budget") == 3
+    [batch_id] = batch_ids([r for r in read_results(out) if r["status"] == "pending"])
+    assert len(oai.batches.jobs) == 1 and batch_id.startswith("batch_")

@@ -126,8 +126,12 @@ class _Dispatcher:
 
     async def __call__(self, job: Job, tierer: Tierer) -> Result | None:
         vote = tierer(job)
-        if self.divert is not None and await self.divert.offer(job, vote):
-            return None
+        if self.divert is not None:
+            taken = await self._offer_to_batch(job, vote)
+            if isinstance(taken, Refusal):
+                return skipped_result(job, vote.tier, vote.why, vote.confidence, taken)
+            if taken:
+                return None
         tier, micros = vote.tier, 0
         hops: list[Hop] = []
         micros_known = True
@@ -152,6 +156,21 @@ class _Dispatcher:
         return self._result(
             job, vote, Outcome(hops), micros if micros_known else None, failure, escalations
         )
+
+    async def _offer_to_batch(self, job: Job, vote: TierVote) -> bool | Refusal:
+        """Offer the job to a provider batch. Under --max-cost its worst case is reserved first
+        and, once the job is in a batch, kept as spent: the batch is paid at collect time, maybe
+        by another process, so this run must count it now to keep spend under the cap."""
+        assert self.divert is not None
+        chain = self.router.chain(vote.tier)[:1]
+        hold = await self.accountant.admit(job, chain, self.router.max_tokens_for)
+        if isinstance(hold, Refusal):
+            return hold
+        taken = await self.divert.offer(job, vote)
+        # Taken: settle as unknown, which keeps the worst case; not taken: release the hold
+        # (the synchronous path reserves its own).
+        self.accountant.settle(hold, None if taken else JobCost(0, 0))
+        return taken
 
     async def _dispatch(
         self, job: Job, tier: int, *, first_hop: int
