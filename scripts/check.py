@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 STEPS = [
-    ["ruff", "check", "tierline", "tests", "benchmarks", "scripts"],
+    ["ruff", "check", "tierline", "tests", "benchmarks", "scripts", "examples"],
     ["mypy"],
     ["pytest"],
 ]
