@@ -11,9 +11,10 @@ JOBS=${1:-workload.jsonl}
 OUT=${OUT:-out/pipelines}
 mkdir -p "$OUT"
 
-# 1. How the jobs split into tiers (and why), without sending anything.
-tierline classify "$JOBS" | jq -r '.tier' | sort | uniq -c
-tierline classify "$JOBS" | jq -rn '[inputs | select(.tier == 3)][:5][] | "\(.id)\t\(.why)"'
+# 1. Tier every job without sending anything: how they split into tiers, and why.
+tierline classify "$JOBS" -o "$OUT/classified.jsonl" -q
+jq -r '.tier' "$OUT/classified.jsonl" | sort | uniq -c
+jq -r 'select(.tier == 3) | "\(.id)\t\(.why)"' "$OUT/classified.jsonl"
 
 # 2. Pick jobs with jq, tier them, keep those that need more than the small model, run them.
 #    classify's output is valid run input: the tier it chose travels along as an override.
@@ -22,8 +23,8 @@ jq -c 'select(.metadata.queue == "helpdesk")' "$JOBS" \
   | jq -c 'select(.tier >= 2)' \
   | tierline run - -q > "$OUT/helpdesk-hard.results.jsonl"
 
-# 3. Split a file by tier, then run each tier when it suits you (tier 1 now, 2 and 3 tonight).
-tierline classify "$JOBS" -o "$OUT/classified.jsonl" -q
+# 3. Split the classified file by tier, then run each tier when it suits you (tier 1 now, the
+#    rest tonight). Running classified lines keeps the tiers chosen in 1.
 for tier in 1 2 3; do
   jq -c --argjson t "$tier" 'select(.tier == $t)' "$OUT/classified.jsonl" > "$OUT/tier$tier.jsonl"
 done
@@ -57,7 +58,7 @@ fi
 
 # 8. Shard one file across hosts: host I of N runs its shard with its own results and ledger.
 #    Here the N "hosts" are background jobs; on real hosts each runs one line (e.g. over ssh).
-N=3
+N=2
 pids=()
 for I in $(seq 1 $N); do
   tierline run "$JOBS" --shard "$I/$N" -o "$OUT/shard-$I.jsonl" --ledger "$OUT/shard-$I.db" -q &

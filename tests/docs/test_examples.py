@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -13,7 +14,7 @@ import pytest
 from tests.conftest import EXAMPLES
 from tests.docs.conftest import CONFIGS, FakeStack, read_jsonl, subset
 from tierline.cli import main
-from tierline.config import load_config
+from tierline.config import config_from_toml, load_config
 from tierline.jobs import InvalidLine, Job, read_jobs
 
 EXAMPLE_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.toml"))
@@ -162,3 +163,15 @@ def test_local_config_tier1_on_the_embedded_model(
     )
     results = read_jsonl(out)
     assert {r["backend"] for r in results} == {"local"} and all(r["output"] for r in results)
+
+
+def test_starter_commented_keys_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every commented-out key in `tierline init`'s output is a valid key once uncommented."""
+    flags = ["--vllm", "http://gpu-a:8000/v1", "--llama-server", "http://127.0.0.1:8080/v1"]
+    assert main(["init", *flags, "--openai", "--anthropic", "-o", "-"]) == 0
+    text = capsys.readouterr().out
+    uncommented = re.sub(r"(?m)^# (\[[a-z.]+\]$|[a-z_]+ = )", r"\1", text)
+    assert uncommented.count("\n# ") < text.count("\n# ")
+    config = config_from_toml(uncommented, origin="uncommented starter")
+    assert config.backends["openai"].mode == "batch"  # type: ignore[union-attr]
+    assert config.ledger.path == "ledger.db"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.conftest import FakeStack, read_jsonl, run_script, subset
+from tests.docs.conftest import SYNC_IDS, FakeStack, read_jsonl, run_script, subset
 from tierline.resume import RunLock
 
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -23,7 +23,7 @@ def runs_in(ledger: Path) -> int:
 @needs_make
 def test_makefile_is_incremental(workdir: Path, fakes: FakeStack) -> None:
     """`make` builds classify, plan, run and report; again it does nothing; a config edit redoes."""
-    subset(workdir / "workload.jsonl", workdir / "small.jsonl", count=10)
+    subset(workdir / "workload.jsonl", workdir / "small.jsonl", ids=SYNC_IDS[:10])
     config = fakes.config("vllm-multi-gpu.toml")
     args = ["make", "-C", str(workdir), "JOBS=small.jsonl", f"CONFIG={config}"]
     first = run_script(args, workdir)
@@ -126,8 +126,8 @@ def test_cron_script_exit_handling(workdir: Path, fakes: FakeStack, tmp_path: Pa
 @needs_jq
 def test_pipelines_script(workdir: Path, fakes: FakeStack, tmp_path: Path) -> None:
     """Every snippet of pipelines.sh runs; its outputs add up."""
-    subset(workdir / "workload.jsonl", workdir / "small.jsonl", count=12)
-    subset(workdir / "openai-batch.jsonl", workdir / "openai-batch.jsonl", count=4)
+    subset(workdir / "workload.jsonl", workdir / "small.jsonl", ids=SYNC_IDS)
+    subset(workdir / "openai-batch.jsonl", workdir / "openai-batch.jsonl", ids=SYNC_IDS[:3])
     env = {
         "TIERLINE_CONFIG": str(fakes.config("hybrid.toml")),
         "TIERLINE_HOME": str(tmp_path / "home"),
@@ -135,12 +135,15 @@ def test_pipelines_script(workdir: Path, fakes: FakeStack, tmp_path: Path) -> No
     done = run_script(["bash", "pipelines.sh", "small.jsonl"], workdir, timeout=90, **env)
     assert done.returncode == 0, done.stderr
     out = workdir / "out" / "pipelines"
+    jobs = len(SYNC_IDS)
     tiers = sum(len(read_jsonl(out / f"tier{t}.jsonl")) for t in (1, 2, 3))
-    assert tiers == 12
-    assert len(read_jsonl(out / "results.jsonl")) == 12
+    assert tiers == jobs
+    assert len(read_jsonl(out / "results.jsonl")) == jobs
+    tier1 = read_jsonl(out / "tier1.results.jsonl")
+    assert tier1 and {r["tier"] for r in tier1} == {1}
     sharded = read_jsonl(out / "sharded.results.jsonl")
-    assert sorted(r["line"] for r in sharded) == list(range(1, 13))
-    assert runs_in(out / "merged.db") == 3
+    assert sorted(r["line"] for r in sharded) == list(range(1, jobs + 1))
+    assert runs_in(out / "merged.db") == 2
     converted = read_jsonl(out / "openai-batch.output.jsonl")
-    assert len(converted) == 4 and all(r["response"]["status_code"] == 200 for r in converted)
-    assert '"jobs": 12' in done.stdout  # snippet 4's cost summary
+    assert len(converted) == 3 and all(r["response"]["status_code"] == 200 for r in converted)
+    assert f'"jobs": {jobs}' in done.stdout  # snippet 4's cost summary
