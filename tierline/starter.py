@@ -24,7 +24,8 @@ class StarterOptions:
 
 
 _HEADER = """\
-# tierline configuration (written by `tierline init`; every key is documented in README).
+# tierline configuration (written by `tierline init`; every key is documented in README and
+# docs/dispatch.md; complete, commented examples are in examples/configs/).
 # tierline reads this file from --config, $TIERLINE_CONFIG or ./tierline.toml.
 """
 
@@ -36,6 +37,7 @@ kind = "llamacpp"
 # model_path = "/models/qwen2.5-1.5b-instruct-q4_k_m.gguf"
 n_ctx = 2048
 max_tokens = 256
+# gpu_hour_usd = 0.50     # charge this machine's time in the ledger (docs/costs.md); default $0
 """
 
 _VLLM = """
@@ -49,6 +51,10 @@ base_urls = [{urls}]
 model = "{model}"          # must equal vLLM's --served-model-name
 max_concurrency = 256
 # api_key_env = "VLLM_API_KEY"   # if the servers run with --api-key
+# metrics = true                 # backpressure from each server's /metrics (docs/vllm.md)
+# Without a price its cost is unknown (never counted as free); one of:
+# gpu_hour_usd = 4.0             # what its GPUs cost per hour, split over measured busy time
+# price = {{ input_per_mtok = 0.20, output_per_mtok = 0.60 }}
 """
 
 _LLAMA_SERVER = """
@@ -57,8 +63,9 @@ _LLAMA_SERVER = """
 kind = "openai-compatible"
 flavor = "llama-server"
 base_urls = ["{url}"]
-model = "local-gguf"
-max_concurrency = 8
+model = "local-gguf"       # a label only: llama-server serves the model it was started with
+max_concurrency = 8        # = the server's -np slots
+# gpu_hour_usd = 0.60
 """
 
 _OPENAI = """
@@ -69,6 +76,7 @@ model = "gpt-4.1-mini"
 max_concurrency = 32
 # rpm = 500
 # tpm = 200000
+# mode = "batch"           # Batch API: half price, results within 24 h (docs/batches.md)
 """
 
 _ANTHROPIC = """
@@ -78,6 +86,7 @@ kind = "anthropic"
 model = "claude-sonnet-4-5"
 max_concurrency = 16
 # rpm = 50
+# mode = "batch"           # Message Batches: half price, results within 24 h (docs/batches.md)
 """
 
 _TAIL = """
