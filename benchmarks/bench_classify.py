@@ -7,7 +7,8 @@ long documents), then runs, each in a fresh subprocess so peak RSS is per measur
 
 * ``floor``: read every line with orjson and write it back with orjson, nothing else;
 * ``classify``: the real `tierline classify` path (`read_jobs` -> `tiering.pipeline.classify`
-  -> `ResultWriter`) with the default config's pipeline (rules, heuristics, shipped classifier).
+  -> `ResultWriter`) with the default config's pipeline (rules, heuristics, shipped classifier);
+* ``tier``: the tiering alone, on up to 100k jobs parsed beforehand (where the time goes).
 
 It prints one line per run and the classify/floor time ratio. One core: the pipeline is
 single-threaded, and numpy is limited to one thread by the environment set below.
@@ -113,23 +114,47 @@ def run_classify(src: str, dst: str) -> None:
     writer.commit()
 
 
+def run_tier_only(src: str, _dst: str) -> float:
+    """Tier already-parsed jobs (at most 100k) and return the CPU seconds the tiering took."""
+    from itertools import islice
+
+    from tierline.config import embedded_default
+    from tierline.jobs import read_jobs
+    from tierline.tiering.pipeline import Tierer, classify
+
+    tierer = Tierer.from_config(embedded_default().tiering)
+    jobs = list(islice(read_jobs([src]), 100_000))
+    cpu = time.process_time()
+    for _ in classify(jobs, tierer):
+        pass
+    return time.process_time() - cpu
+
+
 def child(mode: str, src: str, dst: str) -> None:
-    """Run one measurement and print 'seconds peak_rss_mib' (called in a fresh process)."""
-    start = time.perf_counter()
+    """Print 'wall_seconds cpu_seconds peak_rss_mib' for one run (called in a fresh process).
+
+    CPU time is reported beside wall time because a shared machine's other load inflates wall
+    time; the pipeline is single-threaded, so CPU seconds are one core's seconds.
+    """
+    if mode == "tier":
+        cpu = run_tier_only(src, dst)
+        print(f"{cpu:.3f} {cpu:.3f} 0")
+        return
+    start, cpu = time.perf_counter(), time.process_time()
     (run_floor if mode == "floor" else run_classify)(src, dst)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{elapsed:.3f} {peak:.1f}")
+    print(f"{elapsed:.3f} {cpu:.3f} {peak:.1f}")
 
 
-def measure(mode: str, src: Path, workdir: Path) -> tuple[float, float]:
+def measure(mode: str, src: Path, workdir: Path) -> tuple[float, float, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(src), str(workdir / f"out-{mode}.jsonl")],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.split()
-    return float(out[0]), float(out[1])
+    return float(out[0]), float(out[1]), float(out[2])
 
 
 def main() -> None:
@@ -149,12 +174,16 @@ def main() -> None:
             src = work / f"jobs-{n}.jsonl"
             generate(src, n)
             size_mb = src.stat().st_size / 2**20
-            floor_s, floor_rss = measure("floor", src, work)
-            cls_s, cls_rss = measure("classify", src, work)
+            floor_s, floor_cpu, floor_rss = measure("floor", src, work)
+            cls_s, cls_cpu, cls_rss = measure("classify", src, work)
+            tier_cpu = measure("tier", src, work)[1]
             print(
-                f"{n:>9} jobs ({size_mb:.0f} MiB)  floor {n / floor_s:>9,.0f} jobs/s "
-                f"peak {floor_rss:6.0f} MiB | classify {n / cls_s:>9,.0f} jobs/s "
-                f"peak {cls_rss:6.0f} MiB | classify/floor time x{cls_s / floor_s:.2f}"
+                f"{n:>9} jobs ({size_mb:.0f} MiB) | floor {n / floor_s:>8,.0f} jobs/s wall, "
+                f"{n / floor_cpu:>8,.0f}/s cpu, peak {floor_rss:4.0f} MiB | classify "
+                f"{n / cls_s:>7,.0f} jobs/s wall, {n / cls_cpu:>7,.0f}/s cpu, peak "
+                f"{cls_rss:4.0f} MiB | classify/floor x{cls_s / floor_s:.2f} wall, "
+                f"x{cls_cpu / floor_cpu:.2f} cpu | tiering alone (parsed jobs) "
+                f"{min(n, 100_000) / tier_cpu:,.0f} jobs/s cpu"
             )
 
 

@@ -52,7 +52,7 @@ def train(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the model (.npz).")
     ],
-    max_iter: Annotated[int, typer.Option(help="L-BFGS iterations.", min=1)] = 150,
+    max_iter: Annotated[int, typer.Option(help="L-BFGS iterations.", min=1)] = 100,
 ) -> None:
     """Train a classifier on labelled prompts (deterministic) and write it to OUTPUT."""
     from ..tiering.train import TrainConfig

@@ -19,7 +19,6 @@ __all__ = ["TierClassifier"]
 _DENSE_LABELS: dict[str, str] = {
     "log_chars": "length",
     "log_tokens": "length",
-    "log_lines": "many lines",
     "frac_symbols": "symbol-heavy",
     "frac_digits": "numbers",
     "count['$']": "math notation",
@@ -32,8 +31,6 @@ _DENSE_LABELS: dict[str, str] = {
     "count['`']": "code block",
     "count[';']": "code syntax",
     "count['#']": "headings/comments",
-    "choice_lines": "multiple choice",
-    "list_lines": "list structure",
     "starts_with_question_word": "question form",
     "ends_with_question": "question form",
 }
@@ -51,6 +48,10 @@ class TierClassifier:
     def __init__(self, model: TierModel, calibration: Calibration) -> None:
         self.model = model
         self.calibration = calibration
+        # Weights relative to their mean over tiers: how much a feature favours each tier.
+        # Computed once here, not per batch (the hashed table is 3 MB).
+        self._rel_hash = model.w_hash - model.w_hash.mean(axis=1, keepdims=True)
+        self._rel_dense = model.w_dense - model.w_dense.mean(axis=1, keepdims=True)
 
     @classmethod
     def load(cls, path: str | Path | None, calibration: Calibration) -> TierClassifier:
@@ -65,59 +66,68 @@ class TierClassifier:
         logits = self.model.logits(batch)
         post = shift_prior(softmax(logits), self.model.train_prior, self.calibration.prior)
         tiers = decide(post, self.calibration)
-        words = _top_words(self.model, batch, tiers, texts)
-        dense = _top_dense(self.model, batch, tiers)
-        votes = []
-        for i, tier in enumerate(tiers.tolist()):
-            p = post[i]
-            evidence = ", ".join(dict.fromkeys([*dense[i], *words[i]])) or "no strong feature"
-            votes.append(
-                TierVote(
-                    tier,
-                    f"classifier p=({p[0]:.2f},{p[1]:.2f},{p[2]:.2f}): {evidence}",
-                    float(p[tier - 1]),
-                    "classifier",
-                )
+        evidence = self._evidence(batch, tiers)
+        return [
+            TierVote(
+                tier,
+                f"classifier p=({p1:.2f},{p2:.2f},{p3:.2f}): {ev}",
+                (p1, p2, p3)[tier - 1],
+                "classifier",
             )
-        return votes
+            for tier, (p1, p2, p3), ev in zip(tiers.tolist(), post.tolist(), evidence, strict=True)
+        ]
+
+    def _evidence(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[str]:
+        """Per document: the dense features and the word that pushed hardest toward its tier."""
+        dense = self._top_dense(batch, tiers)
+        words = self._top_words(batch, tiers)
+        out = []
+        for d, w in zip(dense, words, strict=True):
+            parts = [*d, w] if w else d
+            out.append(", ".join(parts) if parts else "no strong feature")
+        return out
+
+    def _top_dense(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[list[str]]:
+        """Up to two (differently named) dense features favouring each document's tier.
+
+        Only features the prompt has more of than usual count as evidence: "no LaTeX" may well
+        push toward tier 1, but it reads badly as a reason.
+        """
+        z = (batch.dense - self.model.dense_mean) / self.model.dense_std
+        contrib = np.where(z > 0, z * self._rel_dense[:, tiers - 1].T, 0.0)
+        top = np.argsort(-contrib, axis=1)[:, :2]
+        strong = np.take_along_axis(contrib, top, axis=1) > 0.5
+        return [
+            list(dict.fromkeys(_LABELS[j] for j, ok in zip(row, ok_row, strict=True) if ok))
+            for row, ok_row in zip(top.tolist(), strong.tolist(), strict=True)
+        ]
+
+    def _top_words(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[str]:
+        """The word whose weight favours each document's tier most, quoted ('' if none does)."""
+        buckets, starts = batch.parts[0]
+        out = [""] * batch.size
+        if len(buckets) == 0:
+            return out
+        doc = np.repeat(np.arange(batch.size), np.diff(np.append(starts, len(buckets))))
+        contrib = self._rel_hash[buckets, tiers[doc] - 1]
+        # A reader learns nothing from "'a'" or "'the'": only longer, non-function words count.
+        short = (batch.word_last - batch.word_first) < 2
+        contrib[short | np.isin(buckets, _STOP_BUCKETS)] = -np.inf
+        best = np.maximum.reduceat(np.append(contrib, -np.inf), np.minimum(starts, len(buckets)))
+        winners = np.flatnonzero((contrib >= best[doc]) & (contrib >= 0.05))
+        docs, first = np.unique(doc[winners], return_index=True)
+        tok = winners[first]
+        raw = batch.window.tobytes()  # one copy, then cheap bytes slices
+        spans = zip(batch.word_first[tok].tolist(), batch.word_last[tok].tolist(), strict=True)
+        for d, (a, b) in zip(docs.tolist(), spans, strict=True):
+            out[d] = repr(raw[a : b + 1].decode("utf-8", "replace"))
+        return out
 
 
-def _top_dense(
-    model: TierModel, batch: FeatureBatch, tiers: npt.NDArray[np.int64]
-) -> list[list[str]]:
-    """Up to two dense features that pushed each document hardest toward its tier."""
-    z = (batch.dense - model.dense_mean) / model.dense_std
-    w = model.w_dense
-    # Contribution to the chosen tier relative to the mean over tiers.
-    rel = w - w.mean(axis=1, keepdims=True)
-    contrib = z * rel[:, tiers - 1].T
-    top = np.argsort(-contrib, axis=1)[:, :2]
-    out = []
-    for i in range(batch.size):
-        out.append([_label(DENSE_NAMES[j]) for j in top[i] if contrib[i, j] > 0.5])
-    return out
-
-
-def _top_words(
-    model: TierModel, batch: FeatureBatch, tiers: npt.NDArray[np.int64], texts: Sequence[str]
-) -> list[list[str]]:
-    """The single word whose weight pushed each document hardest toward its tier, quoted."""
-    buckets, starts = batch.parts[0]
-    if len(buckets) == 0:
-        return [[] for _ in texts]
-    rel = model.w_hash - model.w_hash.mean(axis=1, keepdims=True)
-    doc = np.repeat(np.arange(batch.size), np.diff(np.append(starts, len(buckets))))
-    contrib = rel[buckets, tiers[doc] - 1]
-    best = np.maximum.reduceat(np.append(contrib, -np.inf), np.minimum(starts, len(buckets)))
-    out: list[list[str]] = [[] for _ in texts]
-    winners = np.flatnonzero(contrib >= best[doc] - 1e-9)
-    seen = set()
-    for t in winners.tolist():
-        d = int(doc[t])
-        if d in seen or contrib[t] < 0.05:
-            continue
-        seen.add(d)
-        word = batch.token_text(t)
-        if word:
-            out[d].append(repr(word))
-    return out
+_LABELS = [_label(name) for name in DENSE_NAMES]
+_STOP_BUCKETS = featurize(
+    [
+        "the and for with this that from are was were you your have has had not but all can "
+        "its into than then them they what which who how when where why does did our out about"
+    ]
+).parts[0][0]

@@ -69,7 +69,10 @@ def task_hint_rule(job: Job) -> TierVote | None:
 
 def empty_prompt_rule(job: Job) -> TierVote | None:
     """Nothing to read means nothing hard to do: the cheapest tier, with certainty."""
-    if job.text.strip():
+    # Equivalent to `not job.text.strip()` without joining the text of every job.
+    if job.system and job.system.strip():
+        return None
+    if any(m.content.strip() for m in job.messages if m.role != "assistant"):
         return None
     return TierVote(1, "empty prompt", 1.0, "heuristic")
 

@@ -47,7 +47,7 @@ class TrainConfig:
     l2_hash: float = 3e-4
     l2_dense: float = 1e-5
     source_power: float = 0.5  # 1.0 weights rows equally, 0.0 weights sources equally
-    max_iter: int = 150
+    max_iter: int = 100
 
 
 def read_labelled(path: Path) -> list[LabelledPrompt]:
