@@ -102,3 +102,27 @@ def test_from_config_uses_shipped_classifier() -> None:
     """The default config tiers an undecided job with the shipped classifier."""
     vote = Tierer.from_config(TieringConfig())(job("Prove that sqrt(2) is irrational."))
     assert vote.stage == "classifier" and vote.why.startswith("classifier p=")
+
+
+def test_explicit_calibration_overrides_the_preset() -> None:
+    """prior / escalate_2 / escalate_3 in config replace the bias preset's values."""
+    from tierline.tiering.calibration import BIAS_PRESETS
+    from tierline.tiering.pipeline import calibration_from_config
+
+    cfg = TieringConfig(bias="cost", escalate_3=0.2)
+    cal = calibration_from_config(cfg)
+    assert cal.escalate_3 == 0.2
+    assert cal.prior == BIAS_PRESETS["cost"].prior
+    assert cal.escalate_2 == BIAS_PRESETS["cost"].escalate_2
+    prior = (0.5, 0.3, 0.2)
+    assert calibration_from_config(TieringConfig(prior=prior)).prior == prior
+
+
+def test_cli_import_does_not_load_numpy() -> None:
+    """`tierline --help` stays fast: the classifier runtime is imported only when used."""
+    import subprocess
+    import sys
+
+    code = "import sys, tierline.cli; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

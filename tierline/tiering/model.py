@@ -55,7 +55,7 @@ class TierModel:
         return softmax(self.logits(featurize(texts)))
 
     def save(self, path: Path) -> None:
-        """Write the weights as an uncompressed-pickle-free ``.npz``."""
+        """Write the weights as a compressed ``.npz`` of plain arrays (no pickled objects)."""
         buf = io.BytesIO()
         np.savez_compressed(
             buf,

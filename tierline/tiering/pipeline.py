@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -72,9 +73,7 @@ def user_rule(rule: TieringRule, index: int) -> Rule:
 
 def calibration_from_config(config: TieringConfig) -> Calibration:
     """The bias preset with any explicit prior or threshold from config laid over it."""
-    from dataclasses import replace
-
-    from .calibration import BIAS_PRESETS
+    from .calibration import BIAS_PRESETS  # imports numpy: only when a classifier is built
 
     cal = BIAS_PRESETS[config.bias]
     if config.prior is not None:
