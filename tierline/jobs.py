@@ -362,6 +362,8 @@ def _tier(value: Any) -> int | None:
 
 
 def _number_fields(obj: Mapping[str, Any], max_tokens_key: str = "max_tokens") -> dict[str, Any]:
+    if max_tokens_key not in obj and "temperature" not in obj:
+        return _NO_NUMBERS  # the common case, without the checks below
     max_tokens = _want(obj, max_tokens_key, int, "a positive integer")
     if max_tokens is not None and max_tokens < 1:
         raise JobError(f"'{max_tokens_key}' must be a positive integer; got {max_tokens}")
@@ -374,9 +376,12 @@ def _number_fields(obj: Mapping[str, Any], max_tokens_key: str = "max_tokens") -
     }
 
 
+_NO_NUMBERS: dict[str, Any] = {"max_tokens": None, "temperature": None}
+
+
 def _parse_native(obj: Mapping[str, Any], line: int, source: str) -> Job:
-    unknown = sorted(set(obj) - NATIVE_FIELDS)
-    if unknown:
+    if not NATIVE_FIELDS.issuperset(obj):
+        unknown = sorted(set(obj) - NATIVE_FIELDS)
         raise JobError(
             f"unknown field {unknown[0]!r}; put your own data under 'metadata' "
             f"(known fields: {', '.join(sorted(NATIVE_FIELDS - {'why', 'confidence'}))})"
