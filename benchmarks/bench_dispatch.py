@@ -221,16 +221,20 @@ def main() -> int:
         result = worker(args.worker, args.url, args.jobs, args.concurrency[0], args.classify)
         print(json.dumps(result))
         return 0
-    proc, url = start_fake(args.latency_ms)
     rows = []
-    try:
-        for concurrency in args.concurrency:
-            for mode in args.modes:
+    for concurrency in args.concurrency:
+        for mode in args.modes:
+            # A fresh fake per contender: the fake counts requests in a one-minute rate-limit
+            # window and says so in x-ratelimit-* headers, which tierline honours (it pauses the
+            # backend when the window is used up) and the raw loops ignore. A shared fake would
+            # charge each contender for the requests of the ones before it.
+            proc, url = start_fake(args.latency_ms)
+            try:
                 rows.append(run_one(mode, url, args.jobs, concurrency, args.classify))
-                print(table(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+            print(table(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
     print(table(rows))
     for line in ratios(rows):
         print(line)
