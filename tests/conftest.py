@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tierline.testing.servers.spec import OpenAISpec, SpecMissing
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
@@ -41,3 +43,12 @@ def smollm2() -> Path:
 def write_jsonl(path: Path, lines: list[str | bytes]) -> Path:
     path.write_bytes(b"\n".join(s.encode() if isinstance(s, str) else s for s in lines) + b"\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def spec() -> OpenAISpec:
+    """OpenAI's OpenAPI spec (shared/specs), to check what fakes answer and tierline sends."""
+    try:
+        return OpenAISpec.load()
+    except SpecMissing as exc:
+        pytest.skip(f"OpenAI OpenAPI spec not available: {exc}")

@@ -56,11 +56,3 @@ def oai() -> Iterator[FakeOpenAI]:
 def ant() -> Iterator[FakeAnthropic]:
     with FakeAnthropic(api_key=ANT_KEY) as srv:
         yield srv
-
-
-@pytest.fixture(scope="session")
-def spec() -> OpenAISpec:
-    try:
-        return OpenAISpec.load()
-    except SpecMissing as exc:
-        pytest.skip(f"OpenAI OpenAPI spec not available: {exc}")

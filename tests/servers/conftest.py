@@ -8,7 +8,6 @@ import pytest
 from fakehelpers import KEY
 
 from tierline.testing.servers import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM
-from tierline.testing.servers.spec import OpenAISpec, SpecMissing
 
 
 @pytest.fixture
@@ -33,11 +32,3 @@ def vllm() -> Iterator[FakeVLLM]:
 def llama() -> Iterator[FakeLlamaServer]:
     with FakeLlamaServer() as srv:
         yield srv
-
-
-@pytest.fixture(scope="session")
-def spec() -> OpenAISpec:
-    try:
-        return OpenAISpec.load()
-    except SpecMissing as exc:
-        pytest.skip(f"OpenAI OpenAPI spec not available: {exc}")
