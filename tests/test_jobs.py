@@ -172,3 +172,14 @@ def test_several_files_keep_their_names(tmp_path: Path) -> None:
         ("InvalidLine", str(b)),
         ("Job", str(b)),
     ]
+
+
+def test_id_set_finds_every_duplicate_across_growth() -> None:
+    """The compact id set grows past its first table and still knows every id it has seen."""
+    from tierline.jobs import IdSet
+
+    ids = IdSet()
+    assert all(ids.add(f"job-{n}") for n in range(5000))  # several doublings of the table
+    assert len(ids) == 5000
+    assert not any(ids.add(f"job-{n}") for n in range(0, 5000, 7))
+    assert ids.add("job-5000") and len(ids) == 5001
