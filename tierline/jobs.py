@@ -40,6 +40,7 @@ __all__ = [
     "dumps",
     "loads",
     "read_jobs",
+    "schema_of",
 ]
 
 # A line longer than this is refused without being parsed: no model context holds it, and
@@ -119,15 +120,20 @@ class Job:
     @property
     def json_schema(self) -> Mapping[str, Any] | None:
         """The JSON schema the answer must follow, if the job asked for one."""
-        rf = self.response_format
-        if not rf:
-            return None
-        if rf.get("type") == "json_schema":
-            inner = rf.get("json_schema") or {}
-            schema = inner.get("schema") if isinstance(inner, Mapping) else None
-            return schema if isinstance(schema, Mapping) else None
-        schema = rf.get("schema")
-        return schema if isinstance(schema, Mapping) else None
+        return schema_of(self.response_format)
+
+
+def schema_of(response_format: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The JSON schema in either spelling of response_format: OpenAI's
+    {"type": "json_schema", "json_schema": {"schema"}} or {"type": "json_object", "schema"}."""
+    if not response_format:
+        return None
+    if response_format.get("type") == "json_schema":
+        inner = response_format.get("json_schema") or {}
+        schema = inner.get("schema") if isinstance(inner, Mapping) else None
+    else:
+        schema = response_format.get("schema")
+    return schema if isinstance(schema, Mapping) else None
 
 
 @dataclass(frozen=True, slots=True)

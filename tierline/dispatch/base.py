@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from typing_extensions import Self
 
-from ..jobs import Job, Message, Usage
+from ..jobs import Job, Message, Usage, schema_of
 
 __all__ = ["Backend", "BaseBackend", "Completion", "Request", "request_for"]
 
@@ -36,14 +36,7 @@ class Request:
 
     @property
     def json_schema(self) -> Mapping[str, Any] | None:
-        rf = self.response_format
-        if not rf:
-            return None
-        if rf.get("type") == "json_schema":
-            schema = (rf.get("json_schema") or {}).get("schema")
-        else:
-            schema = rf.get("schema")
-        return schema if isinstance(schema, Mapping) else None
+        return schema_of(self.response_format)
 
     def openai_messages(self) -> list[dict[str, str]]:
         """Messages in Chat Completions form, system prompt first."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import LlamaCppBackendConfig
 from ..errors import BackendError, BackendUnavailable
-from ..jobs import Usage
+from ..jobs import Usage, schema_of
 from .base import BaseBackend, Completion, Request
 from .probe import CheckResult
 
@@ -66,10 +66,7 @@ def json_grammar(response_format: Mapping[str, Any] | None) -> str | None:
         return None
     from llama_cpp import llama_grammar
 
-    if response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-    else:
-        schema = response_format.get("schema")
+    schema = schema_of(response_format)
     if not schema:
         return str(llama_grammar.JSON_GBNF)
     try:

@@ -24,7 +24,7 @@ import orjson
 
 from ..config import OpenAIBackendConfig, OpenAICompatibleBackendConfig
 from ..errors import BackendError, BackendStatusError
-from ..jobs import Usage
+from ..jobs import Usage, schema_of
 from .base import BaseBackend, Completion, Request
 from .limits import pause_from_headers
 from .probe import CheckResult, check_endpoint
@@ -38,15 +38,9 @@ JSON = Any
 SCHEMA_NAME = "output"  # OpenAI requires json_schema.name (^[a-zA-Z0-9_-]{1,64}$)
 
 
-def _schema_of(rf: Mapping[str, JSON]) -> JSON:
-    if rf.get("type") == "json_schema":
-        return (rf.get("json_schema") or {}).get("schema")
-    return rf.get("schema")
-
-
 def as_json_schema(rf: Mapping[str, JSON]) -> dict[str, JSON]:
     """OpenAI's form: `json_object` + `schema` (llama.cpp's spelling) becomes `json_schema`."""
-    schema = _schema_of(rf)
+    schema = schema_of(rf)
     if rf.get("type") == "json_object" and schema is None:
         return {"type": "json_object"}
     if rf.get("type") not in ("json_object", "json_schema"):
@@ -62,7 +56,7 @@ def as_json_object(rf: Mapping[str, JSON]) -> dict[str, JSON]:
     optional `schema`); a `json_schema` there fails validation and comes back as HTTP 500."""
     if rf.get("type") not in ("json_object", "json_schema"):
         return dict(rf)
-    schema = _schema_of(rf)
+    schema = schema_of(rf)
     return (
         {"type": "json_object", "schema": schema} if schema is not None else {"type": "json_object"}
     )
