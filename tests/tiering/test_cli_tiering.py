@@ -60,3 +60,52 @@ def test_bad_data_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_bad_bias_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown --bias exits 2."""
     assert main(["tiering", "eval", str(DATA / "realistic-eval.jsonl"), "--bias", "cheap"]) == 2
+
+
+ARENA = DATA / "arena-bench-v1-mixtral-vs-gpt4.jsonl"
+
+
+def test_eval_outcomes_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """--outcomes adds router metrics per decision, with the random-router reference."""
+    assert main(["tiering", "eval", "--outcomes", str(ARENA), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert set(m) == {"router"}
+    assert set(m["router"]) == {"tier 1 vs >=2", "tier <=2 vs 3"}
+    r = m["router"]["tier 1 vs >=2"]
+    assert r["n"] == 293 and len(r["curve"]) == 11
+    assert r["random"] == {"apgr": 0.5, "cpt50": 0.5, "cpt80": 0.8}
+    assert 0.0 < r["apgr"] < r["oracle_apgr"] <= 1.5
+    shares = [p["strong_share"] for p in r["curve"]]
+    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] == 1.0
+
+
+def test_eval_outcomes_and_labels_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """Labelled files and outcomes together print both tables."""
+    args = ["tiering", "eval", str(DATA / "realistic-eval.jsonl"), "--outcomes", str(ARENA)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "macro-F1" in out and "APGR" in out and "CPT(80%)" in out and "random router" in out
+
+
+def test_eval_labels_do_not_change_predictions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same prompts labelled all tier 1 and all tier 3 get the same predicted mix: a label
+    that leaked into the pipeline (as a `tier` override) would make the two mixes differ."""
+    prompts = [json.loads(x)["prompt"] for x in ARENA.read_text().splitlines()[:40]]
+    mixes = []
+    for tier in (1, 3):
+        path = tmp_path / f"t{tier}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": p, "tier": tier}) + "\n" for p in prompts))
+        assert main(["tiering", "eval", str(path), "--json"]) == 0
+        mixes.append(json.loads(capsys.readouterr().out)["predicted_mix"])
+    assert mixes[0] == mixes[1]
+
+
+def test_eval_needs_something(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No labelled file and no outcomes is a usage error; a bad outcome line names its line."""
+    assert main(["tiering", "eval"]) == 2
+    bad = tmp_path / "o.jsonl"
+    bad.write_text('{"prompt": "x", "weak_score": 1}\n')
+    assert main(["tiering", "eval", "--outcomes", str(bad)]) == 2
+    assert "o.jsonl:1" in capsys.readouterr().err

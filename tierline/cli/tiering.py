@@ -13,6 +13,8 @@ from .options import ConfigPath
 from .output import err_console
 
 if TYPE_CHECKING:
+    from ..tiering.outcomes import Outcome
+    from ..tiering.pipeline import Tierer
     from ..tiering.train import LabelledPrompt
 
 __all__ = ["app"]
@@ -67,21 +69,78 @@ def train(
     err_console.print(f"tierline: trained on {len(rows)} prompts; wrote {output}", markup=False)
 
 
+OutcomesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--outcomes",
+        help='Outcomes JSONL {"prompt", "weak_score", "strong_score"} (repeatable).',
+        show_default=False,
+    ),
+]
+
+
+def _read_outcomes(paths: list[Path]) -> list[Outcome]:
+    from ..tiering.outcomes import read_outcomes
+
+    rows: list[Outcome] = []
+    for path in paths:
+        try:
+            rows.extend(read_outcomes(path))
+        except (OSError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+    if not rows:
+        raise UsageError("no outcomes in " + ", ".join(map(str, paths)))
+    return rows
+
+
 @app.command(name="eval")
 def evaluate(
-    data: DataFiles,
+    data: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Labelled JSONL files.", show_default=False),
+    ] = None,
+    outcomes: OutcomesOpt = None,
     model: ModelOpt = None,
     config: ConfigPath = None,
     bias: Annotated[
         str | None,
         typer.Option(help="Override the config's tiering.bias: quality, balanced or cost."),
     ] = None,
+    num_results: Annotated[
+        int, typer.Option(help="Router sweep: quantile thresholds (RouteLLM uses 10).", min=2)
+    ] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Tier labelled prompts with the configured pipeline and compare with their labels."""
+    """Tier prompts with the configured pipeline; compare with labels and/or outcomes.
+
+    Labelled files give accuracy, macro-F1 and the confusion matrix. --outcomes gives
+    RouteLLM's router metrics (APGR, CPT(50%), CPT(80%)) for the decisions tier 1 vs >= 2
+    and tier <= 2 vs 3. Labels and scores are never shown to the pipeline.
+    """
     import orjson
 
-    from ..tiering.evaluate import evaluate_rows
+    from ..tiering.evaluate import evaluate_outcomes, evaluate_rows
+
+    if not data and not outcomes:
+        raise UsageError("give labelled files, --outcomes FILE, or both")
+    rows = _read(data) if data else []
+    outcome_rows = _read_outcomes(outcomes) if outcomes else []
+    tierer = _tierer(config, bias, model)
+    result: dict[str, Any] = evaluate_rows(rows, tierer).as_dict() if rows else {}
+    if outcome_rows:
+        routed = evaluate_outcomes(outcome_rows, tierer, num_results)
+        result["router"] = {name: m.as_dict() for name, m in routed.items()}
+    if as_json:
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    parts = [_table(result)] if rows else []
+    if outcome_rows:
+        parts.append(_router_table(result["router"]))
+    typer.echo("\n\n".join(parts))
+
+
+def _tierer(config: str | None, bias: str | None, model: Path | None) -> Tierer:
+    """The configured pipeline, with --bias and --model laid over the config."""
     from ..tiering.pipeline import Tierer
 
     tiering = load_config(config).tiering
@@ -89,16 +148,38 @@ def evaluate(
         if bias not in ("quality", "balanced", "cost"):
             raise UsageError(f"--bias must be quality, balanced or cost, not {bias!r}")
         tiering = tiering.model_copy(update={"bias": bias})
-    rows = _read(data)
     try:
-        tierer = Tierer.from_config(tiering, str(model) if model else None)
+        return Tierer.from_config(tiering, str(model) if model else None)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load the model: {exc}") from None
-    result = evaluate_rows(rows, tierer).as_dict()
-    if as_json:
-        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-    else:
-        typer.echo(_table(result))
+
+
+def _pct(x: float | None) -> str:
+    return "   n/a" if x is None else f"{x:6.1%}"
+
+
+def _num(x: float | None) -> str:
+    return "  n/a" if x is None else f"{x:5.3f}"
+
+
+def _router_table(router: dict[str, Any]) -> str:
+    """APGR / CPT per decision, beside the random router and the oracle."""
+    first = next(iter(router.values()))
+    lines = [
+        f"router metrics on {first['n']} outcomes (weak mean {first['weak_quality']:.3f}, "
+        f"strong mean {first['strong_quality']:.3f}); random router: APGR 0.500, "
+        "CPT(50%) 50.0%, CPT(80%) 80.0%",
+        "",
+        "decision          APGR  CPT(50%)  CPT(80%)  oracle APGR  configured: strong share  PGR",
+    ]
+    for name, m in router.items():
+        op = m["operating_point"]
+        lines.append(
+            f"{name:<15}  {_num(m['apgr'])}    {_pct(m['cpt50'])}    {_pct(m['cpt80'])}"
+            f"        {_num(m['oracle_apgr'])}                 {_pct(op['strong_share'])}"
+            f"  {_num(op['pgr'])}"
+        )
+    return "\n".join(lines)
 
 
 def _table(m: dict[str, Any]) -> str:

@@ -73,6 +73,7 @@ class TierClassifier:
                 f"classifier p=({p1:.2f},{p2:.2f},{p3:.2f}): {ev}",
                 (p1, p2, p3)[tier - 1],
                 "classifier",
+                (p1, p2, p3),
             )
             for tier, (p1, p2, p3), ev in zip(tiers.tolist(), post.tolist(), evidence, strict=True)
         ]

@@ -15,10 +15,19 @@ import numpy as np
 import numpy.typing as npt
 
 from ..jobs import Job, Message
+from .outcomes import DECISIONS, Outcome, RouterMetrics, router_metrics
 from .pipeline import BATCH, Tierer
 from .train import Design, LabelledPrompt, TrainConfig, design, fit, source_group
+from .vote import TierVote
 
-__all__ = ["Metrics", "evaluate_rows", "labelled_jobs", "leave_one_source_out", "metrics"]
+__all__ = [
+    "Metrics",
+    "evaluate_outcomes",
+    "evaluate_rows",
+    "labelled_jobs",
+    "leave_one_source_out",
+    "metrics",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +141,45 @@ def leave_one_source_out(
     return probs, groups
 
 
-def labelled_jobs(rows: Sequence[LabelledPrompt], source: str) -> list[Job]:
-    """Labelled prompts as jobs, *without* their label: a `tier` field would be an override."""
+def labelled_jobs(rows: Sequence[LabelledPrompt | Outcome], source: str) -> list[Job]:
+    """Prompts as jobs, *without* their label or scores: a `tier` field would be an override."""
     return [
         Job(id=f"{source}:{n}", line=n, source=source, messages=(Message("user", r.prompt),))
         for n, r in enumerate(rows, 1)
     ]
 
 
+def _votes(rows: Sequence[LabelledPrompt | Outcome], tierer: Tierer, source: str) -> list[TierVote]:
+    jobs = labelled_jobs(rows, source)
+    votes: list[TierVote] = []
+    for start in range(0, len(jobs), BATCH):
+        votes.extend(tierer.tier_batch(jobs[start : start + BATCH]))
+    return votes
+
+
 def evaluate_rows(rows: Sequence[LabelledPrompt], tierer: Tierer, source: str = "eval") -> Metrics:
     """Run the tiering pipeline on labelled prompts and compare with their labels."""
-    jobs = labelled_jobs(rows, source)
-    pred: list[int] = []
-    for start in range(0, len(jobs), BATCH):
-        pred.extend(v.tier for v in tierer.tier_batch(jobs[start : start + BATCH]))
-    return metrics([r.tier for r in rows], pred)
+    return metrics([r.tier for r in rows], [v.tier for v in _votes(rows, tierer, source)])
+
+
+def evaluate_outcomes(
+    rows: Sequence[Outcome], tierer: Tierer, num_results: int = 10, source: str = "outcomes"
+) -> dict[str, RouterMetrics]:
+    """Router metrics of the pipeline's two decisions (tier 1 vs >= 2, tier <= 2 vs 3).
+
+    Each prompt's router score is the pipeline's probability of the escalated tiers; the
+    operating point is where the configured thresholds actually put the decision.
+    """
+    votes = _votes(rows, tierer, source)
+    weak = [r.weak_score for r in rows]
+    strong = [r.strong_score for r in rows]
+    return {
+        name: router_metrics(
+            [v.escalation_score(tier) for v in votes],
+            weak,
+            strong,
+            num_results,
+            escalated=[v.tier >= tier for v in votes],
+        )
+        for name, tier in DECISIONS.items()
+    }
