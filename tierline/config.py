@@ -84,6 +84,9 @@ class _HTTPBackend(_Strict):
 class _LocalPricing(_Strict):
     # A self-hosted model costs what its hardware costs while busy (docs/costs.md).
     gpu_hour_usd: Usd | None = None
+    # For `plan` before the ledger has measured it: output tokens per busy second, all
+    # concurrent requests together (tierline/ledger/throughput.py). Measurements win.
+    throughput: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
 class LlamaCppBackendConfig(_BackendBase, _LocalPricing):

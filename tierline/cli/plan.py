@@ -1,21 +1,61 @@
-"""`tierline plan`: estimated tokens, cost and savings per tier and backend; nothing is sent."""
+"""`tierline plan`: estimated tokens, cost and savings per tier and backend; nothing is sent
+(except with --calibrate, which sends a few sample jobs to the self-hosted backends)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..config import load_config
+from ..config import Config, load_config
 from ..errors import ExitCode
 from ..jobs import dumps, read_jobs
 from ..ledger.plan import Plan, make_plan
 from ..ledger.pricing import to_micros
+from ..ledger.projection import Projection, parse_tokens, project
+from ..ledger.store import ledger_path_for
+from ..ledger.throughput import open_readonly
 from ..tiering.pipeline import Tierer
-from .options import ConfigPath, Inputs, Json, MaxCost
+from .options import ConfigPath, Inputs, Json, LedgerPath, MaxCost
 from .output import data_console, err_console
+
+DailyTokens = Annotated[
+    str | None,
+    typer.Option(
+        "--daily-tokens",
+        metavar="N",
+        help="Project to this many tokens a day (input + output; 100M, 2.5G, 750k): cost per "
+        "day all on the baseline model, on the tiered routes, and with provider batch APIs, "
+        "and the GPU-hours a day the self-hosted backends need.",
+        show_default=False,
+    ),
+]
+Scale = Annotated[
+    float | None,
+    typer.Option(
+        "--scale",
+        min=0,
+        metavar="K",
+        help="Project to K times these jobs a day (instead of --daily-tokens).",
+        show_default=False,
+    ),
+]
+Calibrate = Annotated[
+    int,
+    typer.Option(
+        "--calibrate",
+        min=0,
+        metavar="N",
+        help="First send N of these jobs to each gpu_hour_usd backend the plan uses and "
+        "measure its throughput (recorded in the ledger like a run; it costs their GPU time).",
+    ),
+]
 
 
 def _usd(micros: int | None) -> str:
@@ -27,25 +67,82 @@ def plan(
     config: ConfigPath = None,
     as_json: Json = False,
     max_cost: MaxCost = None,
+    ledger: LedgerPath = None,
+    daily_tokens: DailyTokens = None,
+    scale: Scale = None,
+    calibrate: Calibrate = 0,
 ) -> None:
     """Estimate what the jobs would cost per tier and backend, synchronously and through
-    provider batch APIs, against the baseline model. Nothing is sent.
+    provider batch APIs, against the baseline model. Nothing is sent (but see --calibrate).
 
-    Exit 0, or 3 when --max-cost is given and the estimate passes it (or cannot be made
-    because a backend has no known price).
+    A gpu_hour_usd backend is priced through its throughput: measured on its newest calls in
+    the ledger, else its `throughput` hint in the config; each row says which. Exit 0, or 3
+    when --max-cost is given and the estimate passes it (or cannot be made because a backend
+    has no known price).
     """
     cfg = load_config(config)
+    daily = parse_tokens(daily_tokens) if daily_tokens is not None else None  # before any work
     cap = None if max_cost is None else to_micros(Decimal(repr(max_cost)))
-    result = make_plan(
-        read_jobs(inputs), config=cfg, tierer=Tierer.from_config(cfg.tiering), max_cost_micros=cap
+    ledger_path = ledger_path_for(ledger, cfg)
+    if calibrate:
+        _calibrate(inputs, cfg, ledger_path, calibrate)
+    with _readonly(ledger_path) as conn:
+        result = make_plan(
+            read_jobs(inputs),
+            config=cfg,
+            tierer=Tierer.from_config(cfg.tiering),
+            max_cost_micros=cap,
+            ledger=conn,
+        )
+    projection = (
+        project(result, daily_tokens=daily, scale=scale)
+        if daily is not None or scale is not None
+        else None
     )
     if as_json:
-        sys.stdout.buffer.write(dumps(result.as_dict()) + b"\n")
+        doc: dict[str, Any] = result.as_dict()
+        if projection is not None:
+            doc["projection"] = projection.as_dict()
+        sys.stdout.buffer.write(dumps(doc) + b"\n")
     else:
-        data_console().print(_table(result))
+        out = data_console()
+        out.print(_table(result))
+        for row in result.rows:
+            out.print(f"  tier {row.tier} {row.backend}: {row.basis}", markup=False)
+        if projection is not None:
+            out.print()
+            for renderable in projection_tables(projection, result.baseline_model):
+                out.print(renderable)
         for line in _notes(result):
             err_console.print(f"tierline: {line}", markup=False)
     raise typer.Exit(int(ExitCode.BUDGET) if result.over_budget else 0)
+
+
+def _calibrate(inputs: list[str], cfg: Config, ledger_path: Path, n: int) -> None:
+    from ..dispatch.calibrate import calibrate  # sends jobs: imported only when asked
+
+    for c in calibrate(inputs, cfg, ledger_path, n):
+        t = c.summary.tally
+        err_console.print(
+            f"tierline: calibrated {c.backend}: {t.jobs} job(s) in {c.summary.seconds:.1f}s, "
+            f"{t.failed} failed, {t.usage.output_tokens:,} output tokens, "
+            f"cost ${t.cost_usd:,.6f} (run {c.run_id})",
+            markup=False,
+        )
+
+
+@contextmanager
+def _readonly(path: Path) -> Iterator[Any]:
+    conn = open_readonly(path)
+    if conn is None:
+        yield None
+        return
+    with closing(conn):
+        yield conn
+
+
+def _plus_minus(cost: int | None, error: int | None) -> str:
+    return _usd(cost) + ("" if error is None or cost is None else f" ±{_usd(error)[1:]}")
 
 
 def _table(result: Plan) -> Table:
@@ -62,7 +159,7 @@ def _table(result: Plan) -> Table:
             f"{row['jobs']:,}",
             f"{row['input_tokens']:,}",
             f"{row['output_tokens']:,}",
-            _usd(row["cost_micros"]),
+            _plus_minus(row["cost_micros"], row["cost_error_micros"]),
             _usd(row["batch_cost_micros"]),
             _usd(row["baseline_micros"]),
             _usd(row["savings_micros"]),
@@ -70,10 +167,61 @@ def _table(result: Plan) -> Table:
     return table
 
 
+def _saved(saved: int | None, share: float | None) -> str:
+    if saved is None:
+        return "unknown"
+    return _usd(saved) + ("" if share is None else f" ({share:.0%})")
+
+
+def projection_tables(p: Projection, baseline_model: str) -> list[Table | str]:
+    """The per-day comparison, the tier mix per day, and the GPU-hours line."""
+    d = p.as_dict()
+    head = (
+        f"Per day at {d['tokens_per_day']:,} tokens ({d['jobs_per_day']:,} jobs, "
+        f"{p.scale:,.2f}x these jobs; same tier mix and token lengths):"
+    )
+    money = Table("scenario", "cost per day", "saved vs (a)", title=head, title_justify="left")
+    money.add_row(f"(a) all on {baseline_model}", _usd(p.baseline_micros), "")
+    money.add_row(
+        "(b) tiered routes",
+        _usd(p.tiered_micros),
+        _saved(d["tiered_savings_micros_per_day"], d["tiered_savings_share"]),
+    )
+    money.add_row(
+        "(c) tiered, provider batch APIs where available",
+        _usd(p.tiered_batch_micros),
+        _saved(d["tiered_batch_savings_micros_per_day"], d["tiered_batch_savings_share"]),
+    )
+    mix = Table("tier", "backend", "share of jobs", "tokens in/day", "tokens out/day", "cost/day")
+    for m in p.mix:
+        mix.add_row(
+            str(m["tier"]),
+            m["backend"],
+            f"{m['job_share']:.0%}",
+            f"{m['input_tokens_per_day']:,}",
+            f"{m['output_tokens_per_day']:,}",
+            _usd(m["cost_micros_per_day"]),
+        )
+    out: list[Table | str] = [money, mix]
+    if p.gpu_hours:
+        parts = []
+        for name, hours in p.gpu_hours.items():
+            error = p.gpu_hours_error.get(name)
+            text = "unknown" if hours is None else f"{hours:,.1f}"
+            parts.append(f"{name} {text}" + ("" if error is None else f" ±{error:,.1f}"))
+        total = p.gpu_hours_total
+        tail = (
+            "unknown"
+            if total is None
+            else f"{total:,.1f} in all = {total / 24:,.2f} server(s) busy around the clock"
+        )
+        out.append(f"GPU-hours per day (the unit gpu_hour_usd prices): {', '.join(parts)}; {tail}")
+    return out
+
+
 def _notes(result: Plan) -> list[str]:
     lines = [
-        f"NO KNOWN PRICE for backend {row.backend!r} ({row.model}); its cost is unknown "
-        "(a gpu_hour_usd price depends on busy time: give backends.<name>.price to estimate)"
+        f"NO KNOWN PRICE for backend {row.backend!r} ({row.model}): {row.basis}"
         for row in result.unpriced
     ]
     if result.invalid:
@@ -86,3 +234,6 @@ def _notes(result: Plan) -> list[str]:
             f"{_usd(result.max_cost_micros)} (worst case, as `run` reserves it: {_usd(worst)})"
         )
     return lines
+
+
+__all__ = ["plan", "projection_tables"]

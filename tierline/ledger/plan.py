@@ -3,12 +3,17 @@
 Each job is tiered exactly as `run` would and goes to the first backend of its tier's route.
 Its tokens are estimated (`tierline.ledger.estimate`: a word-piece count for the prompt, a
 task-dependent share of max_tokens for the answer) and priced like a real call, synchronously
-and through the provider batch APIs; the baseline model prices the same tokens. The worst case
-(the bound `run --max-cost` reserves) is summed too. docs/costs.md has the measured error.
+and through the provider batch APIs; the baseline model prices the same tokens. A backend priced
+by `gpu_hour_usd` is priced through its throughput (`tierline.ledger.throughput`: learned from the
+ledger's past calls, or a config hint): estimated tokens -> busy seconds -> dollars. Every row
+says which basis its figure uses. The worst case (the bound `run --max-cost` reserves) is summed
+too. docs/costs.md has the measured error.
 """
 
 from __future__ import annotations
 
+import math
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,11 +24,13 @@ from ..jobs import InvalidLine, Job, Usage
 from ..tiering.pipeline import Tierer
 from .budget import Refusal, worst_case_micros
 from .estimate import estimate_input_tokens, estimate_output_tokens
-from .pricing import GpuHourTariff, Pricer, to_micros
+from .pricing import SECONDS_PER_HOUR, GpuHourTariff, Pricer, Tariff, to_micros
+from .throughput import Throughput, from_hint, learn
 
-__all__ = ["Plan", "PlanRow", "make_plan"]
+__all__ = ["TOKEN_ESTIMATE_NOTE", "Plan", "PlanRow", "make_plan"]
 
 BATCH_KINDS = frozenset({"openai", "anthropic"})  # backends with a provider batch API
+TOKEN_ESTIMATE_NOTE = "estimated tokens (docs/costs.md: totals within ~5% on the examples)"
 
 
 @dataclass(slots=True)
@@ -42,17 +49,32 @@ class PlanRow:
     baseline: Decimal = Decimal(0)
     worst_micros: int | None = 0
     batch_api: bool = False
+    basis: str = ""  # where the cost figure comes from
+    gpu_hour_usd: Decimal | None = None  # priced by busy time: the hourly price ...
+    throughput: Throughput | None = None  # ... and the throughput that turns tokens into time
+    busy_s: float | None = None  # predicted busy seconds (gpu_hour_usd backends)
+    rel_error: float | None = None  # standard error of the cost as a share of it, when known
 
-    def add(self, *, usage: Usage, max_tokens: int, pricer: Pricer, worst: int | None) -> None:
+    def add(
+        self,
+        *,
+        usage: Usage,
+        max_tokens: int,
+        tariff: Tariff | None,
+        pricer: Pricer,
+        worst: int | None,
+    ) -> None:
         self.jobs += 1
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.max_output_tokens += max_tokens
-        tariff = pricer.tariff(self.backend)
-        if tariff is None or isinstance(tariff, GpuHourTariff):
-            # unknown, or priced by busy time, which tokens alone cannot predict
-            self.cost = self.batch_cost = None
-        elif self.cost is not None and self.batch_cost is not None:
+        # by tokens now; a busy-time price waits for all the jobs (price_busy_time)
+        if (
+            tariff is not None
+            and not isinstance(tariff, GpuHourTariff)
+            and self.cost is not None
+            and self.batch_cost is not None
+        ):
             self.cost += tariff.cost(usage, batch=False, busy_s=0.0)
             self.batch_cost += tariff.cost(usage, batch=self.batch_api, busy_s=0.0)
         self.baseline += pricer.baseline.cost(usage, batch=False, busy_s=0.0)
@@ -60,8 +82,20 @@ class PlanRow:
             None if worst is None or self.worst_micros is None else self.worst_micros + worst
         )
 
+    def price_busy_time(self) -> None:
+        """A gpu_hour_usd row: busy seconds from the throughput, then dollars (once all jobs
+        are in: the busy-time model is linear in calls and tokens)."""
+        if self.gpu_hour_usd is None or self.throughput is None:
+            return
+        self.busy_s = self.throughput.busy_seconds(self.jobs, self.output_tokens)
+        self.cost = self.batch_cost = (
+            self.gpu_hour_usd * Decimal(repr(self.busy_s)) / SECONDS_PER_HOUR
+        )
+        self.rel_error = self.throughput.relative_error(self.jobs, self.output_tokens)
+
     def as_dict(self) -> dict[str, Any]:
         cost = None if self.cost is None else to_micros(self.cost)
+        error = None if cost is None or self.rel_error is None else round(cost * self.rel_error)
         return {
             "tier": self.tier,
             "backend": self.backend,
@@ -71,11 +105,16 @@ class PlanRow:
             "output_tokens": self.output_tokens,
             "max_output_tokens": self.max_output_tokens,
             "cost_micros": cost,
+            "cost_error_micros": error,
             "batch_cost_micros": None if self.batch_cost is None else to_micros(self.batch_cost),
             "baseline_micros": to_micros(self.baseline),
             "savings_micros": None if cost is None else to_micros(self.baseline) - cost,
             "worst_case_micros": self.worst_micros,
             "batch_api": self.batch_api,
+            "basis": self.basis,
+            "busy_s": self.busy_s,
+            "gpu_hour_usd": None if self.gpu_hour_usd is None else float(self.gpu_hour_usd),
+            "throughput": None if self.throughput is None else self.throughput.as_dict(),
         }
 
 
@@ -106,8 +145,16 @@ class Plan:
         cost = self.cost_micros
         return cost is None or cost > self.max_cost_micros
 
+    @property
+    def cost_error_micros(self) -> int | None:
+        """Standard error of the total from the busy-time fits (independent rows add in
+        quadrature); None when no row has a measured error."""
+        errors = [row.as_dict()["cost_error_micros"] for row in self.rows]
+        known = [e for e in errors if e is not None]
+        return round(math.sqrt(sum(e * e for e in known))) if known else None
+
     def as_dict(self) -> dict[str, Any]:
-        totals = {
+        totals: dict[str, Any] = {
             key: self._sum(key)
             for key in (
                 "jobs",
@@ -121,6 +168,9 @@ class Plan:
                 "worst_case_micros",
             )
         }
+        totals["cost_error_micros"] = self.cost_error_micros
+        busy = [row.busy_s for row in self.rows if row.gpu_hour_usd is not None]
+        totals["busy_s"] = None if any(b is None for b in busy) else sum(b or 0.0 for b in busy)
         return {
             "rows": [row.as_dict() for row in self.rows],
             "totals": totals,
@@ -137,8 +187,12 @@ def make_plan(
     config: Config,
     tierer: Tierer,
     max_cost_micros: int | None = None,
+    ledger: sqlite3.Connection | None = None,
 ) -> Plan:
-    """Estimate every job's tokens and cost on the first backend of its tier's route."""
+    """Estimate every job's tokens and cost on the first backend of its tier's route.
+
+    `ledger` (read only) is where the busy-time throughput of gpu_hour_usd backends is learned.
+    """
     pricer = Pricer(config)
 
     def max_tokens_for(name: str) -> int:  # as the router resolves it
@@ -156,10 +210,7 @@ def make_plan(
         bc = config.backends[backend]
         row = rows.get((tier, backend))
         if row is None:
-            model = str(getattr(bc, "model", None) or getattr(bc, "model_name", None) or bc.kind)
-            row = rows[(tier, backend)] = PlanRow(
-                tier, backend, model, batch_api=bc.kind in BATCH_KINDS
-            )
+            row = rows[(tier, backend)] = _new_row(tier, backend, config, pricer, ledger)
         max_tokens = item.max_tokens or max_tokens_for(backend)
         usage = Usage(
             input_tokens=estimate_input_tokens(item, bc.kind),
@@ -169,8 +220,51 @@ def make_plan(
         row.add(
             usage=usage,
             max_tokens=max_tokens,
+            tariff=pricer.tariff(backend),
             pricer=pricer,
             worst=None if isinstance(worst, Refusal) else worst,
         )
+    for row in rows.values():
+        row.price_busy_time()
     plan.rows = sorted(rows.values(), key=lambda r: (r.tier, r.backend))
     return plan
+
+
+def _new_row(
+    tier: int, backend: str, config: Config, pricer: Pricer, ledger: sqlite3.Connection | None
+) -> PlanRow:
+    bc = config.backends[backend]
+    model = str(getattr(bc, "model", None) or getattr(bc, "model_name", None) or bc.kind)
+    row = PlanRow(tier, backend, model, batch_api=bc.kind in BATCH_KINDS)
+    tariff = pricer.tariff(backend)
+    if tariff is None:
+        row.cost = row.batch_cost = None
+        row.basis = (
+            f"unknown: no price for {model!r}; set backends.{backend}.price or gpu_hour_usd, "
+            f'or [pricing.models."{model}"]'
+        )
+    elif isinstance(tariff, GpuHourTariff):
+        row.gpu_hour_usd = tariff.usd_per_hour
+        found = throughput_of(backend, model, config, ledger)
+        if isinstance(found, str):
+            row.cost = row.batch_cost = None
+            row.basis = f"unknown: ${tariff.usd_per_hour}/GPU-hour but no throughput: {found}"
+        else:
+            row.throughput = found
+            row.basis = f"${tariff.usd_per_hour}/GPU-hour x busy time; {found.describe()}"
+    else:
+        row.basis = f"{tariff.source}; {TOKEN_ESTIMATE_NOTE}"
+    return row
+
+
+def throughput_of(
+    backend: str, model: str, config: Config, ledger: sqlite3.Connection | None
+) -> Throughput | str:
+    """Measured throughput (the ledger) first, then the config's hint; else why neither."""
+    learned = learn(ledger, backend, model) if ledger is not None else "there is no ledger yet"
+    if isinstance(learned, Throughput):
+        return learned
+    hint = getattr(config.backends[backend], "throughput", None)
+    if hint is not None:
+        return from_hint(hint)
+    return learned

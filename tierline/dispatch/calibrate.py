@@ -1,0 +1,91 @@
+"""`tierline plan --calibrate N`: measure the self-hosted backends' throughput on sample jobs.
+
+Each backend priced by `gpu_hour_usd` that heads a tier's route gets N of the input's jobs
+(those the plan sends it first, then any), all at once as a run would send them, and every call
+is recorded in the ledger as a run of its own (command `plan --calibrate`). The plan then learns
+the throughput from those calls like from any other (`tierline.ledger.throughput`). The calls
+are real: they cost their busy time, which the ledger records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..jobs import InvalidLine, Job, Result, read_jobs
+from ..ledger.store import Ledger
+from ..tiering.pipeline import Tierer
+from .scheduler import RunSummary, run_jobs
+
+__all__ = ["Calibration", "calibrate", "gpu_hour_heads"]
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    backend: str
+    run_id: str
+    summary: RunSummary
+
+
+def gpu_hour_heads(config: Config) -> list[str]:
+    """The gpu_hour_usd backends that head a tier's route: the ones a plan prices by busy time."""
+    heads = {route[0] for route in config.routes.values()}
+    return sorted(
+        name for name in heads if getattr(config.backends[name], "gpu_hour_usd", None) is not None
+    )
+
+
+def _sample(items: Iterable[Job | InvalidLine], config: Config, backend: str, n: int) -> list[Job]:
+    tierer = Tierer.from_config(config.tiering)
+    jobs = [item for item in items if isinstance(item, Job)]
+    mine = [j for j in jobs if config.routes[tierer(j).tier][0] == backend]  # type: ignore[index]
+    others = [j for j in jobs if j not in mine]
+    return list(itertools.islice(itertools.chain(mine, others), n))
+
+
+def calibrate(inputs: list[str], config: Config, ledger_path: Path, n: int) -> list[Calibration]:
+    """Send N sample jobs to each gpu_hour_usd backend the plan uses; record them in the ledger."""
+    done = []
+    for backend in gpu_hour_heads(config):
+        jobs = _sample(read_jobs(inputs), config, backend, n)
+        if not jobs:
+            continue
+        # only this backend, no fallback and no escalation: every call measures it
+        only = config.model_copy(
+            update={"routes": {1: [backend], 2: [backend], 3: [backend]}, "escalation": None}
+        )
+        with Ledger(ledger_path) as ledger:
+            run_id = ledger.start_run(
+                command="plan --calibrate",
+                config_origin=config.origin,
+                inputs=inputs,
+                baseline_model=config.baseline.model,
+            )
+            summary = asyncio.run(
+                run_jobs(
+                    jobs,
+                    config=only,
+                    tierer=Tierer.from_config(config.tiering),
+                    sink=_discard,
+                    ledger=ledger,
+                    run_id=run_id,
+                )
+            )
+            t = summary.tally
+            ledger.finish_run(
+                run_id,
+                jobs=t.jobs,
+                ok=t.by_status["ok"],
+                failed=t.failed,
+                status="ok" if t.failed == 0 else "failed",
+            )
+        done.append(Calibration(backend, run_id, summary))
+    return done
+
+
+def _discard(result: Result) -> None:
+    del result  # calibration answers are not results: only their usage and busy time count
