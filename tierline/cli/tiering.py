@@ -48,27 +48,6 @@ def _read(paths: list[Path]) -> list[LabelledPrompt]:
     return rows
 
 
-@app.command()
-def train(
-    data: DataFiles,
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the model (.npz).")
-    ],
-    max_iter: Annotated[int, typer.Option(help="L-BFGS iterations.", min=1)] = 100,
-) -> None:
-    """Train a classifier on labelled prompts (deterministic) and write it to OUTPUT."""
-    from ..tiering.train import TrainConfig
-    from ..tiering.train import train as fit
-
-    rows = _read(data)
-    try:
-        model = fit(rows, TrainConfig(max_iter=max_iter))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    model.save(output)
-    err_console.print(f"tierline: trained on {len(rows)} prompts; wrote {output}", markup=False)
-
-
 OutcomesOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -91,6 +70,103 @@ def _read_outcomes(paths: list[Path]) -> list[Outcome]:
     if not rows:
         raise UsageError("no outcomes in " + ", ".join(map(str, paths)))
     return rows
+
+
+@app.command()
+def train(
+    data: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Labelled JSONL files (e.g. the training corpus).", show_default=False),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the model (.npz).")
+    ] = Path("tier-model.npz"),
+    outcomes: OutcomesOpt = None,
+    outcome_share: Annotated[
+        float,
+        typer.Option(
+            help="Share of the training weight the outcomes carry next to DATA.", min=0.01, max=0.99
+        ),
+    ] = 0.5,
+    max_iter: Annotated[int, typer.Option(help="L-BFGS iterations.", min=1)] = 100,
+) -> None:
+    """Train a classifier on labelled prompts and/or outcomes (deterministic); write OUTPUT.
+
+    Outcomes become labels by what the weak route lost: under 12% of the score range is
+    tier 1, 40% or more tier 3, in between tier 2. With DATA too, the outcomes carry
+    --outcome-share of the weight. Point [tiering] model at OUTPUT to use it.
+    """
+    from ..tiering.train import TrainConfig
+    from ..tiering.train import train as fit
+    from ..tiering.tune import outcome_labels
+
+    if not data and not outcomes:
+        raise UsageError("give labelled files, --outcomes FILE, or both")
+    rows = _read(data) if data else []
+    for path in outcomes or []:
+        rows.extend(outcome_labels(_read_outcomes([path]), path.name))
+    try:
+        model = fit(rows, TrainConfig(max_iter=max_iter, outcome_share=outcome_share))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    model.save(output)
+    err_console.print(f"tierline: trained on {len(rows)} prompts; wrote {output}", markup=False)
+
+
+@app.command()
+def calibrate(
+    jobs: Annotated[
+        list[str],
+        typer.Argument(help="Job JSONL files: a sample of your traffic.", show_default=False),
+    ],
+    share: Annotated[
+        str, typer.Option(help="Wanted shares of tiers 1,2,3 (sum 1).")
+    ] = "0.70,0.25,0.05",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the calibrated model (.npz).")
+    ] = Path("tier-model.npz"),
+    model: ModelOpt = None,
+    config: ConfigPath = None,
+) -> None:
+    """Set the escalation thresholds so that JOBS split at --share; write the model with them.
+
+    Rules and heuristics keep their decisions; the thresholds are fitted on the classifier's
+    probabilities for the other jobs. Point [tiering] model at OUTPUT to use them (explicit
+    escalate_2 / escalate_3 in config still override).
+    """
+    from ..jobs import Job, read_jobs
+    from ..tiering.tune import calibrate as fit_calibration
+
+    shares = _shares(share)
+    tierer = _tierer(config, None, model)
+    valid: list[Job] = []
+    for item in read_jobs(jobs):
+        if not isinstance(item, Job):
+            raise UsageError(f"{item.source}:{item.line}: {item.error}")
+        valid.append(item)
+    if not valid:
+        raise UsageError("no jobs in " + ", ".join(jobs))
+    try:
+        weights, cal, got = fit_calibration(valid, tierer, shares)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    weights.with_calibration(cal).save(output)
+    mix = " / ".join(f"{x:.1%}" for x in got)
+    err_console.print(
+        f"tierline: {len(valid)} jobs split {mix} with escalate_2 = {cal.escalate_2:.4f}, "
+        f"escalate_3 = {cal.escalate_3:.4f}; wrote {output} (set [tiering] model to use it)",
+        markup=False,
+    )
+
+
+def _shares(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+        raise UsageError(f"--share must be three shares of tiers 1,2,3 summing to 1, not {text!r}")
+    return parts[0], parts[1], parts[2]
 
 
 @app.command(name="eval")

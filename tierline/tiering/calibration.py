@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BIAS_PRESETS", "Bias", "Calibration", "decide"]
+__all__ = ["BIAS_PRESETS", "Bias", "Calibration", "decide", "fit_thresholds"]
 
 Bias = Literal["quality", "balanced", "cost"]
 
@@ -67,3 +67,36 @@ def decide(posterior: npt.NDArray[np.float64], cal: Calibration) -> npt.NDArray[
     tiers[posterior[:, 1] + posterior[:, 2] >= cal.escalate_2] = 2
     tiers[posterior[:, 2] >= cal.escalate_3] = 3
     return tiers
+
+
+def fit_thresholds(
+    posterior: npt.NDArray[np.float64],
+    shares: tuple[float, float, float],
+    fixed: tuple[int, int, int] = (0, 0, 0),
+) -> tuple[float, float]:
+    """``(escalate_2, escalate_3)`` under which this traffic splits at ``shares``.
+
+    ``posterior`` holds the (prior-shifted) probabilities of the jobs the classifier decides;
+    ``fixed`` counts the jobs that rules and heuristics already put in tiers 1, 2, 3, so the
+    whole traffic, not just the classifier's part, lands at the shares. This is RouteLLM's
+    calibration (a threshold at the score quantile that gives the wanted strong-call share),
+    done for both decisions: tier 3 first, then tier 2 among the rest. Each threshold sits
+    halfway between the last job in and the first job out, so ties aside the counts are exact.
+    """
+    n = len(posterior)
+    total = n + sum(fixed)
+    p3 = posterior[:, 2]
+    n3 = int(np.clip(round(shares[2] * total) - fixed[2], 0, n))
+    e3 = _cut(np.sort(p3)[::-1], n3)
+    rest = posterior[p3 < e3]
+    n1 = int(np.clip(round(shares[0] * total) - fixed[0], 0, len(rest)))
+    e2 = _cut(np.sort(rest[:, 1] + rest[:, 2])[::-1], len(rest) - n1)
+    return e2, e3
+
+
+def _cut(desc: npt.NDArray[np.float64], k: int) -> float:
+    """A threshold with exactly the first ``k`` of these descending values at or above it."""
+    above = float(desc[k - 1]) if k > 0 else 1.0
+    below = float(desc[k]) if k < len(desc) else 0.0
+    # Config requires thresholds strictly inside (0, 1).
+    return float(np.clip((above + below) / 2, 1e-6, 1 - 1e-6))

@@ -63,8 +63,7 @@ class TierClassifier:
         if not texts:
             return []
         batch = featurize(texts)
-        logits = self.model.logits(batch)
-        post = shift_prior(softmax(logits), self.model.train_prior, self.calibration.prior)
+        post = self._posterior(batch)
         tiers = decide(post, self.calibration)
         evidence = self._evidence(batch, tiers)
         return [
@@ -77,6 +76,14 @@ class TierClassifier:
             )
             for tier, (p1, p2, p3), ev in zip(tiers.tolist(), post.tolist(), evidence, strict=True)
         ]
+
+    def posterior(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        """Class probabilities under the configured prior, one (p1, p2, p3) row per text."""
+        return self._posterior(featurize(texts)) if texts else np.zeros((0, 3))
+
+    def _posterior(self, batch: FeatureBatch) -> npt.NDArray[np.float64]:
+        probs = softmax(self.model.logits(batch))
+        return shift_prior(probs, self.model.train_prior, self.calibration.prior)
 
     def _evidence(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[str]:
         """Per document: the dense features and the word that pushed hardest toward its tier."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from .calibration import Calibration
 from .features import DENSE_NAMES, HASH_BITS, FeatureBatch, featurize
 
 __all__ = ["FORMAT_VERSION", "TierModel", "load_default", "load_model"]
@@ -35,6 +36,13 @@ class TierModel:
     dense_mean: npt.NDArray[np.float32]
     dense_std: npt.NDArray[np.float32]
     train_prior: npt.NDArray[np.float64]  # effective class prior of the weighted training set
+    # Thresholds fitted to the user's traffic by `tierline tiering calibrate`; None: use the
+    # config's bias preset. Explicit prior/escalate_* in config still override them.
+    calibration: Calibration | None = None
+
+    def with_calibration(self, calibration: Calibration) -> TierModel:
+        """The same weights carrying ``calibration``."""
+        return replace(self, calibration=calibration)
 
     def logits(self, batch: FeatureBatch) -> npt.NDArray[np.float64]:
         """Raw class scores, one row per document."""
@@ -57,19 +65,29 @@ class TierModel:
     def save(self, path: Path) -> None:
         """Write the weights as a compressed ``.npz`` of plain arrays (no pickled objects)."""
         buf = io.BytesIO()
-        np.savez_compressed(
-            buf,
-            format_version=np.array(FORMAT_VERSION),
-            hash_bits=np.array(HASH_BITS),
-            dense_names=np.array(DENSE_NAMES),
-            w_hash=self.w_hash.astype(np.float16),
-            w_dense=self.w_dense,
-            bias=self.bias,
-            dense_mean=self.dense_mean,
-            dense_std=self.dense_std,
-            train_prior=self.train_prior,
-        )
+        arrays: dict[str, npt.NDArray[np.generic]] = {
+            "format_version": np.array(FORMAT_VERSION),
+            "hash_bits": np.array(HASH_BITS),
+            "dense_names": np.array(DENSE_NAMES),
+            "w_hash": self.w_hash.astype(np.float16),
+            "w_dense": self.w_dense,
+            "bias": self.bias,
+            "dense_mean": self.dense_mean,
+            "dense_std": self.dense_std,
+            "train_prior": self.train_prior,
+            **_calibration_arrays(self.calibration),
+        }
+        np.savez_compressed(buf, allow_pickle=False, **arrays)
         path.write_bytes(buf.getvalue())
+
+
+def _calibration_arrays(cal: Calibration | None) -> dict[str, npt.NDArray[np.float64]]:
+    if cal is None:
+        return {}
+    return {
+        "calibration_prior": np.array(cal.prior, dtype=np.float64),
+        "calibration_escalate": np.array([cal.escalate_2, cal.escalate_3], dtype=np.float64),
+    }
 
 
 def _segment_sums(
@@ -124,4 +142,14 @@ def _from_arrays(a: dict[str, npt.NDArray[np.generic]], name: str) -> TierModel:
         dense_mean=a["dense_mean"].astype(np.float32),
         dense_std=a["dense_std"].astype(np.float32),
         train_prior=a["train_prior"].astype(np.float64),
+        calibration=_read_calibration(a),
     )
+
+
+def _read_calibration(a: dict[str, npt.NDArray[np.generic]]) -> Calibration | None:
+    """The calibration `tiering calibrate` stored, if any (older files have none)."""
+    if "calibration_prior" not in a:
+        return None
+    p1, p2, p3 = (float(x) for x in a["calibration_prior"])
+    e2, e3 = (float(x) for x in a["calibration_escalate"])
+    return Calibration(prior=(p1, p2, p3), escalate_2=e2, escalate_3=e3)

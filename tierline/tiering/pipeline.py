@@ -71,11 +71,17 @@ def user_rule(rule: TieringRule, index: int) -> Rule:
     return apply
 
 
-def calibration_from_config(config: TieringConfig) -> Calibration:
-    """The bias preset with any explicit prior or threshold from config laid over it."""
+def calibration_from_config(
+    config: TieringConfig, fitted: Calibration | None = None
+) -> Calibration:
+    """The model's fitted calibration (else the bias preset), with config's explicit values.
+
+    ``fitted`` is what `tierline tiering calibrate` stored in the model file: it replaces the
+    preset, and an explicit ``prior``/``escalate_2``/``escalate_3`` in config still wins.
+    """
     from .calibration import BIAS_PRESETS  # imports numpy: only when a classifier is built
 
-    cal = BIAS_PRESETS[config.bias]
+    cal = fitted or BIAS_PRESETS[config.bias]
     if config.prior is not None:
         cal = replace(cal, prior=config.prior)
     if config.escalate_2 is not None:
@@ -108,8 +114,13 @@ class Tierer:
         classifier = None
         if config.classifier:
             from .classifier import TierClassifier  # numpy only when the classifier is used
+            from .model import load_default, load_model
 
-            classifier = TierClassifier.load(model or config.model, calibration_from_config(config))
+            path = model or config.model
+            weights = load_model(path) if path else load_default()
+            classifier = TierClassifier(
+                weights, calibration_from_config(config, weights.calibration)
+            )
         judge = None
         if config.judge.enabled:
             from .judge import LlamaJudge
@@ -122,7 +133,7 @@ class Tierer:
 
     def tier_batch(self, jobs: Sequence[Job]) -> list[TierVote]:
         """Votes for a batch of jobs, in order."""
-        votes: list[TierVote | None] = [self._first_rule(job) for job in jobs]
+        votes: list[TierVote | None] = [self.first_rule(job) for job in jobs]
         pending = [i for i, v in enumerate(votes) if v is None]
         if pending and self.classifier is not None:
             texts = [jobs[i].text for i in pending]
@@ -132,7 +143,8 @@ class Tierer:
             v if v is not None else default_rule(job) for v, job in zip(votes, jobs, strict=True)
         ]
 
-    def _first_rule(self, job: Job) -> TierVote | None:
+    def first_rule(self, job: Job) -> TierVote | None:
+        """The vote of the first rule stage with an opinion (None: the classifier decides)."""
         for stage in self.stages:
             vote = stage(job)
             if vote is not None:

@@ -25,9 +25,20 @@ import orjson
 from .features import HASH_BITS, FeatureBatch, featurize
 from .model import TierModel, softmax
 
-__all__ = ["LabelledPrompt", "TrainConfig", "read_labelled", "source_group", "train"]
+__all__ = [
+    "OUTCOME_SOURCE",
+    "LabelledPrompt",
+    "TrainConfig",
+    "read_labelled",
+    "source_group",
+    "train",
+]
 
 _FEATURE_BATCH = 2048
+
+# The `source` prefix of rows made from outcomes (`tune.outcome_labels`): they are weighted as
+# one block against the source-labelled corpus (`TrainConfig.outcome_share`).
+OUTCOME_SOURCE = "outcomes:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +59,9 @@ class TrainConfig:
     l2_dense: float = 1e-5
     source_power: float = 0.5  # 1.0 weights rows equally, 0.0 weights sources equally
     max_iter: int = 100
+    # The share of the total weight carried by outcome rows when they are trained on top of a
+    # source-labelled corpus: a few hundred outcomes of the user's own work must not drown.
+    outcome_share: float = 0.5
 
 
 def read_labelled(path: Path) -> list[LabelledPrompt]:
@@ -76,8 +90,25 @@ def source_group(source: str) -> str:
     return source.split(":", 1)[0].split(" (", 1)[0].strip() or "unknown"
 
 
-def sample_weights(rows: Sequence[LabelledPrompt], power: float) -> npt.NDArray[np.float64]:
-    """Per-row weights: classes equal in total, sources inside a class by size**power."""
+def sample_weights(
+    rows: Sequence[LabelledPrompt], power: float, outcome_share: float = 0.5
+) -> npt.NDArray[np.float64]:
+    """Per-row weights: classes equal in total, sources inside a class by size**power.
+
+    Outcome rows and corpus rows, when both are present, are balanced separately and then
+    scaled so that the outcome rows carry ``outcome_share`` of the total.
+    """
+    is_outcome = np.array([r.source.startswith(OUTCOME_SOURCE) for r in rows], dtype=bool)
+    if is_outcome.all() or not is_outcome.any():
+        return _balanced(rows, power)
+    w = np.zeros(len(rows))
+    for mask, share in ((is_outcome, outcome_share), (~is_outcome, 1 - outcome_share)):
+        part = _balanced([r for r, m in zip(rows, mask, strict=True) if m], power)
+        w[mask] = part / part.sum() * share * len(rows)
+    return w
+
+
+def _balanced(rows: Sequence[LabelledPrompt], power: float) -> npt.NDArray[np.float64]:
     keys = [(r.tier, source_group(r.source)) for r in rows]
     sizes: dict[tuple[int, str], int] = {}
     for k in keys:
@@ -142,7 +173,7 @@ def fit(X: Design, rows: Sequence[LabelledPrompt], config: TrainConfig | None = 
     if {r.tier for r in rows} != {1, 2, 3}:
         raise ValueError("training data needs examples of all three tiers")
     y = np.array([r.tier - 1 for r in rows])
-    w = sample_weights(rows, cfg.source_power)
+    w = sample_weights(rows, cfg.source_power, cfg.outcome_share)
     mean, std = X.dense.mean(axis=0), X.dense.std(axis=0) + 1e-6
     # Train on the buckets that occur only, then scatter back into the full table.
     used, cols = np.unique(X.cols, return_inverse=True)
