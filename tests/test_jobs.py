@@ -100,6 +100,8 @@ class TestBatchFormat:
         assert [i.format for i in items if isinstance(i, Job)] == ["native", "openai-batch"]
 
 
+BODY = b'{"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], '
+
 BAD_LINES = [
     (b'{"id": "a", "prompt": ', "invalid JSON"),
     (b'\xff\xfe{"id": 1}', "invalid"),
@@ -129,6 +131,15 @@ BAD_LINES = [
         b'{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {}}',
         "'url' must be /v1/chat/completions",
     ),
+    (b'{"id": "a", "prompt": "x", "expect": "(["}', "'expect' is not a valid regex"),
+    (b'{"id": "a", "prompt": "x", "expect": "*x"}', "'expect' is not a valid regex"),
+    (b'%s"max_token": 5}}' % BODY, "'body.max_token' is not supported"),
+    (b'%s"tools": [{"type": "function"}]}}' % BODY, "'body.tools' is not supported"),
+    (b'%s"seed": 7}}' % BODY, "'body.seed' is not supported"),
+    (b'%s"n": 50}}' % BODY, "'body.n' is not supported other than 1"),
+    (b'%s"n": true}}' % BODY, "'body.n' is not supported other than 1"),
+    (b'%s"stream": true}}' % BODY, "'body.stream' is not supported other than false"),
+    (b'{"id": 1.5, "prompt": "x"}', "'id' must be a string or an integer, got float"),
 ]
 
 
@@ -183,3 +194,21 @@ def test_id_set_finds_every_duplicate_across_growth() -> None:
     assert len(ids) == 5000
     assert not any(ids.add(f"job-{n}") for n in range(0, 5000, 7))
     assert ids.add("job-5000") and len(ids) == 5001
+
+
+def test_batch_body_keys_at_their_defaults_are_fine() -> None:
+    """`n: 1` and `stream: false` ask for what tierline does anyway."""
+    [job] = parse(BODY + b'"n": 1, "stream": false, "max_completion_tokens": 9}}')
+    assert isinstance(job, Job) and job.max_tokens == 9
+
+
+def test_a_big_integer_id_keeps_every_digit() -> None:
+    """A 23-digit integer id is that id, not a float and not an error."""
+    items = parse(
+        b'{"id": 12345678901234567890123, "prompt": "x"}',
+        b'{"custom_id": 98765432109876543210987, "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}]}}',
+    )
+    assert [i.id for i in items if isinstance(i, Job)] == [
+        "12345678901234567890123",
+        "98765432109876543210987",
+    ]

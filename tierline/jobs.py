@@ -18,16 +18,19 @@ import hashlib
 import io
 import math
 import os
+import re
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import IO, Any, Literal
 
 import orjson
 
 from .config import CHECK_NAMES
 from .errors import JobError, UsageError
+from .schemas import schema_errors
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -70,6 +73,22 @@ NATIVE_FIELDS = frozenset(
 )
 BATCH_FIELDS = frozenset({"custom_id", "method", "url", "body", "tier", "why", "confidence"})
 BATCH_URLS = frozenset({"/v1/chat/completions", "/chat/completions"})
+# The `body` keys of a Batch line that tierline carries over; any other key is an error, as an
+# unknown native field is: dropping `tools` or `n` silently would change what is asked and paid.
+BATCH_BODY_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "stop",
+        "response_format",
+        "metadata",
+    }
+)
+# Keys accepted only at their default value, which is what tierline sends anyway.
+BATCH_BODY_DEFAULTS: Mapping[str, Any] = {"n": 1, "stream": False}
 
 
 def loads(data: bytes | str) -> Any:
@@ -331,17 +350,28 @@ def _response_format(value: Any) -> Mapping[str, Any] | None:
         schema = value.get("schema")
         if schema is not None and not isinstance(schema, Mapping):
             raise JobError("'response_format.schema' must be a JSON schema object")
-        return value
-    if kind == "json_schema":
+    elif kind == "json_schema":
         inner = value.get("json_schema")
         if not isinstance(inner, Mapping) or not isinstance(inner.get("schema"), Mapping):
             raise JobError(
                 "'response_format' of type json_schema needs 'json_schema': {'name', 'schema'}"
             )
-        return value
-    raise JobError(
-        f"'response_format.type' must be 'text', 'json_object' or 'json_schema'; got {kind!r}"
-    )
+    else:
+        raise JobError(
+            f"'response_format.type' must be 'text', 'json_object' or 'json_schema'; got {kind!r}"
+        )
+    schema = schema_of(value)
+    if schema is not None:
+        problem = _schema_problem(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+        if problem is not None:
+            raise JobError(f"'response_format' schema: {problem}")
+    return value
+
+
+@lru_cache(maxsize=256)
+def _schema_problem(schema_json: bytes) -> str | None:
+    """Checked once per distinct schema: a file's jobs usually share one."""
+    return schema_errors(orjson.loads(schema_json))
 
 
 def _checks(value: Any) -> tuple[str, ...] | None:
@@ -353,8 +383,16 @@ def _checks(value: Any) -> tuple[str, ...] | None:
 
 
 def _expect(value: Any) -> str | tuple[str, ...] | None:
-    if value is None or isinstance(value, str):
+    if isinstance(value, str):
+        try:
+            re.compile(value)
+        except (re.error, RecursionError, OverflowError) as exc:
+            # Refused now, not when an answer is checked: with escalation on, a job that can
+            # never pass its check would be escalated and paid at every tier before failing.
+            raise JobError(f"'expect' is not a valid regex: {exc}") from None
         return value
+    if value is None:
+        return None
     if isinstance(value, list) and value and all(isinstance(s, str) for s in value):
         return tuple(value)
     raise JobError("'expect' must be a regex string or a non-empty array of labels")
@@ -441,6 +479,7 @@ def _parse_batch(obj: Mapping[str, Any], line: int, source: str) -> Job:
     body = obj.get("body")
     if not isinstance(body, Mapping):
         raise JobError(f"'body' must be an object, got {_type_name(body)}")
+    _check_body_keys(body)
     system, turns = _messages(body.get("messages"))
     key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     model = body.get("model")
@@ -459,6 +498,22 @@ def _parse_batch(obj: Mapping[str, Any], line: int, source: str) -> Job:
         raw=obj,
         **_number_fields(body, key),
     )
+
+
+def _check_body_keys(body: Mapping[str, Any]) -> None:
+    for key in sorted(set(body) - BATCH_BODY_FIELDS):
+        default = BATCH_BODY_DEFAULTS.get(key, _NO_DEFAULT)
+        if default is not _NO_DEFAULT and body[key] == default and type(body[key]) is type(default):
+            continue
+        if default is not _NO_DEFAULT:
+            raise JobError(f"'body.{key}' is not supported other than {orjson.dumps(default).decode()}")
+        raise JobError(
+            f"'body.{key}' is not supported (tierline sends only: "
+            f"{', '.join(sorted(BATCH_BODY_FIELDS))})"
+        )
+
+
+_NO_DEFAULT = object()
 
 
 def _job_id(value: Any, key: str, line: int, source: str, *, required: bool = False) -> str:
@@ -484,9 +539,25 @@ def parse_line(raw: bytes, line: int, source: str) -> Job:
         raise JobError(reason, kind="invalid_json") from None
     if not isinstance(obj, dict):
         raise JobError(f"a job line must be a JSON object, got {_type_name(obj)}")
+    if isinstance(obj.get("id"), float) or isinstance(obj.get("custom_id"), float):
+        obj = _exact_ids(raw, obj)
     if "custom_id" in obj or "body" in obj:
         return _parse_batch(obj, line, source)
     return _parse_native(obj, line, source)
+
+
+def _exact_ids(raw: bytes, obj: dict[str, Any]) -> dict[str, Any]:
+    """orjson reads an integer beyond 64 bits as a float; the standard library keeps it exact,
+    so a 23-digit integer id stays that id, as its digits (no JSON encoder downstream has to
+    handle an integer beyond 64 bits); a genuine float id is still refused."""
+    import json
+
+    exact = json.loads(raw)
+    obj = dict(obj)
+    for key in ("id", "custom_id"):
+        if isinstance(exact.get(key), int) and not isinstance(exact.get(key), bool):
+            obj[key] = str(exact[key])
+    return obj
 
 
 def _best_effort_id(raw: bytes) -> str | None:

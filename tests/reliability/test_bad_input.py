@@ -57,6 +57,33 @@ CORPUS: list[tuple[bytes, str | None, str, str | None, str]] = [
         "duplicate_id",
         "duplicate id 'crlf'",
     ),
+    # issue 13: hostile schemas, a regex that can never match, Batch body keys, a huge id
+    (
+        b'{"id": "selfref", "prompt": "x", "response_format": {"type": "json_object", "schema": '
+        b'{"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}}}',
+        "selfref",
+        "invalid",
+        "invalid_job",
+        "cycle of references",
+    ),
+    (
+        b'{"id": "remote", "prompt": "x", "response_format": {"type": "json_object", "schema": '
+        b'{"properties": {"a": {"$ref": "http://127.0.0.1:9/s.json"}}}}}',
+        "remote",
+        "invalid",
+        "invalid_job",
+        "points outside the job's schema",
+    ),
+    (b'{"id": "regex", "prompt": "x", "expect": "(["}', "regex", "invalid", "invalid_job", "not a valid regex"),
+    (
+        b'{"custom_id": "n50", "url": "/v1/chat/completions", "body": {"n": 50, "messages": '
+        b'[{"role": "user", "content": "x"}]}}',
+        "n50",
+        "invalid",
+        "invalid_job",
+        "'body.n' is not supported",
+    ),
+    (b'{"id": 12345678901234567890123, "prompt": "A big id", "tier": 1}', "12345678901234567890123", "ok", None, ""),
     (b'{"id": "last", "prompt": "The last good job", "tier": 3}', "last", "ok", None, ""),
 ]
 
@@ -78,7 +105,7 @@ def test_every_bad_line_is_an_error_result_and_the_rest_completes(
         if kind:
             assert result["error"]["type"] == kind and words in result["error"]["message"]
             assert f"bad.jsonl:{number}:" in result["error"]["message"]
-    assert sorted(calls.job_ids) == ["bom", "crlf", "last"]  # type: ignore[type-var]
+    assert sorted(calls.job_ids) == ["12345678901234567890123", "bom", "crlf", "last"]  # type: ignore[type-var]
 
 
 @pytest.mark.llama

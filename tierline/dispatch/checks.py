@@ -72,18 +72,29 @@ def check_json(job: Job, completion: Completion) -> CheckFailure | None:
         value = json.loads(completion.text)
     except ValueError as exc:
         return CheckFailure("json", f"the answer is not valid JSON ({exc})")
+    except RecursionError:  # an answer nested deeper than the stack: a model's output, not ours
+        return CheckFailure("json", "the answer is nested too deeply to parse")
     schema = job.json_schema
     if schema is None:
         return None
     import jsonschema  # only jobs with a schema pay for the import
+    from referencing.exceptions import Unresolvable
 
+    from ..schemas import local_registry, schema_errors
+
+    problem = schema_errors(schema)  # jobs.py refuses these when reading; Requests built
+    if problem is not None:  # by library callers come here unchecked
+        return CheckFailure("json", f"the job's schema cannot be used: {problem}")
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        jsonschema.validate(value, dict(schema))
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        return CheckFailure("json", f"the JSON does not match the schema at {where}: {exc.message}")
-    except jsonschema.SchemaError as exc:
-        return CheckFailure("json", f"the job's schema is invalid: {exc.message}")
+        error = jsonschema.exceptions.best_match(
+            cls(dict(schema), registry=local_registry()).iter_errors(value)
+        )
+    except (Unresolvable, RecursionError) as exc:  # never the network, never a crash
+        return CheckFailure("json", f"the job's schema cannot be applied: {type(exc).__name__}")
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return CheckFailure("json", f"the JSON does not match the schema at {where}: {error.message}")
     return None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from ..config import LlamaCppBackendConfig
 from ..errors import BackendError, BackendUnavailable
 from ..jobs import Usage, schema_of
+from ..schemas import schema_errors
 from .base import BaseBackend, Completion, Request
 from .probe import CheckResult
 
@@ -67,7 +68,8 @@ def json_grammar(response_format: Mapping[str, Any] | None) -> str | None:
     from llama_cpp import llama_grammar
 
     schema = schema_of(response_format)
-    if not schema:
+    # schema_errors: llama-cpp-python's converter fetches https:// $refs and recurses on cycles
+    if not schema or schema_errors(schema) is not None:
         return str(llama_grammar.JSON_GBNF)
     try:
         gbnf = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
