@@ -13,12 +13,13 @@ import orjson
 import pytest
 
 from tierline.cli import main
+from tierline.dispatch import registry
 from tierline.dispatch.checks import check_json
 from tierline.jobs import InvalidLine, Job, Message, jobs_from_lines
 from tierline.schemas import MAX_SCHEMA_DEPTH, SchemaProblem, check_schema
-from tierline.testing import completion
+from tierline.testing import FunctionBackend, completion
 
-from .reliability.conftest import Calls, calls, read_results, three_tiers  # noqa: F401
+from .reliability.conftest import THREE_TIERS, Calls, read_results
 
 
 class Hits:
@@ -163,10 +164,7 @@ def test_check_schema_accepts_local_refs_and_anchors() -> None:
 
 
 def test_a_run_with_hostile_schemas_completes_and_fetches_nothing(
-    tmp_path: Path,
-    calls: Calls,
-    three_tiers: Path,
-    hits: Hits,  # noqa: F811
+    tmp_path: Path, hits: Hits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The issue's run: 11 jobs, a self-referencing schema and a remote $ref among them; every
     job gets its result, the two bad ones as invalid_job, and the server sees no request."""
@@ -177,6 +175,14 @@ def test_a_run_with_hostile_schemas_completes_and_fetches_nothing(
     )
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_bytes(b"\n".join(lines) + b"\n")
+    calls = Calls()
+    monkeypatch.setitem(
+        registry.FACTORIES,
+        "llamacpp",
+        lambda name, _c: FunctionBackend(calls, name=name, model="m"),
+    )
+    three_tiers = tmp_path / "tierline.toml"
+    three_tiers.write_text(THREE_TIERS, encoding="utf-8")
     out = tmp_path / "out.jsonl"
     assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 1
     results = {r["id"]: r for r in read_results(out)}

@@ -172,6 +172,8 @@ class Journal:
         self._unsynced = 0
         self._synced_at = time.monotonic()
         self._tmp: str | None = None
+        # Called before each fsync: the ledger syncs its calls first (write-ahead, power cut too)
+        self.before_sync: Callable[[], None] | None = None
         if self.path is None:
             self._stream: IO[bytes] = sys.stdout.buffer
             return
@@ -253,6 +255,8 @@ class Journal:
         """Make every line written so far durable (a no-op on stdout)."""
         self._stream.flush()
         if self._tmp is not None and not self._stream.closed:
+            if self.before_sync is not None:
+                self.before_sync()
             os.fsync(self._stream.fileno())
         self._unsynced, self._synced_at = 0, time.monotonic()
 

@@ -313,6 +313,7 @@ async def run_jobs(
         try:
             result = await dispatcher(job, tierer)
             if result is not None:
+                await accountant.durable()  # write-ahead: its calls are in the ledger first
                 emit(result)
         finally:
             slots.release()
@@ -384,6 +385,9 @@ async def run_files(
             price_version=genai_prices_version(),
         )
 
+        if hasattr(writer, "before_sync"):  # resume.Journal: the ledger syncs before it does
+            setattr(writer, "before_sync", ledger.sync)  # noqa: B010 - not in RecordWriter
+
         def sink(result: Result) -> None:
             writer.write(result.to_dict())
             if on_result is not None:
@@ -418,4 +422,6 @@ async def run_files(
             status=status,
             skipped_budget=t.by_status["skipped_budget"],
         )
+        if hasattr(writer, "before_sync"):
+            setattr(writer, "before_sync", None)  # noqa: B010 - closing the ledger syncs it
     return summary

@@ -108,6 +108,11 @@ class Accountant:
                 self.ledger.record_call(self.run_id, self._call(job, tier, hop, index, price))
         return JobCost(total, baseline)
 
+    async def durable(self) -> None:
+        """Return once every call recorded so far is committed to the ledger."""
+        if self.ledger is not None:
+            await self.ledger.durable()
+
     def _call(self, job: Job, tier: int, hop: Hop, index: int, price: CallPrice) -> CallRecord:
         completion = hop.completion
         busy = getattr(hop, "busy_s", None)

@@ -1,14 +1,23 @@
 """The ledger: a SQLite file with a row per run and a row per dispatched call.
 
 WAL mode and a busy timeout make it safe for overlapping cron runs and parallel shells: readers
-never block, and writers hold the lock only for short transactions. Calls are buffered and
-written in batches (every `FLUSH_EVERY` calls or `FLUSH_INTERVAL_S` seconds, and at run end), so
-a run at high concurrency does not pay one commit per call. Money is stored as integer
-micro-dollars; a NULL cost means "price unknown", never "free".
+never block, and writers hold the lock only for short transactions.
+
+Write-ahead: a call is in the ledger before its job's result is written. Inside a run (an event
+loop), `record_call` buffers the row and schedules a group commit `GROUP_COMMIT_S` later, and
+the scheduler awaits `durable()` before it hands the result to the output; calls that finish
+together share one commit, so a busy run does not pay a commit per call. A `kill -9` therefore
+loses only rows of jobs whose result was not written yet (in flight), and those rows are
+committed within `GROUP_COMMIT_S` even when nothing else happens. Outside an event loop rows
+are written every `FLUSH_EVERY` calls or `FLUSH_INTERVAL_S` seconds and at `flush()`/`close()`.
+
+Money is stored as integer micro-dollars; a NULL cost means "price unknown", never "free".
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 import time
 import uuid
@@ -27,6 +36,10 @@ __all__ = ["CallRecord", "Ledger", "default_ledger_path", "ledger_path_for"]
 BUSY_TIMEOUT_MS = 30_000  # overlapping runs wait for each other's short write transactions
 FLUSH_EVERY = 256  # calls per write transaction
 FLUSH_INTERVAL_S = 1.0  # ... or at least this often, so `tierline ledger` sees a live run
+# In a run: how long a recorded call waits for others to share its commit; results wait this
+# long at most before they are written. benchmarks/bench_ledger.py: a commit per call costs
+# ~10x a row in a batch, and with 64 jobs in flight this shares each commit among ~60 calls.
+GROUP_COMMIT_S = 0.002
 
 
 def default_ledger_path() -> Path:
@@ -124,6 +137,7 @@ class Ledger:
         self.flush_every = flush_every
         self._buffer: list[tuple[object, ...]] = []
         self._flushed_at = time.monotonic()
+        self._commit: asyncio.Task[None] | None = None  # the scheduled group commit
 
     def start_run(
         self,
@@ -156,13 +170,36 @@ class Ledger:
         return run_id
 
     def record_call(self, run_id: str, call: CallRecord) -> None:
-        """Buffer one call; written with the next `flush()` (automatic every N calls or 1 s)."""
+        """Buffer one call; in an event loop it is committed within GROUP_COMMIT_S."""
         self._buffer.append(_row(run_id, call, _now()))
-        if (
-            len(self._buffer) >= self.flush_every
-            or time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S
-        ):
+        if len(self._buffer) >= self.flush_every:
             self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no run loop (provider batch collection, library use)
+            if time.monotonic() - self._flushed_at >= FLUSH_INTERVAL_S:
+                self.flush()
+            return
+        if self._commit is None:
+            # A timer, not the next call: a row must not wait for traffic to be written.
+            self._commit = loop.create_task(self._group_commit())
+
+    async def _group_commit(self) -> None:
+        try:
+            await asyncio.sleep(GROUP_COMMIT_S)
+        finally:
+            self._commit = None
+        self.flush()
+
+    async def durable(self) -> None:
+        """Return once every call recorded so far is committed (write-ahead of the result)."""
+        while self._buffer:
+            commit = self._commit
+            if commit is None:
+                self.flush()
+                return
+            await asyncio.shield(commit)
 
     def flush(self) -> None:
         """Write the buffered calls in one short transaction."""
@@ -170,8 +207,27 @@ class Ledger:
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []
-        with transaction(self.conn):
-            self.conn.executemany(_INSERT, rows)
+        try:
+            with transaction(self.conn):
+                self.conn.executemany(_INSERT, rows)
+        except BaseException:
+            self._buffer[:0] = rows  # not written: keep them for the next flush or close()
+            raise
+
+    def sync(self) -> None:
+        """Commit the buffered calls and fsync the WAL: durable across a power cut too.
+
+        Called before the results file is fsynced, so a synced result never has calls that
+        a power cut could take back (synchronous=NORMAL syncs the WAL only at checkpoints)."""
+        self.flush()
+        wal = f"{self.path}-wal"
+        if str(self.path) == ":memory:" or not os.path.exists(wal):
+            return
+        fd = os.open(wal, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def finish_run(
         self, run_id: str, *, jobs: int, ok: int, failed: int, status: str, skipped_budget: int = 0
