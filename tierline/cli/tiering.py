@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..config import load_config
-from ..errors import UsageError
-from .options import ConfigPath
+from ..errors import ExitCode, UsageError
+from ..jobs import dumps
+from .options import ConfigPath, LedgerPath, MaxCost, Quiet
 from .output import err_console
 
 if TYPE_CHECKING:
@@ -167,6 +168,120 @@ def _shares(text: str) -> tuple[float, float, float]:
     if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
         raise UsageError(f"--share must be three shares of tiers 1,2,3 summing to 1, not {text!r}")
     return parts[0], parts[1], parts[2]
+
+
+@app.command()
+def label(
+    jobs: Annotated[
+        list[str],
+        typer.Argument(help="Job JSONL files: a sample of your traffic.", show_default=False),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The outcomes file to write (JSONL).")
+    ],
+    config: ConfigPath = None,
+    ledger: LedgerPath = None,
+    max_cost: MaxCost = None,
+    weak_tier: Annotated[int, typer.Option(help="The weak route: this tier's.", min=1, max=3)] = 1,
+    strong_tier: Annotated[
+        int, typer.Option(help="The strong route: this tier's.", min=1, max=3)
+    ] = 3,
+    judge_tier: Annotated[
+        int, typer.Option(help="The judge: this tier's route.", min=1, max=3)
+    ] = 3,
+    quiet: Quiet = False,
+) -> None:
+    """Answer each job on a weak and a strong route, score both, write the outcomes.
+
+    Jobs with their own checks (expect, a JSON response_format, checks) are scored by them;
+    the others by the judge route with a fixed pairwise rubric, asked in both orders. The cost
+    is estimated first (as `tierline plan` does) and --max-cost stops before anything is sent
+    when the estimate passes it. Every call goes in the ledger; rerunning the same command
+    resumes. Exit 0, 1 when some jobs could not be scored, 2 on usage errors, 3 on budget.
+    """
+    from decimal import Decimal
+
+    from ..interrupts import Stop
+    from ..jobs import Job, read_jobs
+    from ..ledger.pricing import to_micros
+    from ..ledger.store import ledger_path_for
+    from ..tiering.label import Labeller, answer_lines, estimate, run_phase
+
+    if weak_tier == strong_tier:
+        raise UsageError("--weak-tier and --strong-tier must differ")
+    cfg = load_config(config)
+    valid: list[Job] = []
+    for item in read_jobs(jobs):
+        if not isinstance(item, Job):
+            raise UsageError(f"{item.source}:{item.line}: {item.error}")
+        valid.append(item)
+    if not valid:
+        raise UsageError("no jobs in " + ", ".join(jobs))
+    cap = None if max_cost is None else to_micros(Decimal(repr(max_cost)))
+    ledger_path = ledger_path_for(ledger, cfg)
+    stop = Stop()
+    labeller = Labeller(valid, judge_tier)
+    for name in ("answers", "verdicts"):
+        # The verdicts' prompts hold the answers: built only once the answers are in.
+        lines = (
+            answer_lines(valid, weak_tier, strong_tier)
+            if name == "answers"
+            else labeller.judge_lines()
+        )
+        if not lines:
+            continue
+        plan = estimate(lines, cfg, cap)
+        _say(quiet, f"{name}: {len(lines)} call(s), estimated {_usd(plan.cost_micros)}")
+        if plan.over_budget:
+            err_console.print(
+                f"tierline: the {name} would cost {_usd(plan.cost_micros)}, over --max-cost "
+                f"{_usd(cap)}; nothing more was sent",
+                markup=False,
+            )
+            raise typer.Exit(int(ExitCode.BUDGET))
+        phase = run_phase(
+            lines,
+            output.with_name(f"{output.name}.{name}.jsonl"),
+            config=cfg,
+            ledger_path=ledger_path,
+            max_cost_micros=cap,
+            stop=stop,
+        )
+        if phase.exit_code in (ExitCode.BUDGET, ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+            err_console.print(
+                f"tierline: the {name} stopped (exit {phase.exit_code}); rerun the same "
+                "command to resume",
+                markup=False,
+            )
+            raise typer.Exit(phase.exit_code)
+        if cap is not None:
+            cap = max(0, cap - phase.spent_micros)
+        target = labeller.answers if name == "answers" else labeller.verdicts
+        target.update(phase.results)
+    scored, missing = labeller.outcomes()
+    output.write_bytes(b"".join(dumps(s.as_dict()) + b"\n" for s in scored))
+    by_checks = sum(s.by == "checks" for s in scored)
+    _say(
+        quiet,
+        f"labelled {len(scored)} of {len(valid)} job(s) ({by_checks} by their checks, "
+        f"{len(scored) - by_checks} by the judge); wrote {output}",
+    )
+    if missing:
+        err_console.print(
+            f"tierline: {missing} job(s) could not be scored (an answer or both verdicts "
+            f"failed); see {output}.answers.jsonl and {output}.verdicts.jsonl",
+            markup=False,
+        )
+    raise typer.Exit(int(ExitCode.JOBS_FAILED) if missing else 0)
+
+
+def _usd(micros: int | None) -> str:
+    return "an unknown amount (no price)" if micros is None else f"${micros / 1e6:,.4f}"
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        err_console.print(f"tierline: {text}", markup=False)
 
 
 @app.command(name="eval")
