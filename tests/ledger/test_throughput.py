@@ -218,3 +218,15 @@ path = "l.db"
     with Ledger(tmp_path / "l.db") as ledger:
         [(command, jobs_run)] = ledger.conn.execute("SELECT command, jobs FROM runs").fetchall()
     assert (command, jobs_run) == ("plan --calibrate", 6)
+
+
+def test_an_outlier_is_left_out_and_counted(tmp_path: Path) -> None:
+    """One call charged 30 s (a stall at a run's start) among exact ones: the fit is the exact
+    line, and the basis says one call was left out."""
+    record(tmp_path / "l.db", [*EXACT, *EXACT, (30.0, 10)])
+    conn = open_readonly(tmp_path / "l.db")
+    assert conn is not None
+    found = learn(conn, "gpu", "q")
+    assert not isinstance(found, str)
+    assert (round(found.per_call_s, 9), round(found.per_token_s, 9)) == (0.5, 0.01)
+    assert (found.calls, found.outliers) == (12, 1) and "1 more left out" in found.describe()

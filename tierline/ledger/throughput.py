@@ -19,8 +19,10 @@ measured at 8 requests in flight are cheaper per call than at 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sqlite3
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ __all__ = ["MIN_CALLS", "RECENT_CALLS", "Throughput", "from_hint", "learn", "ope
 
 MIN_CALLS = 5  # fewer measured calls than this: no fit (the uncertainty would be meaningless)
 RECENT_CALLS = 2000  # learn from the newest calls only: servers, models and settings change
+OUTLIER_MADS = 8.0  # a call this many robust deviations off the fitted line is left out
+HUBER_K = 1.345  # the usual Huber constant: calls beyond k deviations count less in the fit
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class Throughput:
     newest: str | None = None  # created_at of the newest and oldest call used
     oldest: str | None = None
     model: str | None = None  # the model the calls were answered by
+    outliers: int = 0  # measured calls left out of the fit as far off the line
     # for the uncertainty of a prediction: residual variance and (X'X)^-1 of the fit
     _sigma2: float = 0.0
     _inv: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (a, b, d) of [[a, b], [b, d]]
@@ -82,8 +87,9 @@ class Throughput:
         when = (self.newest or "")[:16].replace("T", " ")
         answered = f" answered as {self.model!r}" if self.model else ""
         figure = f"{rate:,.0f} output tok/busy-s" if rate else "no output tokens"
+        left_out = f" ({self.outliers} more left out as outliers)" if self.outliers else ""
         return (
-            f"ledger: {self.calls:,} call(s){answered}, newest {when} UTC: "
+            f"ledger: {self.calls:,} call(s){answered}{left_out}, newest {when} UTC: "
             f"{self.per_call_s:.3g} busy-s/call + {self.per_token_s:.3g} busy-s/token ({figure})"
         )
 
@@ -99,6 +105,7 @@ class Throughput:
             "newest": self.newest,
             "oldest": self.oldest,
             "model": self.model,
+            "outliers": self.outliers,
         }
 
 
@@ -148,7 +155,49 @@ def learn(conn: sqlite3.Connection, backend: str, model: str) -> Throughput | st
         )
     busy = [float(r[0]) for r in rows]
     out = [float(r[1] or 0) for r in rows]
-    return _fit(busy, out, newest=rows[0][2], oldest=rows[-1][2], model=answered)
+    # Calls far off the line (a blocking SDK import or a stall at a run's start charges the
+    # calls then in flight; a server hiccup) would skew a fit meant for a day of calls: find
+    # the line robustly, leave out calls beyond OUTLIER_MADS robust deviations from it, say how
+    # many, and fit the rest by least squares (whose standard errors are then meaningful).
+    keep = _inliers(busy, out)
+    if len(keep) < MIN_CALLS:
+        keep = list(range(len(rows)))
+    fit = _fit(
+        [busy[i] for i in keep],
+        [out[i] for i in keep],
+        newest=rows[0][2],
+        oldest=rows[-1][2],
+        model=answered,
+    )
+    return dataclasses.replace(fit, outliers=len(rows) - len(keep))
+
+
+def _inliers(busy: list[float], out: list[float], rounds: int = 20) -> list[int]:
+    """Indices of the calls within OUTLIER_MADS robust deviations of a Huber-weighted line."""
+    # a floor on the scale: when most calls sit exactly on a line, rounding is not an outlier
+    floor = 1e-6 * sum(busy) / len(busy)
+    weights = [1.0] * len(busy)
+    residuals: list[float] = []
+    scale = floor
+    for _ in range(rounds):
+        a, b = _weighted_line(busy, out, weights)
+        residuals = [y - a - b * x for x, y in zip(out, busy, strict=True)]
+        scale = max(floor, 1.4826 * statistics.median(abs(r) for r in residuals))
+        weights = [min(1.0, HUBER_K * scale / abs(r)) if r else 1.0 for r in residuals]
+    return [i for i, r in enumerate(residuals) if abs(r) <= OUTLIER_MADS * scale]
+
+
+def _weighted_line(busy: list[float], out: list[float], w: list[float]) -> tuple[float, float]:
+    sw = sum(w)
+    sx = sum(wi * x for wi, x in zip(w, out, strict=True))
+    sy = sum(wi * y for wi, y in zip(w, busy, strict=True))
+    sxx = sum(wi * x * x for wi, x in zip(w, out, strict=True))
+    sxy = sum(wi * x * y for wi, x, y in zip(w, out, busy, strict=True))
+    det = sw * sxx - sx * sx
+    if det <= 1e-12 * max(sw * sxx, 1.0):
+        return sy / sw, 0.0
+    b = (sw * sxy - sx * sy) / det
+    return (sy - b * sx) / sw, b
 
 
 def _fit(
