@@ -61,19 +61,29 @@ def _ledger(ledger: str | None, cfg: Config) -> Path:
 
 @contextmanager
 def batch_progress(*, quiet: bool) -> Iterator[Callable[[batches.Progress], None] | None]:
-    """A progress callback that draws on stderr while waiting (None when not a terminal)."""
+    """A progress callback that draws on stderr while waiting (None when not a terminal).
+
+    The bar is drawn on the first report of an open batch: a run with no provider batches
+    (the callback is never called) draws nothing.
+    """
     if quiet or not err_console.is_terminal:
         yield None
         return
     columns = (TextColumn("[bold]batches"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TextColumn("{task.description}"), console=err_console) as bar:
-        task = bar.add_task("", total=None)
+    bar = Progress(*columns, TextColumn("{task.description}"), console=err_console)
+    task = bar.add_task("", total=None)
 
-        def show(p: batches.Progress) -> None:
-            states = ", ".join(f"{s}: {n}" for s, n in sorted(p.statuses.items()))
-            bar.update(task, total=p.requests, completed=p.done, description=states)
+    def show(p: batches.Progress) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        states = ", ".join(f"{s}: {n}" for s, n in sorted(p.statuses.items()))
+        bar.update(task, total=p.requests, completed=p.done, description=states)
 
+    try:
         yield show
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def _stdout_line(record: dict[str, object]) -> None:

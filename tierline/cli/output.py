@@ -1,22 +1,22 @@
-"""Everything people see: stderr console, progress bar and the run summary.
+"""Everything people see: the stderr console and the run summary (the live progress line is in
+`tierline.cli.progress`).
 
-stdout carries data only. The progress bar appears only when stderr is a terminal; with
-NO_COLOR, a pipe or a file there is neither bar nor colour.
+stdout carries data only. Progress appears only when stderr is a terminal; with a pipe or a
+file there is no progress and the summary is one line; NO_COLOR turns colour off.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..dispatch.scheduler import RunSummary, Tally
+from .progress import summary_line
 
-__all__ = ["count_lines", "data_console", "err_console", "print_summary", "progress_bar"]
+__all__ = ["count_lines", "data_console", "err_console", "print_summary"]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -31,18 +31,6 @@ def count_lines(inputs: Sequence[str]) -> int | None:
             while block := fh.read(1 << 20):
                 total += block.count(b"\n")
     return total
-
-
-@contextmanager
-def progress_bar(inputs: Sequence[str], *, quiet: bool) -> Iterator[Callable[[object], None]]:
-    """Yield a per-result callback that advances a bar on stderr (a no-op when not a TTY)."""
-    if quiet or not err_console.is_terminal:
-        yield lambda _result: None
-        return
-    columns = (TextColumn("[bold]tierline"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("jobs", total=count_lines(inputs))
-        yield lambda _result: progress.advance(task)
 
 
 def _counts(counter: dict[str, int] | dict[int, int], prefix: str = "") -> str:
@@ -88,9 +76,13 @@ def escalation_line(t: Tally) -> str:
 
 
 def print_summary(summary: RunSummary, *, quiet: bool) -> None:
-    """The run summary on stderr; with --quiet only when something failed."""
+    """The run summary on stderr: several lines on a terminal, else one; with --quiet only
+    when something failed."""
     t = summary.tally
     if quiet and t.failed == 0:
+        return
+    if quiet or not err_console.is_terminal:  # cron mail, logs: one line
+        err_console.print(summary_line(summary), markup=False)
         return
     head = f"tierline: {t.jobs} job(s) in {summary.seconds:.1f}s, {t.failed} failed"
     if summary.run_id:

@@ -20,7 +20,8 @@ from ..resume import Journal, RunLock
 from ..shard import Shard
 from . import batch
 from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
-from .output import err_console, print_summary, progress_bar
+from .output import count_lines, err_console, print_summary
+from .progress import run_progress
 
 ShardOption = Annotated[
     str | None,
@@ -78,7 +79,10 @@ def run(
         raise typer.Exit(again)
     to_file = output not in (None, "-")
     with RunLock(output), Journal(output, cfg, resume=not fresh) as journal:
-        with progress_bar(inputs, quiet=quiet) as advance:
+        total = None if part else count_lines(inputs)  # a shard runs an unknown share
+        with run_progress(
+            total, console=err_console, quiet=quiet, max_cost_usd=max_cost
+        ) as advance:
             work = run_files(
                 inputs,
                 config=cfg,
