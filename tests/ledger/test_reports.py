@@ -13,7 +13,7 @@ import pytest
 from tierline.cli import main
 from tierline.errors import UsageError
 from tierline.jobs import Usage
-from tierline.ledger.reports import Filters, export_calls, parse_since, summarize
+from tierline.ledger.reports import Filters, export_calls, parse_since, parse_until, summarize
 from tierline.ledger.store import CallRecord, Ledger
 
 
@@ -122,3 +122,54 @@ def test_since_parses_durations_and_dates() -> None:
     assert parse_since("2026-11-01", now=now) == "2026-11-01T00:00:00+00:00"
     with pytest.raises(UsageError):
         parse_since("yesterday")
+
+
+def test_until_includes_a_bare_dates_whole_day() -> None:
+    """--until 2026-11-30 ends at the start of Dec 1 (the whole day counts); a time is exact."""
+    assert parse_until("2026-11-30") == "2026-12-01T00:00:00+00:00"
+    assert parse_until("2026-11-30T06:00") == "2026-11-30T06:00:00+00:00"
+
+
+def test_summary_by_day_in_a_window_with_gpu_hours(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """Calls on three days; `--by day --since 2026-11-02 --until 2026-11-03` keeps two days, in
+    date order, with cost, baseline, savings and the self-hosted busy time in GPU-hours; the
+    table ends with an `all` row summing them."""
+    db = tmp_path / "l.db"
+    with Ledger(db) as ledger:
+        run = ledger.start_run(command="run", config_origin="t", inputs=[])
+        for day, cost, busy in [(1, 100, 3600.0), (2, 200, 1800.0), (3, 50, 900.0), (3, 50, 0.0)]:
+            ledger.record_call(
+                run,
+                CallRecord(
+                    f"d{day}",
+                    1,
+                    "gpu",
+                    "m",
+                    "ok",
+                    Usage(10, 5),
+                    cost,
+                    "gpu-hour",
+                    1.0,
+                    baseline_micros=1_000,
+                    busy_s=busy,
+                ),
+            )
+        ledger.flush()
+        ledger.conn.execute(
+            "UPDATE calls SET created_at = '2026-11-0' || substr(job_id, 2) || 'T12:00:00+00:00'"
+        )
+    args = ["ledger", "summary", "--by", "day", "--ledger", str(db)]
+    window = ["--since", "2026-11-02", "--until", "2026-11-03"]
+    assert main([*args, *window, "--json"]) == 0
+    rows = json.loads(capsysbinary.readouterr().out)
+    assert [(r["group"]["day"], r["cost_micros"], r["savings_micros"]) for r in rows] == [
+        ("2026-11-02", 200, 800),
+        ("2026-11-03", 100, 1_900),
+    ]
+    assert [r["gpu_hours"] for r in rows] == [0.5, 0.25]
+    assert main([*args, *window]) == 0
+    table = capsysbinary.readouterr().out.decode()
+    [last] = [line for line in table.splitlines() if "│ all " in line]
+    assert "$0.000300" in last and "$0.002700 (90%)" in last and "0.750" in last

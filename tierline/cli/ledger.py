@@ -17,7 +17,16 @@ from rich.table import Table
 from ..config import load_config
 from ..errors import UsageError
 from ..jobs import dumps
-from ..ledger.reports import Filters, SummaryRow, export_calls, list_runs, parse_since, summarize
+from ..ledger.reports import (
+    Filters,
+    SummaryRow,
+    export_calls,
+    list_runs,
+    parse_since,
+    parse_until,
+    summarize,
+    total,
+)
 from ..ledger.store import Ledger, ledger_path_for
 from .options import ConfigPath, Json, LedgerPath
 from .output import data_console, err_console
@@ -38,6 +47,13 @@ Since = Annotated[
     str | None,
     typer.Option("--since", help="Only calls since a duration ago (24h, 7d) or a date (UTC)."),
 ]
+Until = Annotated[
+    str | None,
+    typer.Option(
+        "--until",
+        help="Only calls before a duration ago (1d) or a date/time (UTC; a date includes its day).",
+    ),
+]
 RunId = Annotated[str | None, typer.Option("--run", help="Only this run (see `ledger runs`).")]
 
 
@@ -51,8 +67,12 @@ def open_ledger(path: str | None, config: str | None) -> Iterator[Ledger]:
         yield ledger
 
 
-def _filters(run: str | None, since: str | None) -> Filters:
-    return Filters(run_id=run, since=parse_since(since) if since else None)
+def _filters(run: str | None, since: str | None, until: str | None = None) -> Filters:
+    return Filters(
+        run_id=run,
+        since=parse_since(since) if since else None,
+        until=parse_until(until) if until else None,
+    )
 
 
 def _usd(micros: int) -> str:
@@ -63,11 +83,16 @@ def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
     table = Table(*by, "calls", "jobs", "tokens in", "tokens out", "cost", "unpriced", "baseline")
     table.add_column("saved")
     table.add_column("failed checks")
-    for row in rows:
+    gpu = any(row.busy_s for row in rows)
+    if gpu:
+        table.add_column("GPU-hours")
+    shown = [*rows, total(rows)] if by and len(rows) > 1 else rows
+    for row in shown:
+        cells = [str(row.group[name]) for name in by] if row.group else ["all"] * len(by)
         rate = row.check_failure_rate
         share = "" if row.savings_share is None else f" ({row.savings_share:.0%})"
         table.add_row(
-            *(str(row.group[name]) for name in by),
+            *cells,
             f"{row.calls:,}",
             f"{row.jobs:,}",
             f"{row.input_tokens:,}",
@@ -77,6 +102,7 @@ def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
             _usd(row.baseline_micros),
             _usd(row.savings_micros) + share,
             f"{row.failed_checks:,} ({rate:.0%})" if row.failed_checks and rate is not None else "",
+            *([f"{row.busy_s / 3600:,.3f}"] if gpu else []),
         )
     return table
 
@@ -85,6 +111,7 @@ def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
 def summary(
     by: By = None,
     since: Since = None,
+    until: Until = None,
     run: RunId = None,
     as_json: Json = False,
     ledger: LedgerPath = None,
@@ -92,12 +119,15 @@ def summary(
 ) -> None:
     """Calls, tokens, cost and savings against the baseline, grouped --by tier,backend,model,day.
 
-    Calls whose price is unknown are counted apart (never as free) and left out of both the cost
-    and the baseline.
+    The cost is what was paid (provider batch calls at their batch price); the baseline is what
+    the same tokens would have cost on the baseline model in the same mode; GPU-hours are the
+    measured busy time of self-hosted backends. Calls whose price is unknown are counted apart
+    (never as free) and left out of both the cost and the baseline. `--by day` lists days in
+    date order.
     """
     groups = [name.strip() for name in by.split(",") if name.strip()] if by else []
     with open_ledger(ledger, config) as book:
-        rows = summarize(book.conn, groups, _filters(run, since))
+        rows = summarize(book.conn, groups, _filters(run, since, until))
     if as_json:
         sys.stdout.buffer.write(dumps([row.as_dict() for row in rows]) + b"\n")
         return
@@ -114,6 +144,7 @@ def summary(
 @app.command("runs")
 def runs(
     since: Since = None,
+    until: Until = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 20,
     as_json: Json = False,
     ledger: LedgerPath = None,
@@ -121,7 +152,7 @@ def runs(
 ) -> None:
     """Runs, newest first: jobs, status, cost, unpriced calls and the baseline."""
     with open_ledger(ledger, config) as book:
-        rows = list_runs(book.conn, _filters(None, since), limit)
+        rows = list_runs(book.conn, _filters(None, since, until), limit)
     if as_json:
         sys.stdout.buffer.write(dumps(rows) + b"\n")
         return
@@ -154,6 +185,7 @@ def export(
         str | None, typer.Option("--output", "-o", help="File (default: stdout).")
     ] = None,
     since: Since = None,
+    until: Until = None,
     run: RunId = None,
     ledger: LedgerPath = None,
     config: ConfigPath = None,
@@ -161,11 +193,11 @@ def export(
     """Every call row with all its ledger columns (costs in micro-dollars and in USD)."""
     with open_ledger(ledger, config) as book:
         if output is None or output == "-":
-            export_calls(book.conn, _filters(run, since), fmt, sys.stdout.buffer)
+            export_calls(book.conn, _filters(run, since, until), fmt, sys.stdout.buffer)
             sys.stdout.buffer.flush()
             return
         with open(output, "wb") as stream:
-            export_calls(book.conn, _filters(run, since), fmt, stream)
+            export_calls(book.conn, _filters(run, since, until), fmt, stream)
 
 
 @app.command("merge")

@@ -10,7 +10,7 @@ import csv
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
@@ -25,7 +25,9 @@ __all__ = [
     "export_calls",
     "list_runs",
     "parse_since",
+    "parse_until",
     "summarize",
+    "total",
 ]
 
 # --by names and the SQL that groups by each (fixed strings: never user text in SQL).
@@ -58,10 +60,20 @@ def parse_since(text: str, *, now: datetime | None = None) -> str:
     return moment.astimezone(timezone.utc).isoformat()
 
 
+def parse_until(text: str, *, now: datetime | None = None) -> str:
+    """`--until`: like --since, the end of a window (exclusive); a bare date includes that day
+    (`--since 2026-11-01 --until 2026-11-30` is all of November)."""
+    moment = parse_since(text, now=now)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+        moment = (datetime.fromisoformat(moment) + timedelta(days=1)).isoformat()
+    return moment
+
+
 @dataclass(frozen=True, slots=True)
 class Filters:
     run_id: str | None = None
     since: str | None = None  # an ISO timestamp, from parse_since
+    until: str | None = None  # ... from parse_until (exclusive)
 
     def where(self, time_column: str = "created_at") -> tuple[str, list[Any]]:
         clauses, params = [], []
@@ -71,6 +83,9 @@ class Filters:
         if self.since is not None:
             clauses.append(f"{time_column} >= ?")
             params.append(self.since)
+        if self.until is not None:
+            clauses.append(f"{time_column} < ?")
+            params.append(self.until)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
@@ -90,6 +105,7 @@ class SummaryRow:
     batch_calls: int
     answered_calls: int  # calls that returned an answer
     failed_checks: int  # answers that failed an answer check (escalated, or final errors)
+    busy_s: float = 0.0  # measured busy time of self-hosted backends (what gpu_hour_usd prices)
 
     @property
     def check_failure_rate(self) -> float | None:
@@ -109,9 +125,11 @@ class SummaryRow:
         out.update(
             cost_usd=self.cost_micros / 1e6,
             baseline_usd=self.baseline_micros / 1e6,
+            savings_micros=self.savings_micros,
             savings_usd=self.savings_micros / 1e6,
             savings_share=self.savings_share,
             check_failure_rate=self.check_failure_rate,
+            gpu_hours=self.busy_s / 3600,
         )
         return out
 
@@ -125,6 +143,8 @@ def summarize(conn: sqlite3.Connection, by: Sequence[str], filters: Filters) -> 
     where, params = filters.where()
     select = "".join(f"{key}, " for key in keys)
     group = f" GROUP BY {', '.join(keys)}" if keys else ""
+    # days in date order (a spend history); anything else largest cost first
+    order = "1" if by and by[0] == "day" else f"{len(keys) + 8} DESC"
     sql = f"""SELECT {select}COUNT(*), COUNT(DISTINCT run_id || ':' || COALESCE(job_id, '')),
         COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
         COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
@@ -132,8 +152,8 @@ def summarize(conn: sqlite3.Connection, by: Sequence[str], filters: Filters) -> 
         COALESCE(SUM(cost_micros IS NULL), 0),
         COALESCE(SUM(CASE WHEN cost_micros IS NOT NULL THEN baseline_micros END), 0),
         COALESCE(SUM(batch), 0), COALESCE(SUM(status = 'ok'), 0),
-        COALESCE(SUM(check_failed IS NOT NULL), 0)
-        FROM calls{where}{group} ORDER BY {len(keys) + 8} DESC"""
+        COALESCE(SUM(check_failed IS NOT NULL), 0), COALESCE(SUM(busy_s), 0.0)
+        FROM calls{where}{group} ORDER BY {order}"""
     rows = []
     for row in conn.execute(sql, params):
         values = list(row)
@@ -142,6 +162,14 @@ def summarize(conn: sqlite3.Connection, by: Sequence[str], filters: Filters) -> 
             continue  # no calls at all: no row rather than a row of zeros
         rows.append(SummaryRow(dict(zip(by, group_values, strict=True)), *numbers))
     return rows
+
+
+def total(rows: Sequence[SummaryRow]) -> SummaryRow:
+    """The sum of summary rows (for the table's last line)."""
+    numbers = [
+        sum(getattr(row, f.name) for row in rows) for f in fields(SummaryRow) if f.name != "group"
+    ]
+    return SummaryRow({}, *numbers)
 
 
 RUN_COLUMNS = (
