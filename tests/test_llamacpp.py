@@ -36,7 +36,7 @@ SCHEMA = {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def backend(smollm2: Path) -> AsyncIterator[LlamaCppBackend]:
-    b = LlamaCppBackend("local", LlamaCppBackendConfig(kind="llamacpp", n_ctx=1024))
+    b = LlamaCppBackend("local", LlamaCppBackendConfig(kind="llamacpp", n_ctx=1024, parallel=4))
     yield b
     await b.aclose()
 
@@ -86,8 +86,8 @@ def test_json_grammar_forbids_raw_control_characters(smollm2: Path) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_concurrent_calls_are_serialised(backend: LlamaCppBackend) -> None:
-    """Concurrent callers share one Llama safely: every call completes with its own answer."""
+async def test_concurrent_calls_are_batched(backend: LlamaCppBackend) -> None:
+    """Concurrent callers share one worker, decoded together: each gets its own answer."""
     answers = await asyncio.gather(
         *(backend.complete(ask(f"Say the number {i}.", max_tokens=8)) for i in range(4))
     )

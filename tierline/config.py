@@ -90,16 +90,44 @@ class _LocalPricing(_Strict):
 
 
 class LlamaCppBackendConfig(_BackendBase, _LocalPricing):
-    """In-process llama-cpp-python. One model per backend; calls are serialised."""
+    """llama-cpp-python in worker processes (docs/local.md): a crash costs the jobs it held,
+    not the run. Each worker decodes `parallel` sequences together in one context."""
 
     kind: Literal["llamacpp"]
     model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     model_name: str | None = None  # the name results and the ledger show; default: file stem
-    n_ctx: Annotated[int, Field(ge=0)] = 2048
-    n_threads: Annotated[int, Field(ge=1)] | None = None
+    n_ctx: Annotated[int, Field(ge=0)] = 2048  # per sequence; 0: the model's training context
+    n_threads: Annotated[int, Field(ge=1)] | None = None  # per worker; default: cores / workers
     n_gpu_layers: int = 0
     seed: int = 0
-    max_concurrency: Annotated[int, Field(ge=1, le=1)] = 1  # one Llama is not thread-safe
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    parallel: Annotated[int, Field(ge=1, le=256)] | None = None  # default: auto_parallel()
+    max_restarts: Annotated[int, Field(ge=0)] = 3  # worker restarts after crashes, per run
+    # 0 (the default): every sequence of every worker, workers x parallel.
+    max_concurrency: Annotated[int, Field(ge=0, le=4096)] = 0
+
+    @model_validator(mode="after")
+    def _fill_concurrency(self) -> LlamaCppBackendConfig:
+        if self.max_concurrency == 0:
+            object.__setattr__(self, "max_concurrency", self.workers * self.sequences)
+        return self
+
+    @property
+    def sequences(self) -> int:
+        """Sequences each worker decodes together: `parallel`, or auto_parallel()."""
+        return self.parallel or auto_parallel(self.n_ctx, self.workers)
+
+
+def auto_parallel(n_ctx: int, workers: int = 1) -> int:
+    """Default sequences per worker: 8 per core, at most 16, and at most 16k KV cells in all.
+
+    On a CPU, one decoded token costs about the same whether the batch holds 1 or 8 sequences
+    (the time goes into reading weights and synchronising threads, not into arithmetic), so
+    throughput grows with the batch until the cores are busy; the KV cache grows with
+    n_ctx x parallel, hence the cap (benchmarks/bench_local.py, docs/local.md).
+    """
+    cores = max(1, (os.cpu_count() or 1) // workers)
+    return max(1, min(16, 8 * cores, 16384 // (n_ctx or 8192)))
 
 
 class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):

