@@ -468,6 +468,10 @@ def serve(engine: Engine, channel: Channel, inbox: queue.Queue[dict[str, Any] | 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     settings = Settings(**orjson.loads(args[0]))
+    with contextlib.suppress(Exception):  # a crash must not leave a core file in the user's cwd
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     channel = Channel()
     import logging
 

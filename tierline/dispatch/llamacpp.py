@@ -132,8 +132,8 @@ class _Settings:
 def _worker_env() -> dict[str, str]:
     """The worker's environment. OpenMP threads that spin while waiting for work take the cores
     from everything else on a busy machine, and a descheduled spinner stalls ggml's barriers:
-    on 2 shared cores, 2 spinning threads generated 2.6 tokens/s where passive ones generated
-    28 (docs/local.md). A value the user set wins."""
+    on 2 shared cores, 2 spinning threads generated an order of magnitude fewer tokens/s than
+    passive ones (docs/local.md). A value the user set wins."""
     return {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
