@@ -65,10 +65,10 @@ def main() -> None:
         one = per_call(Path(tmp) / "one.db", calls, 1)
         batched = per_call(Path(tmp) / "batched.db", calls, 256)
         group, commits = asyncio.run(group_commit(Path(tmp) / "group.db", calls))
-    print(f"{calls} calls")  # noqa: T201
-    print(f"commit per call:      {one * 1e6:8.1f} us/call")  # noqa: T201
-    print(f"256 rows per commit:  {batched * 1e6:8.1f} us/call")  # noqa: T201
-    print(  # noqa: T201
+    print(f"{calls} calls")
+    print(f"commit per call:      {one * 1e6:8.1f} us/call")
+    print(f"256 rows per commit:  {batched * 1e6:8.1f} us/call")
+    print(
         f"write-ahead, {CONCURRENCY} jobs in flight: {commits} commits "
         f"({calls / max(commits, 1):.0f} calls each), {group * 1e6:.1f} us/call wall incl. the 1 ms call"
     )

@@ -132,7 +132,7 @@ def test_run_on_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[s
     jsonschema.validate(json.loads(by_id["x"]["output"]), SCHEMA)
     rows = (
         sqlite3.connect(tmp_path / "l.db")
-        .execute("SELECT job_id, status, cost_micros FROM calls ORDER BY job_id")
+        .execute("SELECT job_id, status, cost_nanos FROM calls ORDER BY job_id")
         .fetchall()
     )
     assert rows == [("b", "ok", 0), ("q", "ok", 0), ("x", "ok", 0)]

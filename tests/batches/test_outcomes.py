@@ -174,18 +174,18 @@ def test_ledger_prices_batch_calls_at_the_discount(tmp_path: Path, oai: FakeOpen
     rows = (
         sqlite3.connect(db)
         .execute(
-            "SELECT job_id, batch, input_tokens, output_tokens, cost_micros FROM calls ORDER BY job_id"
+            "SELECT job_id, batch, input_tokens, output_tokens, cost_nanos FROM calls ORDER BY job_id"
         )
         .fetchall()
     )
     results = {r["id"]: r for r in read_results(out)}
     assert [r[0] for r in rows] == IDS[:3]
-    for job_id, batch, tokens_in, tokens_out, micros in rows:
+    for job_id, batch, tokens_in, tokens_out, nanos in rows:
         assert batch == 1 and tokens_in == results[job_id]["usage"]["input_tokens"] > 0
         full = Decimal(tokens_in) * 1 + Decimal(tokens_out) * 4  # micro-dollars at $1/$4 per Mtok
-        assert micros == int((full / 2).to_integral_value()) and micros > 0
-        assert results[job_id]["cost_usd"] == micros / 1_000_000
-    run_cost = sqlite3.connect(db).execute("SELECT cost_micros FROM runs").fetchone()[0]
+        assert nanos == int((full * 1000 / 2).to_integral_value()) and nanos > 0
+        assert results[job_id]["cost_usd"] == nanos / 1_000_000_000
+    run_cost = sqlite3.connect(db).execute("SELECT cost_nanos FROM runs").fetchone()[0]
     assert run_cost == sum(r[4] for r in rows)
 
 

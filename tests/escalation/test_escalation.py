@@ -105,11 +105,11 @@ async def test_every_attempt_is_paid_and_in_the_ledger(tmp_path: Path) -> None:
     assert result.cost_usd == pytest.approx(expected)
     rows = (
         sqlite3.connect(tmp_path / "l.db")
-        .execute("SELECT backend, tier, hop, check_failed, cost_micros FROM calls ORDER BY hop")
+        .execute("SELECT backend, tier, hop, check_failed, cost_nanos FROM calls ORDER BY hop")
         .fetchall()
     )
     assert [r[:4] for r in rows] == [("small", 1, 1, "json"), ("mid", 2, 2, None)]
-    assert sum(r[4] for r in rows) / 1e6 == pytest.approx(result.cost_usd)
+    assert sum(r[4] for r in rows) / 1e9 == pytest.approx(result.cost_usd)
 
 
 async def test_gives_up_after_max_hops_and_keeps_the_answer() -> None:

@@ -1,4 +1,4 @@
-"""A run's ledger agrees with its results, to the micro-dollar; busy time is shared fairly."""
+"""A run's ledger agrees with its results, to the nano-dollar; busy time is shared fairly."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ async def run_with_ledger(
 
 
 async def test_ledger_totals_equal_the_sum_of_result_costs(tmp_path: Path) -> None:
-    """Summed over a run, the ledger's cost_micros equal the results' cost_usd exactly, and the
+    """Summed over a run, the ledger's cost_nanos equal the results' cost_usd exactly, and the
     run row carries the same total and the baseline."""
     usage = Usage(input_tokens=1234, output_tokens=567, cached_tokens=200)
     cheap = FakeBackend("cheap", "gpt-4o-mini").enqueue(
@@ -60,14 +60,14 @@ async def test_ledger_totals_equal_the_sum_of_result_costs(tmp_path: Path) -> No
     gpu = FakeBackend("gpu", "qwen").enqueue(*[BackendUnavailable("down")] * 5)  # all fall to dear
     with Ledger(tmp_path / "l.db") as ledger:
         results = await run_with_ledger(ledger, cheap, dear, gpu)
-        calls = ledger.conn.execute("SELECT SUM(cost_micros), COUNT(*) FROM calls").fetchone()
+        calls = ledger.conn.execute("SELECT SUM(cost_nanos), COUNT(*) FROM calls").fetchone()
         run = ledger.conn.execute(
-            "SELECT cost_micros, baseline_micros, unpriced_calls FROM runs"
+            "SELECT cost_nanos, baseline_nanos, unpriced_calls FROM runs"
         ).fetchone()
         hops = ledger.conn.execute("SELECT MAX(hop) FROM calls WHERE job_id LIKE 't2-%'").fetchone()
-    result_micros = sum(round(r.cost_usd * 1e6) for r in results if r.cost_usd is not None)
+    result_nanos = sum(round(r.cost_usd * 1e9) for r in results if r.cost_usd is not None)
     assert all(r.status == "ok" and r.cost_usd is not None for r in results)
-    assert calls[0] == result_micros == run[0] > 0
+    assert calls[0] == result_nanos == run[0] > 0
     assert run[1] > run[0]  # the baseline (claude-opus-4-6) is dearer than this mix
     assert run[2] == 0
     assert hops[0] == 2  # tier 2 jobs were answered by the second backend of their route
@@ -83,12 +83,43 @@ async def test_unknown_price_is_null_in_ledger_and_result(tmp_path: Path) -> Non
     with Ledger(tmp_path / "l.db") as ledger:
         results = await run_with_ledger(ledger, cheap, dear, gpu)
         nulls = ledger.conn.execute(
-            "SELECT COUNT(*) FROM calls WHERE cost_micros IS NULL"
+            "SELECT COUNT(*) FROM calls WHERE cost_nanos IS NULL"
         ).fetchone()[0]
         unpriced = ledger.conn.execute("SELECT unpriced_calls FROM runs").fetchone()[0]
     tier2 = [r for r in results if r.tier == 2]
     assert all(r.cost_usd is None for r in tier2)
     assert nulls == unpriced == 5
+
+
+async def test_two_hundred_cheap_calls_sum_exactly(tmp_path: Path) -> None:
+    """Issue 13: 200 gpt-4o-mini calls of 11.925 micro-$ each are $0.002385 in the ledger's
+    calls, its run row and its summary, not $0.002400 (whole micro-dollars per call)."""
+    from tierline.ledger.reports import Filters, summarize
+
+    usage = Usage(input_tokens=28, output_tokens=13, cached_tokens=1)
+    config = make_config({"cheap": {"kind": "openai", "model": "gpt-4o-mini"}})
+    cheap = FakeBackend("cheap", "gpt-4o-mini").enqueue(
+        *[Completion("a", "stop", usage, "gpt-4o-mini")] * 200
+    )
+    with Ledger(tmp_path / "l.db") as ledger:
+        run_id = ledger.start_run(command="test", config_origin="test", inputs=["x"])
+        results: list[Result] = []
+        await run_jobs(
+            jobs_from_lines([f'{{"id": "j{i}", "prompt": "hi"}}' for i in range(200)]),
+            config=config,
+            tierer=Tierer.from_config(config.tiering),
+            sink=results.append,
+            ledger=ledger,
+            run_id=run_id,
+            backends={"cheap": cheap},
+        )
+        ledger.finish_run(run_id, jobs=200, ok=200, failed=0, status="ok")
+        calls = ledger.conn.execute("SELECT SUM(cost_nanos), COUNT(*) FROM calls").fetchone()
+        run = ledger.conn.execute("SELECT cost_nanos FROM runs").fetchone()[0]
+        [total] = summarize(ledger.conn, [], Filters())
+    assert calls == (2_385_000, 200) and run == 2_385_000
+    assert total.as_dict()["cost_usd"] == 0.002385
+    assert {r.cost_usd for r in results} == {0.000011925}
 
 
 def test_busy_time_is_shared_among_concurrent_calls() -> None:

@@ -21,7 +21,7 @@ CALLS = {
     "output_tokens": "INTEGER",
     "cached_tokens": "INTEGER",
     "reasoning_tokens": "INTEGER",
-    "cost_micros": "INTEGER",
+    "cost_nanos": "INTEGER",  # m005: was cost_micros
     "price_source": "TEXT",
     "latency_s": "REAL",
     "attempt": "INTEGER",
@@ -32,7 +32,7 @@ CALLS = {
     "cache_write_tokens": "INTEGER",
     "price_version": "TEXT",
     "batch": "INTEGER",
-    "baseline_micros": "INTEGER",
+    "baseline_nanos": "INTEGER",  # m005: was baseline_micros
     "busy_s": "REAL",
     "hop": "INTEGER",
     # m004
@@ -48,11 +48,11 @@ RUNS = {
     "jobs": "INTEGER",
     "ok": "INTEGER",
     "failed": "INTEGER",
-    "cost_micros": "INTEGER",
+    "cost_nanos": "INTEGER",  # m005
     "status": "TEXT",
     # m002
     "baseline_model": "TEXT",
-    "baseline_micros": "INTEGER",
+    "baseline_nanos": "INTEGER",  # m005
     "unpriced_calls": "INTEGER",
     "skipped_budget": "INTEGER",
     "max_cost_micros": "INTEGER",
@@ -105,12 +105,12 @@ def test_v1_database_upgrades_and_keeps_its_rows(tmp_path: Path) -> None:
     conn.close()
     with Ledger(path) as ledger:
         row = ledger.conn.execute(
-            "SELECT input_tokens, cost_micros, cache_write_tokens, batch, hop, baseline_micros "
+            "SELECT input_tokens, cost_nanos, cache_write_tokens, batch, hop, baseline_nanos "
             "FROM calls"
         ).fetchone()
         names = [r[0] for r in ledger.conn.execute("SELECT name FROM _tierline_migrations")]
         assert columns(ledger.conn, "calls") == CALLS
-    assert row == (7, 42, 0, 0, 1, None)
+    assert row == (7, 42_000, 0, 0, 1, None)  # 42 micro-dollars, now in nano-dollars
     assert names[:2] == ["m001_initial", "m002_costs"]
 
 
@@ -126,3 +126,56 @@ def test_two_ledgers_open_one_new_file_at_once(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def pre_nanos_ledger(path: Path) -> None:
+    """A ledger as tierline wrote it before m005: costs in micro-dollars."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE _tierline_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    now = datetime.now(timezone.utc).isoformat()
+    for step in MIGRATIONS[:4]:
+        step(conn)
+        conn.execute("INSERT INTO _tierline_migrations VALUES (?, ?)", (step.__name__, now))
+    conn.execute(
+        "INSERT INTO runs (id, started_at, command, config_origin, inputs, cost_micros, "
+        "baseline_micros) VALUES ('old', ?, 'run', 'test', 'a.jsonl', 24, 90)",
+        (now,),
+    )
+    conn.executemany(
+        "INSERT INTO calls (run_id, job_id, backend, model, status, cost_micros, baseline_micros, "
+        "latency_s, created_at) VALUES ('old', ?, 'b', 'm', 'ok', 12, 45, 0.5, ?)",
+        [("j1", now), ("j2", now)],
+    )
+    conn.close()
+
+
+def test_micro_dollar_rows_become_nano_dollars(tmp_path: Path) -> None:
+    """m005 converts existing costs exactly (x1000) and reports read them in dollars unchanged."""
+    from tierline.ledger.reports import Filters, summarize
+
+    path = tmp_path / "old.db"
+    pre_nanos_ledger(path)
+    with Ledger(path) as ledger:
+        calls = ledger.conn.execute("SELECT cost_nanos, baseline_nanos FROM calls").fetchall()
+        run = ledger.conn.execute("SELECT cost_nanos, baseline_nanos FROM runs").fetchone()
+        [total] = summarize(ledger.conn, [], Filters())
+    assert calls == [(12_000, 45_000)] * 2 and run == (24_000, 90_000)
+    assert (total.as_dict()["cost_usd"], total.as_dict()["baseline_usd"]) == (0.000024, 0.00009)
+
+
+def test_merge_reads_an_older_ledger_in_nano_dollars(tmp_path: Path) -> None:
+    """`ledger merge` of a source from before m005 (opened read-only, never migrated) keeps
+    its costs: micro-dollar columns are read as nano-dollars."""
+    from tierline.ledger.merge import merge_ledgers
+
+    old, merged = tmp_path / "old.db", tmp_path / "merged.db"
+    pre_nanos_ledger(old)
+    report = merge_ledgers([old], merged)
+    assert report.runs_added == 1 and report.rows["calls"] == 2
+    conn = sqlite3.connect(merged)
+    try:
+        calls = conn.execute("SELECT cost_nanos, baseline_nanos FROM calls").fetchall()
+        run = conn.execute("SELECT cost_nanos, baseline_nanos FROM runs").fetchone()
+    finally:
+        conn.close()
+    assert calls == [(12_000, 45_000)] * 2 and run == (24_000, 90_000)

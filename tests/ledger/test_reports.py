@@ -21,10 +21,10 @@ def fill(path: Path) -> str:
     with Ledger(path) as ledger:
         run = ledger.start_run(command="run", config_origin="t", inputs=["a"], baseline_model="b")
         for tier, backend, cost, baseline in [
-            (1, "local", 0, 900),
-            (1, "local", 0, 1_100),
-            (3, "claude", 700, 1_000),
-            (2, "gpu", None, 500),
+            (1, "local", 0, 900_000),  # nano-dollars
+            (1, "local", 0, 1_100_000),
+            (3, "claude", 700_000, 1_000_000),
+            (2, "gpu", None, 500_000),
         ]:
             ledger.record_call(
                 run,
@@ -38,7 +38,7 @@ def fill(path: Path) -> str:
                     cost,
                     "x",
                     0.1,
-                    baseline_micros=baseline,
+                    baseline_nanos=baseline,
                 ),
             )
         ledger.finish_run(run, jobs=4, ok=4, failed=0, status="ok")
@@ -52,17 +52,17 @@ def test_summary_by_tier_counts_savings_like_for_like(tmp_path: Path) -> None:
     with Ledger(tmp_path / "l.db") as ledger:
         rows = {r.group["tier"]: r for r in summarize(ledger.conn, ["tier"], Filters())}
         total = summarize(ledger.conn, [], Filters())[0]
-    assert (rows[1].cost_micros, rows[1].baseline_micros, rows[1].savings_micros) == (
+    assert (rows[1].cost_nanos, rows[1].baseline_nanos, rows[1].savings_nanos) == (
         0,
-        2_000,
-        2_000,
+        2_000_000,
+        2_000_000,
     )
-    assert (rows[3].savings_micros, rows[3].savings_share) == (300, 0.3)
-    assert (rows[2].unpriced_calls, rows[2].baseline_micros) == (1, 0)
-    assert (total.calls, total.cost_micros, total.baseline_micros, total.unpriced_calls) == (
+    assert (rows[3].savings_nanos, rows[3].savings_share) == (300_000, 0.3)
+    assert (rows[2].unpriced_calls, rows[2].baseline_nanos) == (1, 0)
+    assert (total.calls, total.cost_nanos, total.baseline_nanos, total.unpriced_calls) == (
         4,
-        700,
-        3_000,
+        700_000,
+        3_000_000,
         1,
     )
 
@@ -90,8 +90,8 @@ def test_export_csv_and_jsonl(tmp_path: Path) -> None:
         lines = io.BytesIO()
         export_calls(ledger.conn, Filters(), "jsonl", lines)
     rows = list(csv.DictReader(io.StringIO(text.getvalue().decode())))
-    assert {r["cost_usd"] for r in rows} == {"0.000000", "0.000700", ""}
-    assert {"endpoint", "price_version", "batch", "baseline_micros", "hop"} <= set(rows[0])
+    assert {r["cost_usd"] for r in rows} == {"0.000000000", "0.000700000", ""}
+    assert {"endpoint", "price_version", "batch", "baseline_nanos", "hop"} <= set(rows[0])
     records = [json.loads(line) for line in lines.getvalue().splitlines()]
     assert [r["cost_usd"] for r in records][2:] == [0.0007, None]
 
@@ -101,10 +101,10 @@ def test_runs_lists_the_run(tmp_path: Path, capsysbinary: pytest.CaptureFixture[
     run = fill(tmp_path / "l.db")
     assert main(["ledger", "runs", "--json", "--ledger", str(tmp_path / "l.db")]) == 0
     [row] = json.loads(capsysbinary.readouterr().out)
-    assert (row["id"], row["cost_micros"], row["baseline_micros"], row["unpriced_calls"]) == (
+    assert (row["id"], row["cost_nanos"], row["baseline_nanos"], row["unpriced_calls"]) == (
         run,
-        700,
-        3_000,
+        700_000,
+        3_000_000,
         1,
     )
 
@@ -139,7 +139,12 @@ def test_summary_by_day_in_a_window_with_gpu_hours(
     db = tmp_path / "l.db"
     with Ledger(db) as ledger:
         run = ledger.start_run(command="run", config_origin="t", inputs=[])
-        for day, cost, busy in [(1, 100, 3600.0), (2, 200, 1800.0), (3, 50, 900.0), (3, 50, 0.0)]:
+        for day, cost, busy in [
+            (1, 100_000, 3600.0),  # nano-dollars
+            (2, 200_000, 1800.0),
+            (3, 50_000, 900.0),
+            (3, 50_000, 0.0),
+        ]:
             ledger.record_call(
                 run,
                 CallRecord(
@@ -152,7 +157,7 @@ def test_summary_by_day_in_a_window_with_gpu_hours(
                     cost,
                     "gpu-hour",
                     1.0,
-                    baseline_micros=1_000,
+                    baseline_nanos=1_000_000,
                     busy_s=busy,
                 ),
             )
@@ -164,9 +169,9 @@ def test_summary_by_day_in_a_window_with_gpu_hours(
     window = ["--since", "2026-11-02", "--until", "2026-11-03"]
     assert main([*args, *window, "--json"]) == 0
     rows = json.loads(capsysbinary.readouterr().out)
-    assert [(r["group"]["day"], r["cost_micros"], r["savings_micros"]) for r in rows] == [
-        ("2026-11-02", 200, 800),
-        ("2026-11-03", 100, 1_900),
+    assert [(r["group"]["day"], r["cost_nanos"], r["savings_nanos"]) for r in rows] == [
+        ("2026-11-02", 200_000, 800_000),
+        ("2026-11-03", 100_000, 1_900_000),
     ]
     assert [r["gpu_hours"] for r in rows] == [0.5, 0.25]
     assert main([*args, *window]) == 0

@@ -202,7 +202,7 @@ def check_ledger(path: Path, results: list[Result]) -> None:
     """Per job: one ledger row per backend tried, with the same attempts, tokens and cost."""
     rows: dict[str, list[tuple[Any, ...]]] = {}
     with sqlite3.connect(path) as db:
-        query = "SELECT job_id, backend, status, attempt, input_tokens, output_tokens, cost_micros FROM calls ORDER BY id"
+        query = "SELECT job_id, backend, status, attempt, input_tokens, output_tokens, cost_nanos FROM calls ORDER BY id"
         for row in db.execute(query):
             rows.setdefault(row[0], []).append(row[1:])
     for result in results:

@@ -75,8 +75,8 @@ def _filters(run: str | None, since: str | None, until: str | None = None) -> Fi
     )
 
 
-def _usd(micros: int) -> str:
-    return f"${micros / 1e6:,.6f}"
+def _usd(nanos: int) -> str:
+    return f"${nanos / 1e9:,.6f}"
 
 
 def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
@@ -97,10 +97,10 @@ def _summary_table(rows: list[SummaryRow], by: list[str]) -> Table:
             f"{row.jobs:,}",
             f"{row.input_tokens:,}",
             f"{row.output_tokens:,}",
-            _usd(row.cost_micros),
+            _usd(row.cost_nanos),
             f"{row.unpriced_calls:,}" if row.unpriced_calls else "",
-            _usd(row.baseline_micros),
-            _usd(row.savings_micros) + share,
+            _usd(row.baseline_nanos),
+            _usd(row.savings_nanos) + share,
             f"{row.failed_checks:,} ({rate:.0%})" if row.failed_checks and rate is not None else "",
             *([f"{row.busy_s / 3600:,.3f}"] if gpu else []),
         )
@@ -136,7 +136,7 @@ def summary(
     if unpriced:
         err_console.print(
             f"tierline: {unpriced} call(s) have NO KNOWN PRICE and are not in these totals; "
-            "`tierline ledger export` shows them (cost_micros empty)",
+            "`tierline ledger export` shows them (cost_nanos empty)",
             markup=False,
         )
 
@@ -172,9 +172,9 @@ def _run_cells(r: dict[str, Any]) -> list[str]:
         str(r["jobs"]),
         str(r["ok"]),
         str(r["failed"]),
-        _usd(r["cost_micros"] or 0),
+        _usd(r["cost_nanos"] or 0),
         str(r["unpriced_calls"] or ""),
-        _usd(r["baseline_micros"] or 0),
+        _usd(r["baseline_nanos"] or 0),
     ]
 
 

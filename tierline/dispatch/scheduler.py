@@ -17,7 +17,7 @@ from ..interrupts import Stop
 from ..jobs import InvalidLine, Job, Result, Status, Usage, read_jobs
 from ..ledger.accounting import Accountant, JobCost, skipped_result
 from ..ledger.budget import Budget, Refusal
-from ..ledger.pricing import genai_prices_version, micros_to_usd
+from ..ledger.pricing import genai_prices_version, nanos_to_usd
 from ..ledger.store import Ledger
 from ..tiering.pipeline import Tierer
 from ..tiering.vote import TierVote
@@ -132,9 +132,9 @@ class _Dispatcher:
                 return skipped_result(job, vote.tier, vote.why, vote.confidence, taken)
             if taken:
                 return None
-        tier, micros = vote.tier, 0
+        tier, nanos = vote.tier, 0
         hops: list[Hop] = []
-        micros_known = True
+        nanos_known = True
         failure: CheckFailure | None = None
         escalations = 0
         while True:
@@ -145,8 +145,8 @@ class _Dispatcher:
                 break  # the budget stops the escalation; the last answer stands, failed
             outcome, cost, failure = step
             hops.extend(outcome.hops)
-            micros_known = micros_known and cost.micros is not None
-            micros += cost.micros or 0
+            nanos_known = nanos_known and cost.nanos is not None
+            nanos += cost.nanos or 0
             if failure is None or not outcome.ok:
                 break
             next_tier = self._escalate_to(tier, escalations, outcome)
@@ -154,7 +154,7 @@ class _Dispatcher:
                 break
             tier, escalations = next_tier, escalations + 1
         return self._result(
-            job, vote, Outcome(hops), micros if micros_known else None, failure, escalations
+            job, vote, Outcome(hops), nanos if nanos_known else None, failure, escalations
         )
 
     async def _offer_to_batch(self, job: Job, vote: TierVote) -> bool | Refusal:
@@ -222,7 +222,7 @@ class _Dispatcher:
         job: Job,
         vote: TierVote,
         outcome: Outcome,
-        micros: int | None,
+        nanos: int | None,
         failure: CheckFailure | None,
         escalations: int,
     ) -> Result:
@@ -258,7 +258,7 @@ class _Dispatcher:
             output=completion.text if completion else None,
             finish_reason=completion.finish_reason if completion else None,
             usage=completion.usage if completion else Usage(),
-            cost_usd=micros_to_usd(micros),
+            cost_usd=nanos_to_usd(nanos),
             latency_s=sum(h.latency_s for h in outcome.hops),
             attempts=outcome.attempts,
             route=route,

@@ -10,7 +10,7 @@ from ..config import Config
 from ..dispatch.router import Hop
 from ..jobs import Job, Result, Usage
 from .budget import Budget, Hold, Refusal, worst_case_micros
-from .pricing import CallPrice, Pricer
+from .pricing import CallPrice, Pricer, nanos_to_micros
 from .store import CallRecord, Ledger
 
 __all__ = ["Accountant", "JobCost", "skipped_result"]
@@ -20,8 +20,8 @@ API_ENDPOINTS = {"openai": "https://api.openai.com/v1", "anthropic": "https://ap
 
 @dataclass(frozen=True, slots=True)
 class JobCost:
-    micros: int | None  # None when any hop's price is unknown
-    baseline_micros: int
+    nanos: int | None  # None when any hop's price is unknown
+    baseline_nanos: int
 
 
 class Accountant:
@@ -41,8 +41,8 @@ class Accountant:
         self.ledger = ledger
         self.run_id = run_id
         self.budget = budget
-        self.cost_micros = 0
-        self.baseline_micros = 0  # over the calls whose own cost is known: like for like
+        self.cost_nanos = 0
+        self.baseline_nanos = 0  # over the calls whose own cost is known: like for like
 
     async def admit(
         self, job: Job, chain: Sequence[str], max_tokens_for: Callable[[str], int]
@@ -66,7 +66,8 @@ class Accountant:
     def settle(self, hold: Hold | Refusal | None, cost: JobCost | None) -> None:
         """Settle a hold with what the job cost (None: it was interrupted; assume the worst)."""
         if self.budget is not None and isinstance(hold, Hold):
-            self.budget.settle(hold, None if cost is None else cost.micros)
+            spent = None if cost is None or cost.nanos is None else nanos_to_micros(cost.nanos)
+            self.budget.settle(hold, spent)
 
     def _price(self, hop: Hop) -> CallPrice:
         completion = hop.completion
@@ -96,14 +97,14 @@ class Accountant:
         baseline = 0
         for index, hop in enumerate(hops, start=first_hop):
             price = self._price(hop)
-            if price.micros is None:
+            if price.nanos is None:
                 total = None
             elif total is not None:
-                total += price.micros
-            baseline += price.baseline_micros or 0
-            if price.micros is not None:
-                self.cost_micros += price.micros
-                self.baseline_micros += price.baseline_micros or 0
+                total += price.nanos
+            baseline += price.baseline_nanos or 0
+            if price.nanos is not None:
+                self.cost_nanos += price.nanos
+                self.baseline_nanos += price.baseline_nanos or 0
             if self.ledger is not None and self.run_id is not None and hop.attempts:
                 self.ledger.record_call(self.run_id, self._call(job, tier, hop, index, price))
         return JobCost(total, baseline)
@@ -123,7 +124,7 @@ class Accountant:
             model=hop.model,
             status=hop.status,
             usage=completion.usage if completion else Usage(),
-            cost_micros=price.micros,
+            cost_nanos=price.nanos,
             price_source=price.source,
             latency_s=hop.latency_s,
             attempt=hop.attempts,
@@ -131,7 +132,7 @@ class Accountant:
             endpoint=self._endpoint(hop),
             price_version=price.version,
             batch=price.batch,
-            baseline_micros=price.baseline_micros,
+            baseline_nanos=price.baseline_nanos,
             busy_s=busy if busy else None,
             hop=index,
             check_failed=hop.check.check if hop.check else None,
@@ -141,11 +142,11 @@ class Accountant:
         """Lines for the run summary: unknown prices (loudly) and the savings."""
         lines = self.pricer.unknown_warnings()
         b = self.config.baseline.model
-        if self.baseline_micros:
-            saved = self.baseline_micros - self.cost_micros
+        if self.baseline_nanos:
+            saved = self.baseline_nanos - self.cost_nanos
             lines.append(
-                f"savings: ${saved / 1e6:,.6f} ({saved / self.baseline_micros:.1%}) vs "
-                f"${self.baseline_micros / 1e6:,.6f} for the same tokens on {b}"
+                f"savings: ${saved / 1e9:,.6f} ({saved / self.baseline_nanos:.1%}) vs "
+                f"${self.baseline_nanos / 1e9:,.6f} for the same tokens on {b}"
             )
         return lines
 

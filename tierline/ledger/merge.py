@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from .migrations import NANOS_FROM_MICROS
 from .store import Ledger
 
 __all__ = ["MergeReport", "merge_ledgers"]
@@ -42,6 +43,7 @@ class _Table:
     columns: tuple[str, ...]  # shared by source and destination, minus a renumbered id
     rowid: str | None  # the INTEGER PRIMARY KEY column, renumbered on copy
     refs: dict[str, str]  # column -> table whose renumbered id it holds
+    sources: tuple[str, ...]  # the SQL reading each of `columns` from the source
 
 
 def _tables(conn: sqlite3.Connection) -> list[str]:
@@ -81,13 +83,33 @@ def _plan(src: sqlite3.Connection, dst: sqlite3.Connection) -> tuple[list[_Table
     plan = []
     for table in ordered:
         src_cols = {name for name, _, _ in _info(src, table)}
-        cols = tuple(
-            name
+        pairs = [
+            (name, _source_column(table, name, src_cols))
             for name, _, _ in _info(dst, table)
-            if name in src_cols and name != rowids.get(table)
+            if name != rowids.get(table)
+        ]
+        shared_cols = [(name, expr) for name, expr in pairs if expr is not None]
+        plan.append(
+            _Table(
+                table,
+                tuple(n for n, _ in shared_cols),
+                rowids.get(table),
+                deps[table],
+                tuple(e for _, e in shared_cols),
+            )
         )
-        plan.append(_Table(table, cols, rowids.get(table), deps[table]))
     return plan, ignored
+
+
+def _source_column(table: str, name: str, src_cols: set[str]) -> str | None:
+    """How to read destination column `name` from the source; None when it has no such data.
+    A ledger from before migration m005 has micro-dollars where this one has nano-dollars."""
+    if name in src_cols:
+        return f'"{name}"'
+    old = NANOS_FROM_MICROS.get((table, name))
+    if old is not None and old[0] in src_cols:
+        return f'"{old[0]}" * {old[1]}'
+    return None
 
 
 def _run_rows(conn: sqlite3.Connection, plan: list[_Table], run_id: str) -> int:
@@ -108,9 +130,7 @@ def _copy(
     verb: str = "INSERT",
 ) -> int:
     """Copy the rows of `table` matching `where`; renumber its id and remap references."""
-    selected = ", ".join(
-        f'"{c}"' for c in [*([table.rowid] if table.rowid else []), *table.columns]
-    )
+    selected = ", ".join([*([f'"{table.rowid}"'] if table.rowid else []), *table.sources])
     names = ", ".join(f'"{c}"' for c in table.columns)
     insert = f'{verb} INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(table.columns))})'
     positions = {c: i for i, c in enumerate(table.columns)}

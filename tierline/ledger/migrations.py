@@ -194,3 +194,24 @@ def m004_answer_checks(conn: sqlite3.Connection) -> None:
     """The answer check a call failed (escalation, dispatch/checks.py), and the tier whose route
     it ran on is already `tier`: together they give escalation rates per tier and backend."""
     conn.execute("ALTER TABLE calls ADD COLUMN check_failed TEXT")
+
+
+# (table, new column) -> (the column it replaces, factor): ledger merge reads older sources
+# through this, so a ledger written before m005 merges with its costs.
+NANOS_FROM_MICROS: dict[tuple[str, str], tuple[str, int]] = {
+    ("calls", "cost_nanos"): ("cost_micros", 1000),
+    ("calls", "baseline_nanos"): ("baseline_micros", 1000),
+    ("runs", "cost_nanos"): ("cost_micros", 1000),
+    ("runs", "baseline_nanos"): ("baseline_micros", 1000),
+}
+
+
+@migration
+def m005_nano_dollars(conn: sqlite3.Connection) -> None:
+    """Costs in integer nano-dollars instead of micro-dollars: a cheap call costs a fraction of
+    a micro-dollar's worth of rounding (11.925 µ$ for a small gpt-4o-mini call), and rounding
+    each same-sized call the same way biased sums over millions of them. Existing rows are
+    converted exactly (x1000); their sub-micro-dollar part was already lost."""
+    for (table, new), (old, factor) in NANOS_FROM_MICROS.items():
+        conn.execute(f'ALTER TABLE "{table}" RENAME COLUMN "{old}" TO "{new}"')
+        conn.execute(f'UPDATE "{table}" SET "{new}" = "{new}" * {factor}')

@@ -1,4 +1,9 @@
-"""What a call cost, in integer micro-dollars, from provider-reported usage.
+"""What a call cost, in integer nano-dollars, from provider-reported usage.
+
+Nano-dollars, because a cheap call costs a few micro-dollars with a fraction (a small
+gpt-4o-mini call: 11.925 µ$), and rounding each one to whole micro-dollars biases the sums over
+millions of same-sized calls. Budgets and forecasts, which only need a bound, stay in
+micro-dollars (rounded up).
 
 Where a price comes from, first match wins (docs/costs.md):
 
@@ -11,7 +16,7 @@ Where a price comes from, first match wins (docs/costs.md):
    openai-compatible URL that genai-prices knows (Together, OpenRouter, ...). Never its
    network updater: prices are those of the installed version, which the ledger records;
 5. the in-process llama.cpp backend with none of the above: $0 (it runs on this machine);
-6. otherwise the price is unknown: ``micros=None``, flagged loudly, never counted as free.
+6. otherwise the price is unknown: ``nanos=None``, flagged loudly, never counted as free.
 
 Batch calls are billed at the provider's batch price (genai-prices' batch variant when it has
 one, else ``pricing.batch_discount`` off). Cached input tokens pay the cache-read price, cache
@@ -37,11 +42,15 @@ __all__ = [
     "Tariff",
     "genai_prices_version",
     "micros_to_usd",
+    "nanos_to_micros",
+    "nanos_to_usd",
     "to_micros",
+    "to_nanos",
 ]
 
 MTOK = Decimal(1_000_000)
 MICROS_PER_USD = Decimal(1_000_000)
+NANOS_PER_USD = Decimal(1_000_000_000)
 SECONDS_PER_HOUR = Decimal(3600)
 NOT_BILLED = "not billed (no answer)"
 
@@ -56,6 +65,20 @@ def micros_to_usd(micros: int | None) -> float | None:
     return None if micros is None else micros / 1_000_000
 
 
+def to_nanos(usd: Decimal) -> int:
+    """USD to integer nano-dollars, half-even: exact for every per-token price in use."""
+    return int((usd * NANOS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def nanos_to_usd(nanos: int | None) -> float | None:
+    return None if nanos is None else nanos / 1_000_000_000
+
+
+def nanos_to_micros(nanos: int) -> int:
+    """Rounded up: what a budget in micro-dollars must count as spent."""
+    return -(-nanos // 1000)
+
+
 @cache
 def genai_prices_version() -> str:
     # From the package metadata: importing genai_prices itself costs ~0.4 s.
@@ -64,13 +87,13 @@ def genai_prices_version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class CallPrice:
-    """The price of one call: None micros means unknown, never free."""
+    """The price of one call: None nanos means unknown, never free."""
 
-    micros: int | None
+    nanos: int | None
     source: str
     version: str | None = None
     batch: bool = False
-    baseline_micros: int | None = None
+    baseline_nanos: int | None = None
 
 
 class Tariff(Protocol):
@@ -336,12 +359,12 @@ class Pricer:
             return CallPrice(0, NOT_BILLED)
         usage = usage or Usage()
         baseline = self.baseline.cost(usage, batch=batch, busy_s=0.0)
-        baseline_micros = to_micros(baseline)
+        baseline_nanos = to_nanos(baseline)
         if tariff is None:
             self.unknown[(backend, model)] = self.unknown.get((backend, model), 0) + 1
-            return CallPrice(None, "unknown", None, batch, baseline_micros)
+            return CallPrice(None, "unknown", None, batch, baseline_nanos)
         usd = tariff.cost(usage, batch=batch, busy_s=busy_s)
-        return CallPrice(to_micros(usd), tariff.source, tariff.version, batch, baseline_micros)
+        return CallPrice(to_nanos(usd), tariff.source, tariff.version, batch, baseline_nanos)
 
     def worst_case_micros(self, backend: str, input_tokens: int, output_tokens: int) -> int | None:
         """An upper bound on one call's cost (None when the price is unknown)."""

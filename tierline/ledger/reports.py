@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from ..errors import UsageError
 from ..jobs import dumps
-from .pricing import micros_to_usd
+from .pricing import nanos_to_usd
 
 __all__ = [
     "GROUPS",
@@ -99,9 +99,9 @@ class SummaryRow:
     cached_tokens: int
     cache_write_tokens: int
     reasoning_tokens: int
-    cost_micros: int  # over the calls with a known price
-    unpriced_calls: int  # calls whose price is unknown: NOT in cost_micros
-    baseline_micros: int  # the same calls on the baseline model
+    cost_nanos: int  # over the calls with a known price, in nano-dollars
+    unpriced_calls: int  # calls whose price is unknown: NOT in cost_nanos
+    baseline_nanos: int  # the same calls on the baseline model
     batch_calls: int
     answered_calls: int  # calls that returned an answer
     failed_checks: int  # answers that failed an answer check (escalated, or final errors)
@@ -113,20 +113,20 @@ class SummaryRow:
         return self.failed_checks / self.answered_calls if self.answered_calls else None
 
     @property
-    def savings_micros(self) -> int:
-        return self.baseline_micros - self.cost_micros
+    def savings_nanos(self) -> int:
+        return self.baseline_nanos - self.cost_nanos
 
     @property
     def savings_share(self) -> float | None:
-        return self.savings_micros / self.baseline_micros if self.baseline_micros else None
+        return self.savings_nanos / self.baseline_nanos if self.baseline_nanos else None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
-            cost_usd=self.cost_micros / 1e6,
-            baseline_usd=self.baseline_micros / 1e6,
-            savings_micros=self.savings_micros,
-            savings_usd=self.savings_micros / 1e6,
+            cost_usd=self.cost_nanos / 1e9,
+            baseline_usd=self.baseline_nanos / 1e9,
+            savings_nanos=self.savings_nanos,
+            savings_usd=self.savings_nanos / 1e9,
             savings_share=self.savings_share,
             check_failure_rate=self.check_failure_rate,
             gpu_hours=self.busy_s / 3600,
@@ -148,9 +148,9 @@ def summarize(conn: sqlite3.Connection, by: Sequence[str], filters: Filters) -> 
     sql = f"""SELECT {select}COUNT(*), COUNT(DISTINCT run_id || ':' || COALESCE(job_id, '')),
         COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
         COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cache_write_tokens), 0),
-        COALESCE(SUM(reasoning_tokens), 0), COALESCE(SUM(cost_micros), 0),
-        COALESCE(SUM(cost_micros IS NULL), 0),
-        COALESCE(SUM(CASE WHEN cost_micros IS NOT NULL THEN baseline_micros END), 0),
+        COALESCE(SUM(reasoning_tokens), 0), COALESCE(SUM(cost_nanos), 0),
+        COALESCE(SUM(cost_nanos IS NULL), 0),
+        COALESCE(SUM(CASE WHEN cost_nanos IS NOT NULL THEN baseline_nanos END), 0),
         COALESCE(SUM(batch), 0), COALESCE(SUM(status = 'ok'), 0),
         COALESCE(SUM(check_failed IS NOT NULL), 0), COALESCE(SUM(busy_s), 0.0)
         FROM calls{where}{group} ORDER BY {order}"""
@@ -182,9 +182,9 @@ RUN_COLUMNS = (
     "ok",
     "failed",
     "skipped_budget",
-    "cost_micros",
+    "cost_nanos",
     "unpriced_calls",
-    "baseline_micros",
+    "baseline_nanos",
     "baseline_model",
     "max_cost_micros",
     "config_origin",
@@ -214,11 +214,11 @@ def export_calls(conn: sqlite3.Connection, filters: Filters, fmt: str, stream: I
     """Write every call row (all ledger columns, plus cost in USD) as CSV or JSONL; the count."""
     columns, rows = _calls(conn, filters)
     columns = [*columns, "cost_usd", "baseline_usd"]
-    cost_at, baseline_at = columns.index("cost_micros"), columns.index("baseline_micros")
+    cost_at, baseline_at = columns.index("cost_nanos"), columns.index("baseline_nanos")
     count = 0
     if fmt == "jsonl":
         for row in rows:
-            values = [*row, micros_to_usd(row[cost_at]), micros_to_usd(row[baseline_at])]
+            values = [*row, nanos_to_usd(row[cost_at]), nanos_to_usd(row[baseline_at])]
             stream.write(dumps(dict(zip(columns, values, strict=True))) + b"\n")
             count += 1
         return count
@@ -233,13 +233,13 @@ def export_calls(conn: sqlite3.Connection, filters: Filters, fmt: str, stream: I
     return count
 
 
-def _usd(micros: int | None) -> str | None:
-    # Exact decimal text: a float would print 1.2e-05 for 12 micro-dollars.
-    if micros is None:
+def _usd(nanos: int | None) -> str | None:
+    # Exact decimal text: a float would print 1.1925e-05 for 11,925 nano-dollars.
+    if nanos is None:
         return None
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), 1_000_000)
-    return f"{sign}{whole}.{frac:06d}"
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), 1_000_000_000)
+    return f"{sign}{whole}.{frac:09d}"
 
 
 class _TextOut:

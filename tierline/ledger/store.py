@@ -11,7 +11,8 @@ loses only rows of jobs whose result was not written yet (in flight), and those 
 committed within `GROUP_COMMIT_S` even when nothing else happens. Outside an event loop rows
 are written every `FLUSH_EVERY` calls or `FLUSH_INTERVAL_S` seconds and at `flush()`/`close()`.
 
-Money is stored as integer micro-dollars; a NULL cost means "price unknown", never "free".
+Money is stored as integer nano-dollars (`cost_nanos`; migration m005); a NULL cost means
+"price unknown", never "free".
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class CallRecord:
     model: str
     status: str
     usage: Usage
-    cost_micros: int | None  # None: the price is unknown
+    cost_nanos: int | None  # None: the price is unknown
     price_source: str | None
     latency_s: float
     attempt: int = 1  # attempts made on this backend (retries included)
@@ -80,15 +81,15 @@ class CallRecord:
     endpoint: str | None = None
     price_version: str | None = None
     batch: bool = False
-    baseline_micros: int | None = None
+    baseline_nanos: int | None = None
     busy_s: float | None = None
     hop: int = 1
     check_failed: str | None = None  # the answer check this call's answer failed (escalation)
 
 
 _INSERT = """INSERT INTO calls (run_id, job_id, tier, backend, model, status, input_tokens,
-    output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_micros,
-    price_source, price_version, batch, baseline_micros, busy_s, endpoint, latency_s, attempt,
+    output_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos,
+    price_source, price_version, batch, baseline_nanos, busy_s, endpoint, latency_s, attempt,
     hop, error, check_failed, created_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
@@ -107,11 +108,11 @@ def _row(run_id: str, c: CallRecord, created_at: str) -> tuple[object, ...]:
         u.cached_tokens,
         u.cache_write_tokens,
         u.reasoning_tokens,
-        c.cost_micros,
+        c.cost_nanos,
         c.price_source,
         c.price_version,
         int(c.batch),
-        c.baseline_micros,
+        c.baseline_nanos,
         c.busy_s,
         c.endpoint,
         c.latency_s,
@@ -237,11 +238,11 @@ class Ledger:
             self.conn.execute(
                 """UPDATE runs SET finished_at = ?, jobs = ?, ok = ?, failed = ?, status = ?,
                    skipped_budget = ?,
-                   cost_micros = (SELECT COALESCE(SUM(cost_micros), 0) FROM calls WHERE run_id = ?),
-                   baseline_micros = (SELECT COALESCE(SUM(baseline_micros), 0) FROM calls
-                                      WHERE run_id = ? AND cost_micros IS NOT NULL),
+                   cost_nanos = (SELECT COALESCE(SUM(cost_nanos), 0) FROM calls WHERE run_id = ?),
+                   baseline_nanos = (SELECT COALESCE(SUM(baseline_nanos), 0) FROM calls
+                                     WHERE run_id = ? AND cost_nanos IS NOT NULL),
                    unpriced_calls = (SELECT COUNT(*) FROM calls
-                                     WHERE run_id = ? AND cost_micros IS NULL)
+                                     WHERE run_id = ? AND cost_nanos IS NULL)
                    WHERE id = ?""",
                 (_now(), jobs, ok, failed, status, skipped_budget, run_id, run_id, run_id, run_id),
             )

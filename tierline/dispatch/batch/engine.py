@@ -26,7 +26,7 @@ from ...config import Config
 from ...errors import BackendError, ExitCode
 from ...jobs import Job, Usage, dumps
 from ...ledger.batches import BatchRow, JobRow, SubmissionStore
-from ...ledger.pricing import Pricer, micros_to_usd
+from ...ledger.pricing import Pricer, nanos_to_usd
 from ...ledger.store import CallRecord, Ledger
 from ...tiering.vote import TierVote
 from ..retry import Attempted, call_with_retry
@@ -290,12 +290,12 @@ class BatchEngine:
         """The job's final line; a ledger call row for every request the provider ran."""
         completion = outcome.completion
         ran = outcome.outcome != "unfinished"
-        price_micros: int | None = 0
+        price_nanos: int | None = 0
         if ran:
             model = completion.model if completion else batch.model
             usage = completion.usage if completion else None
             price = self.pricer.price(batch.backend, model, usage, batch=True)
-            price_micros = price.micros
+            price_nanos = price.nanos
             self.ledger.record_call(
                 batch.run_id,
                 CallRecord(
@@ -305,13 +305,13 @@ class BatchEngine:
                     model=model,
                     status="ok" if completion else "error",
                     usage=usage or Usage(),
-                    cost_micros=price.micros,
+                    cost_nanos=price.nanos,
                     price_source=price.source,
                     latency_s=latency,
                     error=(outcome.error or {}).get("message"),
                     price_version=price.version,
                     batch=True,
-                    baseline_micros=price.baseline_micros,
+                    baseline_nanos=price.baseline_nanos,
                     hop=len(row.stub["route"]),
                 ),
             )
@@ -319,7 +319,7 @@ class BatchEngine:
             render_pending(row.stub, batch.batch_id),
             completion,
             "ok" if completion else "error",
-            price_micros,
+            price_nanos,
             outcome.error,
             latency,
             ran=ran,
@@ -336,7 +336,7 @@ class BatchEngine:
         stub: Mapping[str, Any],
         completion: Any,
         status: str,
-        cost_micros: int | None,
+        cost_nanos: int | None,
         error: Mapping[str, str] | None,
         latency: float,
         *,
@@ -350,7 +350,7 @@ class BatchEngine:
         result = {
             **stub,
             "status": status,
-            "cost_usd": micros_to_usd(cost_micros),
+            "cost_usd": nanos_to_usd(cost_nanos),
             "latency_s": round(latency, 4),
             "attempts": sum(int(h.get("attempts", 0)) for h in route),
             "route": route,
