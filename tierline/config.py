@@ -150,6 +150,21 @@ class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):
     max_waiting: Annotated[int, Field(ge=0)] | None = None
     max_kv_cache_usage: Annotated[float, Field(gt=0, le=1)] | None = None
 
+    @field_validator("extra_body")
+    @classmethod
+    def _billable_extras(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from .dispatch.extras import check_extra_body
+
+        check_extra_body(value)
+        return value
+
+    @property
+    def output_copies(self) -> int:
+        """How many answers each request is billed for (`n`, `best_of` in extra_body)."""
+        from .dispatch.extras import output_copies
+
+        return output_copies(self.extra_body)
+
     @model_validator(mode="before")
     @classmethod
     def _single_url(cls, data: Any) -> Any:

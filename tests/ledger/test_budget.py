@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -114,3 +117,76 @@ async def test_unknown_price_is_not_sent_under_a_budget() -> None:
     assert backend.calls == []
     assert results[0].status == "skipped_budget"
     assert results[0].error is not None and "no known price" in results[0].error["message"]
+
+
+def test_extra_body_n_enters_the_worst_case(tmp_path: Path) -> None:
+    """Issue 13: `extra_body = { n = 50 }` made every request bill 50 answers while the budget
+    reserved one: $75.81 spent under --max-cost 10. Against a fake vLLM that honours `n`, the
+    ledger's total stays under the cap, and the jobs that did not fit are skipped, unsent."""
+    from tierline.cli import main
+    from tierline.testing.servers import FakeVLLM
+
+    with FakeVLLM(model="m") as server:
+        config = tmp_path / "tierline.toml"
+        config.write_text(
+            f"""
+[backends.gpu]
+kind = "openai-compatible"
+base_url = "{server.base_url}"
+model = "m"
+extra_body = {{ n = 50 }}
+price = {{ input_per_mtok = 1, output_per_mtok = 100 }}
+[routes]
+1 = ["gpu"]
+2 = ["gpu"]
+3 = ["gpu"]
+""",
+            encoding="utf-8",
+        )
+        jobs = tmp_path / "jobs.jsonl"
+        jobs.write_text(
+            "".join(
+                f'{{"id": "j{i}", "prompt": "Say {i}", "max_tokens": 16}}\n' for i in range(40)
+            ),
+            encoding="utf-8",
+        )
+        out, ledger = tmp_path / "out.jsonl", tmp_path / "l.db"
+        ledger_args = ["--ledger", str(ledger), "--max-cost", "0.5", "-q"]
+        code = main(["run", str(jobs), "-o", str(out), "-c", str(config), *ledger_args])
+        sent = sum(r.path.endswith("/chat/completions") for r in server.requests)
+        billed = [r.body["n"] for r in server.requests if r.path.endswith("/chat/completions")]
+    conn = sqlite3.connect(ledger)
+    try:
+        spent, output = conn.execute(
+            "SELECT SUM(cost_nanos), SUM(output_tokens) FROM calls"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert code == 3 and 0 < sent < 40 and set(billed) == {50}
+    assert output > 16 * sent  # the server did bill the copies
+    assert spent <= 500_000_000  # $0.50 in nano-dollars
+
+
+def test_extra_body_keys_that_cannot_be_bounded_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Overriding max_tokens or sending tools from extra_body is refused when the config is read,
+    naming the key; exit 2 before anything is sent."""
+    from tierline.cli import main
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "a", "prompt": "x"}\n', encoding="utf-8")
+    for extra, words in [
+        ("{ max_tokens = 100000 }", "'max_tokens' is set by tierline"),
+        ('{ tools = [{ type = "function" }] }', "'tools' is not supported"),
+        ("{ n = 0 }", "'n' must be a positive integer"),
+    ]:
+        config = tmp_path / "bad.toml"
+        config.write_text(
+            '[backends.gpu]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:9/v1"\n'
+            f'model = "m"\nextra_body = {extra}\n[routes]\n1 = "gpu"\n2 = "gpu"\n3 = "gpu"\n',
+            encoding="utf-8",
+        )
+        assert main(["run", str(jobs), "-o", str(tmp_path / "o.jsonl"), "-c", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "backends.gpu.extra_body" in err, err

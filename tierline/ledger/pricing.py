@@ -374,7 +374,9 @@ class Pricer:
         bc = self.config.backends[backend]
         # A busy-time price is bounded by how long the call may run: every attempt to timeout.
         seconds = bc.timeout_s * bc.max_attempts
-        usd = tariff.worst_case(input_tokens, output_tokens, seconds=seconds)
+        # `n` / `best_of` in extra_body: every generated sequence is billed (dispatch/extras.py)
+        copies = int(getattr(bc, "output_copies", 1))
+        usd = tariff.worst_case(input_tokens, output_tokens * copies, seconds=seconds)
         return to_micros(usd, ceiling=True)
 
     def unknown_warnings(self) -> list[str]:

@@ -21,6 +21,23 @@ _NO_SLOT: contextlib.nullcontext[None] = contextlib.nullcontext()
 Structured = tuple[Mapping[str, JSON] | None, bool]  # (json schema, plain json mode)
 
 
+def _copies(payload: dict[str, JSON], body: Mapping[str, JSON]) -> dict[str, JSON]:
+    """Honour `n` (and vLLM's `best_of`): n choices, and completion tokens billed for every
+    sequence generated, as the real servers do."""
+    n, best_of = body.get("n"), body.get("best_of")
+    n = n if isinstance(n, int) and n > 1 else 1
+    generated = max(n, best_of if isinstance(best_of, int) else 1)
+    if generated == 1:
+        return payload
+    [choice] = payload["choices"]
+    payload["choices"] = [{**choice, "index": i} for i in range(n)]
+    usage = payload.get("usage")
+    if isinstance(usage, dict):
+        usage["completion_tokens"] *= generated
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return payload
+
+
 class ChatFake(FakeServer):
     """A fake serving OpenAI's chat-completions shape."""
 
@@ -176,7 +193,7 @@ class ChatFake(FakeServer):
             return refused
         async with self.compute():
             await self.simulate_latency()
-        return self.json(self.chat_payload(completion))
+        return self.json(_copies(self.chat_payload(completion), body))
 
     async def handle_models(self, _request: web.Request) -> web.Response:
         return self.json({"object": "list", "data": [self.model_entry(m) for m in self.models]})
