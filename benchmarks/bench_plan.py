@@ -4,7 +4,7 @@
 
 The example hybrid config runs against fakes on 127.0.0.1 (llama-server, vLLM, OpenAI,
 Anthropic). The two self-hosted fakes behave like decoding servers: each request holds a slot
-for a fixed time plus a time per output token (llama-server: 8 slots, 20 ms + 5 ms/token; vLLM:
+for a fixed time plus a time per output token (llama-server: 8 slots, 20 ms + 10 ms/token; vLLM:
 32 sequences, 30 ms + 10 ms/token), and every fake answers with a length drawn per prompt,
 uniformly between 40% and 100% of the job's max_tokens (the plan assumes 60-80% by task).
 
@@ -77,7 +77,7 @@ class Decoding:
 
 
 class LlamaServer(Decoding, FakeLlamaServer):
-    per_request_s, per_token_s = 0.020, 0.005
+    per_request_s, per_token_s = 0.020, 0.010
 
 
 class VLLM(Decoding, FakeVLLM):

@@ -1,6 +1,7 @@
-"""`tierline plan` on the example workload with the hybrid config: the self-hosted backends
-(priced by gpu_hour_usd) are unknown before any run, and priced from the ledger after one run
-against the fakes, so the total and the savings are known."""
+"""`tierline plan` on the example workload with the hybrid config: without a throughput hint the
+self-hosted backends (priced by gpu_hour_usd) are unknown before any run, and priced from the
+ledger after one run against the fakes, so the total and the savings are known; with the
+config's hints they are priced from the hints until the ledger has measured them."""
 
 from __future__ import annotations
 
@@ -19,8 +20,20 @@ WORKLOAD = str(EXAMPLES / "workload.jsonl")
 def test_hybrid_plan_is_priced_after_one_run(
     fakes: FakeStack, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
-    config = str(fakes.config("hybrid.toml"))
+    hinted = fakes.config("hybrid.toml")
+    text = hinted.read_text(encoding="utf-8")
+    assert text.count("\nthroughput = ") == 2
+    bare = tmp_path / "no-hints.toml"
+    bare.write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("throughput = ")),
+        encoding="utf-8",
+    )
+    config = str(bare)
     ledger = str(tmp_path / "l.db")
+    assert main(["plan", WORKLOAD, "-c", str(hinted), "--ledger", ledger, "--json"]) == 0
+    hints = json.loads(capsysbinary.readouterr().out)
+    assert hints["totals"]["cost_micros"] is not None
+    assert {r["throughput"]["basis"] for r in hints["rows"] if r["throughput"]} == {"config"}
     assert main(["plan", WORKLOAD, "-c", config, "--ledger", ledger, "--json"]) == 0
     before = json.loads(capsysbinary.readouterr().out)
     unknown = {r["backend"] for r in before["rows"] if r["cost_micros"] is None}
@@ -38,6 +51,9 @@ def test_hybrid_plan_is_priced_after_one_run(
         if row["backend"] in ("llama_server", "vllm"):
             assert row["basis"].count("ledger: ") == 1 and row["busy_s"] > 0
             assert row["throughput"]["calls"] >= 5
+    assert main(["plan", WORKLOAD, "-c", str(hinted), "--ledger", ledger, "--json"]) == 0
+    measured = json.loads(capsysbinary.readouterr().out)  # measurements win over the hints
+    assert {r["throughput"]["basis"] for r in measured["rows"] if r["throughput"]} == {"ledger"}
     totals = after["totals"]
     assert totals["cost_micros"] > 0 and totals["savings_micros"] > 0
     assert totals["cost_micros"] + totals["savings_micros"] == totals["baseline_micros"]

@@ -167,10 +167,14 @@ def _table(result: Plan) -> Table:
     return table
 
 
+def _day(micros: int | None) -> str:
+    return "unknown" if micros is None else f"${micros / 1e6:,.2f}"
+
+
 def _saved(saved: int | None, share: float | None) -> str:
     if saved is None:
         return "unknown"
-    return _usd(saved) + ("" if share is None else f" ({share:.0%})")
+    return _day(saved) + ("" if share is None else f" ({share:.0%})")
 
 
 def projection_tables(p: Projection, baseline_model: str) -> list[Table | str]:
@@ -180,17 +184,40 @@ def projection_tables(p: Projection, baseline_model: str) -> list[Table | str]:
         f"Per day at {d['tokens_per_day']:,} tokens ({d['jobs_per_day']:,} jobs, "
         f"{p.scale:,.2f}x these jobs; same tier mix and token lengths):"
     )
-    money = Table("scenario", "cost per day", "saved vs (a)", title=head, title_justify="left")
-    money.add_row(f"(a) all on {baseline_model}", _usd(p.baseline_micros), "")
-    money.add_row(
-        "(b) tiered routes",
-        _usd(p.tiered_micros),
-        _saved(d["tiered_savings_micros_per_day"], d["tiered_savings_share"]),
+    money = Table(
+        "scenario",
+        "cost per day",
+        "saved vs (a)",
+        "saved vs (a')",
+        title=head,
+        title_justify="left",
     )
+    money.add_row(f"(a) all on {baseline_model}", _day(p.baseline_micros), "", "")
+    money.add_row(f"(a') all on {baseline_model}, batch API", _day(p.baseline_batch_micros), "", "")
     money.add_row(
-        "(c) tiered, provider batch APIs where available",
-        _usd(p.tiered_batch_micros),
+        "(b) tiered routes, self-hosted paid per busy GPU-hour",
+        _day(p.tiered_micros),
+        _saved(d["tiered_savings_micros_per_day"], d["tiered_savings_share"]),
+        "",
+    )
+    servers = ", ".join(f"{n}x {name}" for name, n in p.dedicated_servers.items() if n is not None)
+    if servers:
+        money.add_row(
+            f"(b') tiered routes, whole servers paid 24 h ({servers})",
+            _day(p.dedicated_micros),
+            _saved(
+                d["tiered_dedicated_savings_micros_per_day"], d["tiered_dedicated_savings_share"]
+            ),
+            "",
+        )
+    money.add_row(
+        "(c) as (b), provider batch APIs where there is one",
+        _day(p.tiered_batch_micros),
         _saved(d["tiered_batch_savings_micros_per_day"], d["tiered_batch_savings_share"]),
+        _saved(
+            d["tiered_batch_savings_vs_baseline_batch_micros_per_day"],
+            d["tiered_batch_savings_vs_baseline_batch_share"],
+        ),
     )
     mix = Table("tier", "backend", "share of jobs", "tokens in/day", "tokens out/day", "cost/day")
     for m in p.mix:
@@ -200,22 +227,21 @@ def projection_tables(p: Projection, baseline_model: str) -> list[Table | str]:
             f"{m['job_share']:.0%}",
             f"{m['input_tokens_per_day']:,}",
             f"{m['output_tokens_per_day']:,}",
-            _usd(m["cost_micros_per_day"]),
+            _day(m["cost_micros_per_day"]),
         )
     out: list[Table | str] = [money, mix]
     if p.gpu_hours:
         parts = []
         for name, hours in p.gpu_hours.items():
             error = p.gpu_hours_error.get(name)
-            text = "unknown" if hours is None else f"{hours:,.1f}"
-            parts.append(f"{name} {text}" + ("" if error is None else f" ±{error:,.1f}"))
-        total = p.gpu_hours_total
-        tail = (
-            "unknown"
-            if total is None
-            else f"{total:,.1f} in all = {total / 24:,.2f} server(s) busy around the clock"
+            if hours is None:
+                parts.append(f"{name} unknown")
+                continue
+            spread = "" if error is None else f" ±{error:,.1f}"
+            parts.append(f"{name} {hours:,.1f}{spread} ({hours / 24:.0%} of one server's day)")
+        out.append(
+            f"GPU-hours per day (busy time, the unit gpu_hour_usd prices): {'; '.join(parts)}"
         )
-        out.append(f"GPU-hours per day (the unit gpu_hour_usd prices): {', '.join(parts)}; {tail}")
     return out
 
 

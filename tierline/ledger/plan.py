@@ -47,6 +47,7 @@ class PlanRow:
     cost: Decimal | None = Decimal(0)  # None: unknown price
     batch_cost: Decimal | None = Decimal(0)
     baseline: Decimal = Decimal(0)
+    baseline_batch: Decimal = Decimal(0)  # the baseline through its provider's batch API
     worst_micros: int | None = 0
     batch_api: bool = False
     basis: str = ""  # where the cost figure comes from
@@ -78,6 +79,7 @@ class PlanRow:
             self.cost += tariff.cost(usage, batch=False, busy_s=0.0)
             self.batch_cost += tariff.cost(usage, batch=self.batch_api, busy_s=0.0)
         self.baseline += pricer.baseline.cost(usage, batch=False, busy_s=0.0)
+        self.baseline_batch += pricer.baseline.cost(usage, batch=True, busy_s=0.0)
         self.worst_micros = (
             None if worst is None or self.worst_micros is None else self.worst_micros + worst
         )
@@ -108,6 +110,7 @@ class PlanRow:
             "cost_error_micros": error,
             "batch_cost_micros": None if self.batch_cost is None else to_micros(self.batch_cost),
             "baseline_micros": to_micros(self.baseline),
+            "baseline_batch_micros": to_micros(self.baseline_batch),
             "savings_micros": None if cost is None else to_micros(self.baseline) - cost,
             "worst_case_micros": self.worst_micros,
             "batch_api": self.batch_api,
@@ -164,6 +167,7 @@ class Plan:
                 "cost_micros",
                 "batch_cost_micros",
                 "baseline_micros",
+                "baseline_batch_micros",
                 "savings_micros",
                 "worst_case_micros",
             )

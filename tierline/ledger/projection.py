@@ -40,10 +40,12 @@ class Projection:
     jobs: float
     tokens: float  # input + output, estimated
     baseline_micros: int  # (a) everything on the baseline model, synchronously
+    baseline_batch_micros: int  # (a') ... through its provider's batch API
     tiered_micros: int | None  # (b) the configured routes (None: a backend's price is unknown)
     tiered_batch_micros: int | None  # (c) ... with provider batch APIs where there is one
     gpu_hours: dict[str, float | None] = field(default_factory=dict)  # per self-hosted backend
     gpu_hours_error: dict[str, float | None] = field(default_factory=dict)  # 1 s.e., hours
+    gpu_hour_usd: dict[str, Decimal] = field(default_factory=dict)
     mix: list[dict[str, Any]] = field(default_factory=list)  # per tier and backend, per day
     unknown: list[str] = field(default_factory=list)  # why a figure is unknown
 
@@ -58,25 +60,57 @@ class Projection:
         values = list(self.gpu_hours.values())
         return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
 
+    @property
+    def dedicated_servers(self) -> dict[str, int | None]:
+        """Whole servers per self-hosted backend to run its busy hours within the day."""
+        return {
+            name: None if hours is None else max(1, math.ceil(hours / 24))
+            for name, hours in self.gpu_hours.items()
+        }
+
+    @property
+    def dedicated_micros(self) -> int | None:
+        """(b) with each self-hosted backend's whole servers paid 24 h a day, not by busy time."""
+        if self.tiered_micros is None:
+            return None
+        busy = sum(
+            (Decimal(repr(h or 0.0)) * self.gpu_hour_usd[n] for n, h in self.gpu_hours.items()),
+            Decimal(0),
+        )
+        whole = sum(
+            (24 * (k or 0) * self.gpu_hour_usd[n] for n, k in self.dedicated_servers.items()),
+            Decimal(0),
+        )
+        return self.tiered_micros - to_micros(busy) + to_micros(whole)
+
     def as_dict(self) -> dict[str, Any]:
         saved, share = self._saved(self.tiered_micros, self.baseline_micros)
         saved_batch, share_batch = self._saved(self.tiered_batch_micros, self.baseline_micros)
+        vs_batch, vs_batch_share = self._saved(self.tiered_batch_micros, self.baseline_batch_micros)
+        dedicated = self.dedicated_micros
+        saved_dedicated, share_dedicated = self._saved(dedicated, self.baseline_micros)
         total = self.gpu_hours_total
         return {
             "scale": self.scale,
             "jobs_per_day": round(self.jobs),
             "tokens_per_day": round(self.tokens),
             "baseline_micros_per_day": self.baseline_micros,
+            "baseline_batch_micros_per_day": self.baseline_batch_micros,
             "tiered_micros_per_day": self.tiered_micros,
             "tiered_savings_micros_per_day": saved,
             "tiered_savings_share": share,
             "tiered_batch_micros_per_day": self.tiered_batch_micros,
             "tiered_batch_savings_micros_per_day": saved_batch,
             "tiered_batch_savings_share": share_batch,
+            "tiered_batch_savings_vs_baseline_batch_micros_per_day": vs_batch,
+            "tiered_batch_savings_vs_baseline_batch_share": vs_batch_share,
+            "dedicated_servers": self.dedicated_servers,
+            "tiered_dedicated_micros_per_day": dedicated,
+            "tiered_dedicated_savings_micros_per_day": saved_dedicated,
+            "tiered_dedicated_savings_share": share_dedicated,
             "gpu_hours_per_day": self.gpu_hours,
             "gpu_hours_per_day_error": self.gpu_hours_error,
             "gpu_hours_per_day_total": total,
-            "servers_busy_around_the_clock": None if total is None else total / 24,
             "mix": self.mix,
             "unknown": self.unknown,
         }
@@ -93,12 +127,14 @@ def project(
         scale = daily_tokens / plan_tokens
     k = Decimal(repr(scale))
     baseline = sum((r.baseline for r in plan.rows), Decimal(0)) * k
+    baseline_batch = sum((r.baseline_batch for r in plan.rows), Decimal(0)) * k
     known = all(r.cost is not None and r.batch_cost is not None for r in plan.rows)
     out = Projection(
         scale=scale,
         jobs=sum(r.jobs for r in plan.rows) * scale,
         tokens=plan_tokens * scale,
         baseline_micros=to_micros(baseline),
+        baseline_batch_micros=to_micros(baseline_batch),
         tiered_micros=to_micros(sum((r.cost or Decimal(0) for r in plan.rows), Decimal(0)) * k)
         if known
         else None,
@@ -131,6 +167,7 @@ def project(
             out.unknown.append(f"{r.backend}: {r.basis}")
         if r.gpu_hour_usd is None:
             continue
+        out.gpu_hour_usd[r.backend] = r.gpu_hour_usd
         _add_gpu_hours(out, r.backend, *_gpu_hours(r, scale))
     return out
 
