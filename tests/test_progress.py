@@ -107,7 +107,9 @@ def test_pipe_gets_one_summary_line(
         assert main(["run", str(jobs), "-o", str(tmp_path / "out.jsonl")]) == 0
         err = capfd.readouterr().err
         assert len(err.splitlines()) == 1, err
-        assert re.match(r"tierline: 5 job\(s\) in [\d.]+s: 5 ok; cost \$0\.\d+; savings: ", err)
+        assert re.match(
+            r"tierline: 5 job\(s\) in [\d.]+s, 0 failed \(5 ok\); cost \$0\.\d+; savings: ", err
+        )
         assert "; run " in err and "\x1b" not in err
         assert main(["run", str(jobs), "-o", str(tmp_path / "out2.jsonl"), "-q"]) == 0
         assert capfd.readouterr().err == ""
@@ -123,7 +125,9 @@ def test_quiet_failure_is_one_line(
         jobs = setup_run(tmp_path, srv.base_url, 3)
         assert main(["run", str(jobs), "-o", str(tmp_path / "out.jsonl"), "-q"]) == 1
     err = capfd.readouterr().err
-    assert len(err.splitlines()) == 1 and re.search(r": 1 error, 2 ok; cost ", err), err
+    assert len(err.splitlines()) == 1 and re.search(r", 1 failed \(1 error, 2 ok\); cost ", err), (
+        err
+    )
 
 
 def test_real_terminal_draws_the_line_and_no_batch_bar(tmp_path: Path) -> None:

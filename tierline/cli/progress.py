@@ -113,7 +113,8 @@ def summary_line(summary: RunSummary, *, notes: Sequence[str] = ()) -> str:
     """The whole run summary in one line (for cron mail and logs)."""
     t = summary.tally
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(t.by_status.items()))
-    parts = [f"tierline: {t.jobs} job(s) in {summary.seconds:.1f}s: {statuses or 'none'}"]
+    head = f"tierline: {t.jobs} job(s) in {summary.seconds:.1f}s, {t.failed} failed"
+    parts = [f"{head} ({statuses})" if statuses else head]
     cost = f"cost ${t.cost_usd:,.6f}"
     if t.unpriced:
         cost += f" + {t.unpriced} job(s) with NO KNOWN PRICE"
