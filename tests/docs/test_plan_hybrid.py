@@ -54,6 +54,8 @@ def test_hybrid_plan_is_priced_after_one_run(
     assert main(["plan", WORKLOAD, "-c", str(hinted), "--ledger", ledger, "--json"]) == 0
     measured = json.loads(capsysbinary.readouterr().out)  # measurements win over the hints
     assert {r["throughput"]["basis"] for r in measured["rows"] if r["throughput"]} == {"ledger"}
+    # and when it would finish: every backend heading a route has measured calls now
+    assert before["duration"]["seconds"] is None and after["duration"]["seconds"] > 0
     totals = after["totals"]
     assert totals["cost_micros"] > 0 and totals["savings_micros"] > 0
     assert totals["cost_micros"] + totals["savings_micros"] == totals["baseline_micros"]

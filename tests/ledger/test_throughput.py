@@ -84,7 +84,7 @@ def test_too_few_calls_and_no_ledger_say_why(tmp_path: Path) -> None:
     conn = open_readonly(tmp_path / "l.db")
     assert conn is not None
     reason = learn(conn, "gpu", "q")
-    assert isinstance(reason, str) and "--calibrate" in reason and "throughput" in reason
+    assert isinstance(reason, str) and "4 measured call(s)" in reason
     assert open_readonly(tmp_path / "missing.db") is None
     assert not (tmp_path / "missing.db").exists()  # plan never creates a ledger
 
@@ -112,6 +112,10 @@ def test_plan_prices_gpu_hours_from_the_ledger(tmp_path: Path) -> None:
     cfg = config()
     before = make_plan(jobs_from_lines(JOBS), config=cfg, tierer=Tierer.from_config(cfg.tiering))
     assert before.rows[0].cost is None and "no ledger" in before.rows[0].basis
+    assert (
+        "--calibrate N" in before.rows[0].basis
+        and "backends.gpu.throughput" in before.rows[0].basis
+    )
     assert before.cost_micros is None
     conn = open_readonly(tmp_path / "l.db")
     with closing(conn):  # type: ignore[type-var]
@@ -237,3 +241,38 @@ def test_an_outlier_is_left_out_and_counted(tmp_path: Path) -> None:
     assert not isinstance(found, str)
     assert (round(found.per_call_s, 9), round(found.per_token_s, 9)) == (0.5, 0.01)
     assert (found.calls, found.outliers) == (12, 1) and "1 more left out" in found.describe()
+
+
+def test_when_it_finishes(tmp_path: Path) -> None:
+    """Backends work in parallel: the plan's time is the longest backend's predicted busy time.
+    gpu: 2.6 busy-s (above); api: nothing measured, so the time is unknown but at least 2.6 s;
+    once the api has calls (1 s per call + 0.1 s per token, 80 tokens = 9 s) the time is 9 s; an
+    rpm of 1 makes its one job take at least 60 s."""
+    record(tmp_path / "l.db", EXACT)
+    cfg = config()
+
+    def plan_with(c: object) -> dict[str, object]:
+        conn = open_readonly(tmp_path / "l.db")
+        with closing(conn):  # type: ignore[type-var]
+            plan = make_plan(
+                jobs_from_lines(JOBS), config=c, tierer=Tierer.from_config(cfg.tiering), ledger=conn
+            )
+        return plan.duration()
+
+    d = plan_with(cfg)
+    assert (d["seconds"], d["unknown_backends"]) == (None, ["api"])
+    assert d["at_least_s"] == pytest.approx(2.6)
+    record(
+        tmp_path / "l.db",
+        [(1 + 0.1 * n, n) for n in (10, 20, 40, 80, 160)],
+        backend="api",
+        model="m",
+    )
+    d = plan_with(cfg)
+    assert (d["seconds"], d["longest_backend"]) == (pytest.approx(9.0), "api")
+    limited = make_config(
+        {"gpu": {**GPU, "gpu_hour_usd": 3.6}, "api": {**API, "rpm": 1}},
+        routes={"1": ["gpu"], "2": ["gpu"], "3": ["api"]},
+        **PRICED_BASELINE,
+    )
+    assert plan_with(limited)["seconds"] == pytest.approx(60.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -109,6 +110,7 @@ def plan(
         out.print(_table(result))
         for row in result.rows:
             out.print(f"  tier {row.tier} {row.backend}: {row.basis}", markup=False)
+        out.print(duration_line(result), markup=False)
         if projection is not None:
             out.print()
             for renderable in projection_tables(projection, result.baseline_model):
@@ -169,6 +171,28 @@ def _table(result: Plan) -> Table:
 
 def _day(micros: int | None) -> str:
     return "unknown" if micros is None else f"${micros / 1e6:,.2f}"
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+def duration_line(result: Plan) -> str:
+    """When the run would finish, from each backend's predicted busy time (or why unknown)."""
+    d = result.duration()
+    if d["longest_backend"] is None:
+        return "time: nothing to run"
+    if d["seconds"] is not None:
+        return (
+            f"time: about {_clock(d['seconds'])} at the measured concurrency "
+            f"(backends work in parallel; the longest is {d['longest_backend']})"
+        )
+    unknown = ", ".join(d["unknown_backends"])
+    return (
+        f"time: unknown (no measured calls on {unknown} in the ledger: run some jobs there, or "
+        f"`plan --calibrate N` for self-hosted backends); at least {_clock(d['at_least_s'])} "
+        "by the backends measured and the rate limits"
+    )
 
 
 def _saved(saved: int | None, share: float | None) -> str:

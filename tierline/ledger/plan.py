@@ -53,8 +53,11 @@ class PlanRow:
     basis: str = ""  # where the cost figure comes from
     gpu_hour_usd: Decimal | None = None  # priced by busy time: the hourly price ...
     throughput: Throughput | None = None  # ... and the throughput that turns tokens into time
-    busy_s: float | None = None  # predicted busy seconds (gpu_hour_usd backends)
+    busy_s: float | None = None  # predicted busy seconds: the wall time this row keeps its
+    # backend busy at the measured concurrency (None: nothing measured)
     rel_error: float | None = None  # standard error of the cost as a share of it, when known
+    limit_s: float = 0.0  # the least time the backend's rpm/tpm limits allow for these jobs
+    time_basis: str = ""  # where busy_s comes from, or why it is unknown
 
     def add(
         self,
@@ -84,12 +87,17 @@ class PlanRow:
             None if worst is None or self.worst_micros is None else self.worst_micros + worst
         )
 
-    def price_busy_time(self) -> None:
-        """A gpu_hour_usd row: busy seconds from the throughput, then dollars (once all jobs
+    def price_busy_time(self, rpm: int | None, tpm: int | None) -> None:
+        """Busy seconds from the throughput and, for a gpu_hour_usd row, dollars (once all jobs
         are in: the busy-time model is linear in calls and tokens)."""
-        if self.gpu_hour_usd is None or self.throughput is None:
+        floors = [self.jobs / rpm * 60 if rpm else 0.0]
+        floors.append((self.input_tokens + self.output_tokens) / tpm * 60 if tpm else 0.0)
+        self.limit_s = max(floors)
+        if self.throughput is None:
             return
         self.busy_s = self.throughput.busy_seconds(self.jobs, self.output_tokens)
+        if self.gpu_hour_usd is None:
+            return
         self.cost = self.batch_cost = (
             self.gpu_hour_usd * Decimal(repr(self.busy_s)) / SECONDS_PER_HOUR
         )
@@ -116,6 +124,8 @@ class PlanRow:
             "batch_api": self.batch_api,
             "basis": self.basis,
             "busy_s": self.busy_s,
+            "limit_s": self.limit_s,
+            "time_basis": self.time_basis,
             "gpu_hour_usd": None if self.gpu_hour_usd is None else float(self.gpu_hour_usd),
             "throughput": None if self.throughput is None else self.throughput.as_dict(),
         }
@@ -156,6 +166,28 @@ class Plan:
         known = [e for e in errors if e is not None]
         return round(math.sqrt(sum(e * e for e in known))) if known else None
 
+    def duration(self) -> dict[str, Any]:
+        """When the run would finish: backends work in parallel, so the longest backend's busy
+        time (its rows' predicted busy seconds, or its rate limits' floor if longer)."""
+        busy: dict[str, float | None] = {}
+        floor: dict[str, float] = {}
+        for row in self.rows:
+            before = busy.get(row.backend, 0.0)
+            busy[row.backend] = (
+                None if before is None or row.busy_s is None else before + row.busy_s
+            )
+            floor[row.backend] = floor.get(row.backend, 0.0) + row.limit_s
+        per = {name: max(b or 0.0, floor[name]) for name, b in busy.items()}
+        unknown = sorted(name for name, b in busy.items() if b is None)
+        longest = max(per, key=lambda name: per[name]) if per else None
+        return {
+            "seconds": None if unknown or longest is None else per[longest],
+            "at_least_s": per[longest] if longest is not None else 0.0,
+            "longest_backend": longest,
+            "per_backend_s": per,
+            "unknown_backends": unknown,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         totals: dict[str, Any] = {
             key: self._sum(key)
@@ -179,6 +211,7 @@ class Plan:
             "rows": [row.as_dict() for row in self.rows],
             "totals": totals,
             "invalid_lines": self.invalid,
+            "duration": self.duration(),
             "baseline_model": self.baseline_model,
             "max_cost_micros": self.max_cost_micros,
             "over_budget": self.over_budget,
@@ -229,7 +262,8 @@ def make_plan(
             worst=None if isinstance(worst, Refusal) else worst,
         )
     for row in rows.values():
-        row.price_busy_time()
+        bc = config.backends[row.backend]
+        row.price_busy_time(bc.rpm, bc.tpm)
     plan.rows = sorted(rows.values(), key=lambda r: (r.tier, r.backend))
     return plan
 
@@ -249,15 +283,23 @@ def _new_row(
         )
     elif isinstance(tariff, GpuHourTariff):
         row.gpu_hour_usd = tariff.usd_per_hour
-        found = throughput_of(backend, model, config, ledger)
-        if isinstance(found, str):
-            row.cost = row.batch_cost = None
-            row.basis = f"unknown: ${tariff.usd_per_hour}/GPU-hour but no throughput: {found}"
-        else:
-            row.throughput = found
-            row.basis = f"${tariff.usd_per_hour}/GPU-hour x busy time; {found.describe()}"
     else:
         row.basis = f"{tariff.source}; {TOKEN_ESTIMATE_NOTE}"
+    found = throughput_of(backend, model, config, ledger)
+    if isinstance(found, Throughput):
+        row.throughput = found
+        row.time_basis = found.describe()
+    else:
+        row.time_basis = f"unknown: {found}"
+    if row.gpu_hour_usd is not None:
+        if isinstance(found, str):
+            row.cost = row.batch_cost = None
+            row.basis = (
+                f"unknown: ${row.gpu_hour_usd}/GPU-hour but no throughput: {found}: run some "
+                f"jobs on it, `plan --calibrate N`, or set backends.{backend}.throughput"
+            )
+        else:
+            row.basis = f"${row.gpu_hour_usd}/GPU-hour x busy time; {found.describe()}"
     return row
 
 

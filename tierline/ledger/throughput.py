@@ -150,8 +150,7 @@ def learn(conn: sqlite3.Connection, backend: str, model: str) -> Throughput | st
     if len(rows) < MIN_CALLS:
         return (
             f"the ledger has {len(rows)} measured call(s) on {backend!r} (at least {MIN_CALLS} "
-            f"are needed): run some jobs on it, `plan --calibrate N`, or set "
-            f"backends.{backend}.throughput"
+            "are needed)"
         )
     busy = [float(r[0]) for r in rows]
     out = [float(r[1] or 0) for r in rows]
