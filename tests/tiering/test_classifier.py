@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tierline.config import TieringConfig
+from tierline.jobs import Job, Message
 from tierline.tiering.calibration import BIAS_PRESETS, Calibration, decide, shift_prior
 from tierline.tiering.classifier import TierClassifier
 from tierline.tiering.model import load_default
+from tierline.tiering.pipeline import Tierer
 from tierline.tiering.train import read_labelled
 
 from .conftest import DATA
@@ -87,3 +90,16 @@ def test_bias_moves_decisions_in_the_expected_direction() -> None:
     assert (tiers["quality"] >= tiers["balanced"]).all()
     assert (tiers["balanced"] >= tiers["cost"]).all()
     assert tiers["quality"].sum() > tiers["cost"].sum()
+
+
+def test_short_everyday_questions_stay_in_tier_1() -> None:
+    """The default pipeline keeps a quick arithmetic question in tier 1 (it went to tier 2
+    as "symbol-heavy" before short chat-style rows were added to training) and still sends a
+    short hard question up."""
+    tierer = Tierer.from_config(TieringConfig())
+
+    def tier(text: str) -> int:
+        return tierer(Job(id="q", line=1, source="t", messages=(Message("user", text),))).tier
+
+    assert tier("What is 2+2?") == 1
+    assert tier("Prove that there are infinitely many primes of the form 4k+3.") >= 2
