@@ -44,12 +44,17 @@ __all__ = [
 ]
 
 Tier = Literal[1, 2, 3]
+# Durations in seconds are capped at a day: a larger one is a typo, and asyncio and socket
+# timeouts overflow on huge values (`timeout_s = 1e300`).
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
 Usd = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo like `max_concurency` must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # `inf` and `nan` are TOML floats but never a meaningful setting (`timeout_s = inf` would
+    # wait forever, a nan threshold compares false everywhere): refused for every float.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PriceConfig(_Strict):
@@ -65,14 +70,14 @@ class _BackendBase(_Strict):
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 16
     rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute
     tpm: Annotated[int, Field(ge=1)] | None = None  # tokens per minute (input + output)
-    timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    timeout_s: Seconds = 600.0
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # default for jobs that set none
     price: PriceConfig | None = None  # overrides genai-prices for this backend
     # Circuit breaker (docs/dispatch.md): this many consecutive failed attempts open it; after
     # circuit_reset_s one probe request may go through.
     circuit_failures: Annotated[int, Field(ge=1)] = 5
-    circuit_reset_s: Annotated[float, Field(gt=0)] = 30.0
+    circuit_reset_s: Seconds = 30.0
 
 
 class _HTTPBackend(_Strict):
@@ -144,9 +149,9 @@ class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):
     # probes of ejected replicas, and optional backpressure from each replica's /metrics.
     max_in_flight_per_replica: Annotated[int, Field(ge=1)] | None = None
     health_check: bool = True
-    health_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    health_interval_s: Seconds = 5.0
     metrics: bool = False
-    metrics_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    metrics_interval_s: Seconds = 2.0
     max_waiting: Annotated[int, Field(ge=0)] | None = None
     max_kv_cache_usage: Annotated[float, Field(gt=0, le=1)] | None = None
 

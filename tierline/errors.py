@@ -49,8 +49,10 @@ class ExitCode(enum.IntEnum):
     PENDING = 4  # provider batches were submitted and are not finished yet
     LOCKED = 5  # another tierline run holds the lock on this output
     INTERNAL = 70  # a bug in tierline (EX_SOFTWARE); TIERLINE_DEBUG=1 shows the traceback
+    OUTPUT_FAILED = 74  # the results could not be written (disk full, I/O error): EX_IOERR
     INTERRUPTED = 130  # SIGINT: results so far are flushed; rerun to resume
     TERMINATED = 143  # SIGTERM: likewise
+    BROKEN_PIPE = 141  # the reader of stdout went away (128 + SIGPIPE, what `yes | head` gives)
 
 
 class TierlineError(Exception):

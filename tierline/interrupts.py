@@ -35,6 +35,7 @@ class Stop:
     def __init__(self, grace_s: float = DEFAULT_GRACE_S) -> None:
         self.grace_s = grace_s
         self.signum: int | None = None
+        self.code: ExitCode | None = None  # set by `halt`: a stop for the run's own reason
         self._requested = asyncio.Event()
         self._abort = asyncio.Event()
 
@@ -44,7 +45,18 @@ class Stop:
 
     @property
     def exit_code(self) -> ExitCode | None:
+        if self.code is not None:
+            return self.code
         return None if self.signum is None else EXIT_CODES.get(self.signum, ExitCode.TERMINATED)
+
+    def halt(self, code: ExitCode) -> None:
+        """Stop as a first signal does, for a reason of the run's own (its output cannot be
+        written): nothing new is sent, in-flight calls get the grace period to finish and be
+        recorded in the ledger. The run then exits with `code`."""
+        if self._requested.is_set():
+            return
+        self.code = code
+        self._requested.set()
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask the run to stop (what a signal does); a second request cancels at once."""

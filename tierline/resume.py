@@ -134,8 +134,9 @@ def _complete_lines(path: str) -> Iterator[tuple[int, bytes]]:
             yield offset, line
 
 
-def _final(line: bytes) -> tuple[str, str] | None:
-    """(key, status) of a complete, final result line; None for anything else (torn, zeroed)."""
+def _final(line: bytes) -> tuple[str, str, object, object] | None:
+    """(key, status, source, line) of a complete, final result line; None for anything else
+    (torn, zeroed)."""
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -143,7 +144,32 @@ def _final(line: bytes) -> tuple[str, str] | None:
     if not isinstance(record, dict) or record.get("status") not in DONE_STATUSES:
         return None
     key = record.get("key")
-    return (key, record["status"]) if isinstance(key, str) and len(key) == 32 else None
+    if not isinstance(key, str) or len(key) != 32:
+        return None
+    try:
+        int(key, 16)
+    except ValueError:
+        return None
+    return key, record["status"], record.get("source"), record.get("line")
+
+
+def _place(source: object, line: object) -> int:
+    """A small fingerprint of where a result's job was (hash() is stable within a process,
+    which is all a resume needs)."""
+    return hash((source, line))
+
+
+def _first_of_each() -> Callable[[str], bool]:
+    """A `keep` that passes each key once: a repeated result line is dropped."""
+    seen: set[str] = set()
+
+    def keep(key: str) -> bool:
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    return keep
 
 
 class Journal:
@@ -151,6 +177,10 @@ class Journal:
 
     ``path`` None or ``-`` writes to stdout: nothing to resume from there (lines already sent
     down a pipe cannot be taken back), so every run on stdout starts afresh.
+
+    A write that fails (the reader of stdout went away, the disk is full) is not raised into
+    the task that produced the result: the error is kept in `error`, `on_error` is called once
+    (the run stops dispatching), and later results are dropped, since they cannot be written.
     """
 
     def __init__(
@@ -161,6 +191,7 @@ class Journal:
         resume: bool = True,
         fsync_every: int = FSYNC_EVERY,
         fsync_interval_s: float = FSYNC_INTERVAL_S,
+        on_error: Callable[[OSError], None] | None = None,
     ) -> None:
         self.path = None if path in (None, "-") else path
         self.route = route_fingerprint(config)
@@ -169,8 +200,13 @@ class Journal:
         self.count = 0
         self.kept = 0  # jobs not dispatched again: their result from the last attempt was kept
         self.kept_failed = 0  # of which failed or invalid
-        self._done: set[int] = set()  # keys (as ints: smaller than str) of kept results
+        self.error: OSError | None = None  # the first failed write; nothing is written after it
+        self.on_error = on_error
+        # kept results: key (as an int: smaller than str) -> hash of the (source, line) it was
+        # saved with, to notice a job that moved in an edited input
+        self._done: dict[int, int] = {}
         self._failed: set[int] = set()  # the kept results that are not "ok"
+        self._moved: dict[int, tuple[str, int]] = {}  # kept results whose job moved: new place
         self._keys: dict[tuple[str, int], str] = {}  # in flight: (source, line) -> key
         self._unsynced = 0
         self._synced_at = time.monotonic()
@@ -184,9 +220,12 @@ class Journal:
         if not os.path.isdir(directory):
             raise UsageError(f"cannot write {self.path}: directory {directory} does not exist")
         self._tmp = f"{self.path}.partial"
-        if resume and os.path.exists(self._tmp):
-            self._recover(self._tmp)
-        self._stream = open(self._tmp, "ab" if resume else "wb")  # noqa: SIM115 - see close()
+        try:
+            if resume and os.path.exists(self._tmp):
+                self._recover(self._tmp)
+            self._stream = open(self._tmp, "ab" if resume else "wb")  # noqa: SIM115 - see close()
+        except OSError as exc:  # a read-only directory, a full disk: before anything is sent
+            raise UsageError(f"cannot write {self._tmp}: {exc.strerror}") from None
 
     @property
     def partial(self) -> str | None:
@@ -194,34 +233,47 @@ class Journal:
         return self._tmp
 
     def _recover(self, tmp: str) -> None:
-        """Keep every complete final result of the last attempt; drop torn or non-final lines."""
+        """Keep every complete final result of the last attempt, each job once; drop torn or
+        non-final lines and repeats (a line copied twice by hand or by a tool)."""
         keep_end, dropped = 0, False
         for end, line in _complete_lines(tmp):
             final = _final(line)
-            if final is None:
+            number = None if final is None else int(final[0], 16)
+            if final is None or number is None or number in self._done:
                 dropped = True
                 continue
             if not dropped:
                 keep_end = end
-            self._done.add(int(final[0], 16))
+            self._done[number] = _place(final[2], final[3])
             if final[1] != "ok":
-                self._failed.add(int(final[0], 16))
+                self._failed.add(number)
         if dropped:  # a bad line in the middle: rewrite without it
-            self._rewrite(tmp, lambda _key: True)
+            self._rewrite(tmp, _first_of_each())
         elif os.path.getsize(tmp) != keep_end:  # only a torn tail: cut it off
             os.truncate(tmp, keep_end)
 
-    def _rewrite(self, tmp: str, keep: Callable[[str], bool]) -> int:
-        """Copy the final results whose key passes `keep` to a new file and swap it in."""
+    def _rewrite(
+        self,
+        tmp: str,
+        keep: Callable[[str], bool],
+        moved: Mapping[int, tuple[str, int]] | None = None,
+    ) -> int:
+        """Copy the final results whose key passes `keep` to a new file and swap it in; a
+        result in `moved` gets its job's current place (source, line)."""
         dropped = 0
         new = f"{tmp}.resume"
         with open(new, "wb") as out:
             for _end, line in _complete_lines(tmp):
                 final = _final(line)
-                if final is not None and keep(final[0]):
-                    out.write(line)
-                else:
+                if final is None or not keep(final[0]):
                     dropped += 1
+                    continue
+                place = moved.get(int(final[0], 16)) if moved else None
+                if place is not None:
+                    record = orjson.loads(line)
+                    record["source"], record["line"] = place
+                    line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+                out.write(line)
             out.flush()
             os.fsync(out.fileno())
         os.replace(new, tmp)
@@ -233,10 +285,12 @@ class Journal:
         for item in items:
             key = job_key(item, self.route)
             number = int(key, 16)
-            if number in self._done:
-                self._done.discard(number)  # what is left at the end matches no input
+            place = self._done.pop(number, None)  # what is left at the end matches no input
+            if place is not None:
                 self.kept += 1
                 self.kept_failed += number in self._failed
+                if place != _place(item.source, item.line):  # the input was edited: renumber
+                    self._moved[number] = (item.source, item.line)
                 continue
             self._keys[(item.source, item.line)] = key
             yield item
@@ -244,8 +298,15 @@ class Journal:
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one result line (with its key); fsync by the policy above."""
         key = self._keys.pop((record["source"], record["line"]), None)
-        self._stream.write(orjson.dumps({**record, "key": key}, option=orjson.OPT_APPEND_NEWLINE))
-        self._stream.flush()  # one write(2) per result: a kill -9 loses nothing written
+        if self.error is not None:
+            return  # the output is gone: the run is stopping, and this line has nowhere to go
+        line = orjson.dumps({**record, "key": key}, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            self._stream.write(line)
+            self._stream.flush()  # one write(2) per result: a kill -9 loses nothing written
+        except OSError as exc:
+            self._failed_write(exc)
+            return
         self.count += 1
         self._unsynced += 1
         if self._tmp is not None and (
@@ -254,28 +315,40 @@ class Journal:
         ):
             self.sync()
 
+    def _failed_write(self, exc: OSError) -> None:
+        self.error = exc
+        if self.on_error is not None:
+            self.on_error(exc)
+
     def sync(self) -> None:
         """Make every line written so far durable (a no-op on stdout)."""
-        self._stream.flush()
-        if self._tmp is not None and not self._stream.closed:
-            if self.before_sync is not None:
-                self.before_sync()
-            os.fsync(self._stream.fileno())
+        if self.error is not None:
+            return
+        try:
+            self._stream.flush()
+            if self._tmp is not None and not self._stream.closed:
+                if self.before_sync is not None:
+                    self.before_sync()
+                os.fsync(self._stream.fileno())
+        except OSError as exc:
+            self._failed_write(exc)
+            return
         self._unsynced, self._synced_at = 0, time.monotonic()
 
     def commit(self) -> int:
         """Sync and move the file into place; return how many stale results were dropped.
 
         A kept result whose job is no longer in the input (the file was edited, or the shard
-        changed) is dropped, so the output holds exactly one line per input job.
+        changed) is dropped, so the output holds exactly one line per input job; one whose job
+        moved gets its current `source` and `line`.
         """
         self.sync()
         if self._tmp is None or self.path is None:
             return 0
         self._stream.close()
         stale, dropped = self._done, 0
-        if stale:
-            dropped = self._rewrite(self._tmp, lambda key: int(key, 16) not in stale)
+        if stale or self._moved:
+            dropped = self._rewrite(self._tmp, lambda key: int(key, 16) not in stale, self._moved)
         os.replace(self._tmp, self.path)
         _fsync_dir(self.path)
         self._tmp = None
@@ -285,7 +358,8 @@ class Journal:
         """Sync and close without committing: the `.partial` file stays for the next attempt."""
         if self._tmp is not None and not self._stream.closed:
             self.sync()
-            self._stream.close()
+            with contextlib.suppress(OSError):  # a full disk: what was written is kept
+                self._stream.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -336,9 +410,8 @@ class RunLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no flock, no lock
             return
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         for _ in range(self.ATTEMPTS):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -361,6 +434,21 @@ class RunLock:
                 return
             os.close(fd)  # the holder removed it as we opened it: take the new one
         raise LockedError(f"cannot take the lock {self.path}: it keeps changing")
+
+    def _open(self) -> int:
+        assert self.path is not None
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only directory, TIERLINE_HOME a file: before any call
+            hint = (
+                "write the results elsewhere"
+                if self.output not in (None, "-")
+                else "set TIERLINE_HOME to a writable directory"
+            )
+            raise UsageError(
+                f"cannot create the lock {self.path}: {exc.strerror}; {hint}"
+            ) from None
 
     def release(self) -> None:
         if self._fd is None or self.path is None:

@@ -48,13 +48,27 @@ max_attempts = 2
     return path
 
 
-def run(args: list[str], tmp: Path, debug: bool) -> bytes:
+# tierline with a bug planted in the run: the exception's message quotes a key, as an SDK
+# error or a repr of a client object might.
+CRASHING = """
+import os, sys
+import tierline.cli.run as run
+def bug(*args, **kwargs):
+    raise RuntimeError("bug with key " + os.environ["OPENAI_API_KEY"])
+run.run_files = bug
+from tierline.cli import cli_exit
+cli_exit()
+"""
+
+
+def run(args: list[str], tmp: Path, debug: bool, *, crash: bool = False) -> bytes:
     env = {**os.environ, **SECRETS, "TIERLINE_HOME": str(tmp / "home")}
     env.pop("TIERLINE_DEBUG", None)
     if debug:
         env["TIERLINE_DEBUG"] = "1"
+    program = ["-c", CRASHING] if crash else ["-m", "tierline"]
     proc = subprocess.run(
-        [sys.executable, "-m", "tierline", *args], capture_output=True, env=env, timeout=60
+        [sys.executable, *program, *args], capture_output=True, env=env, timeout=60
     )
     return proc.stdout + proc.stderr + str(proc.returncode).encode()
 
@@ -72,13 +86,11 @@ def test_keys_never_leak(tmp_path: Path, openai: FakeOpenAI, debug: bool) -> Non
     out = run(["run", str(jobs), "-c", str(cfg), "--ledger", str(ledger)], tmp_path, debug)
     out += run(["run", str(jobs), "-c", str(cfg), "-o", str(tmp_path / "o.jsonl")], tmp_path, debug)
     assert b"401" in out or b"Incorrect API key" in out  # the auth path really failed
-    (tmp_path / "not-a-dir").write_text("x", encoding="utf-8")
     crash = run(
-        ["run", str(jobs), "-c", str(cfg), "--ledger", str(tmp_path / "not-a-dir" / "l.db")],
-        tmp_path,
-        debug,
+        ["run", str(jobs), "-c", str(cfg), "--ledger", str(ledger)], tmp_path, debug, crash=True
     )
     assert crash.endswith(b"70") and (b"Traceback" in crash) == debug
+    assert b"bug with key [redacted]" in crash
     scanned = out + crash + everything_written(tmp_path)
     assert ledger.exists() and len(scanned) > 1000
     for name, key in SECRETS.items():

@@ -6,6 +6,7 @@ parse options, call one library function, map the outcome to an exit code.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -14,7 +15,7 @@ import typer
 
 from ..errors import ExitCode, TierlineError, redact
 from . import backends, batch, classify, init, ledger, plan, run, tiering
-from .output import err_console
+from .output import err_console, silence_stdout
 
 __all__ = ["app", "cli_exit", "main"]
 
@@ -58,21 +59,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before a run installs its own handler (config, model load)
         err_console.print("tierline: interrupted", markup=False, highlight=False)
         return ExitCode.INTERRUPTED
-    except Exception as exc:
-        if os.environ.get("TIERLINE_DEBUG") and "pytest" not in sys.modules:
-            # An exception message can quote a key: print the traceback scrubbed, not raw.
-            err_console.print(redact(traceback.format_exc()), markup=False, highlight=False)
-            return ExitCode.INTERNAL
-        if _debug():
-            raise
+    except BrokenPipeError:  # `tierline ledger summary | head -1`: the reader has what it wanted
+        silence_stdout()
+        return ExitCode.BROKEN_PIPE
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            return _internal(exc)
+        # `> /dev/full`, a full disk or quota: the environment, not a bug; one line.
         err_console.print(
-            f"tierline: internal error: {type(exc).__name__}: {redact(str(exc))} "
-            "(set TIERLINE_DEBUG=1 for a traceback, and please report it)",
-            markup=False,
-            highlight=False,
+            f"tierline: error: cannot write: {exc.strerror}", markup=False, highlight=False
         )
-        return ExitCode.INTERNAL
+        return ExitCode.OUTPUT_FAILED
+    except Exception as exc:
+        return _internal(exc)
     return 0
+
+
+# Write failures that are the machine's state (a full disk, a quota, a failing device).
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+
+
+def _internal(exc: Exception) -> int:
+    """A bug: one line (or the scrubbed traceback with TIERLINE_DEBUG), exit 70."""
+    if os.environ.get("TIERLINE_DEBUG") and "pytest" not in sys.modules:
+        # An exception message can quote a key: print the traceback scrubbed, not raw.
+        err_console.print(redact(traceback.format_exc()), markup=False, highlight=False)
+        return ExitCode.INTERNAL
+    if _debug():
+        raise exc
+    err_console.print(
+        f"tierline: internal error: {type(exc).__name__}: {redact(str(exc))} "
+        "(set TIERLINE_DEBUG=1 for a traceback, and please report it)",
+        markup=False,
+        highlight=False,
+    )
+    return ExitCode.INTERNAL
 
 
 def cli_exit() -> None:

@@ -104,14 +104,30 @@ def _report(report: batches.CollectReport, *, quiet: bool) -> int:
 
 
 def collect_same_command(
-    cfg: Config, ledger: Path, inputs: Sequence[str], output: str | None, *, wait: bool, quiet: bool
+    cfg: Config,
+    ledger: Path,
+    inputs: Sequence[str],
+    output: str | None,
+    *,
+    wait: bool,
+    quiet: bool,
+    fresh: bool = False,
 ) -> int | None:
-    """For `run`: when this command's batches are still open, collect them; the exit code."""
+    """For `run`: when this command's batches are still open, collect them (or, all collected
+    already, report them); the exit code. None: run the jobs."""
     with batch_progress(quiet=quiet) as show:
         report = asyncio.run(
-            batches.collect_same_command(cfg, ledger, inputs, output, wait=wait, on_progress=show)
+            batches.collect_same_command(
+                cfg, ledger, inputs, output, wait=wait, fresh=fresh, on_progress=show
+            )
         )
-    return None if report is None else _report(report, quiet=quiet)
+    if report is None:
+        return None
+    code = _report(report, quiet=quiet)
+    if not quiet:
+        for note in report.notes:
+            err_console.print(f"  note: {note}", markup=False)
+    return code
 
 
 @app.command()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
+
+from ..errors import UsageError
 
 Inputs = Annotated[
     list[str],
@@ -34,11 +37,25 @@ Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Print nothing on stderr unless something failed."),
 ]
+# A cap above this is a typo, not a budget (and would overflow the ledger's integer money).
+MAX_COST_USD = 1_000_000_000
+
+
+def _finite_cost(value: float | None) -> float | None:
+    """--max-cost must be a finite amount: `inf`, `nan` or `1e15` would silently mean no cap
+    (or crash the ledger), so they are usage errors, reported on one line before any work."""
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_COST_USD):
+        raise UsageError(
+            f"--max-cost {value!r}: give a number of US dollars from 0 to {MAX_COST_USD:,}"
+        )
+    return value
+
+
 MaxCost = Annotated[
     float | None,
     typer.Option(
         "--max-cost",
-        min=0,
+        callback=_finite_cost,
         metavar="USD",
         help="Spending cap in US dollars. run: each job's worst case is reserved before it is "
         "sent, so spend never passes the cap; jobs that do not fit are skipped (exit 3). "

@@ -7,6 +7,7 @@ file there is no progress and the summary is one line; NO_COLOR turns colour off
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from rich.console import Console
 from ..dispatch.scheduler import RunSummary, Tally
 from .progress import summary_line
 
-__all__ = ["count_lines", "data_console", "err_console", "print_summary"]
+__all__ = ["count_lines", "data_console", "err_console", "print_summary", "silence_stdout"]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -101,3 +102,10 @@ def print_summary(summary: RunSummary, *, quiet: bool) -> None:
 def data_console() -> Console:
     """stdout for tables people read (`plan`, `ledger`): full width even in a pipe or a file."""
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone, so that Python's own flush at exit
+    does not print a BrokenPipeError (the recipe in the Python docs on SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

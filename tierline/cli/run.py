@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..config import load_config
-from ..dispatch.batch import BatchOptions
+from ..config import Config, find_config_path, load_config
+from ..dispatch.batch import BatchOptions, supersede
 from ..dispatch.scheduler import run_files
 from ..errors import ExitCode
 from ..interrupts import DEFAULT_GRACE_S, Stop
@@ -20,7 +22,8 @@ from ..resume import Journal, RunLock
 from ..shard import Shard
 from . import batch
 from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
-from .output import count_lines, err_console, print_summary
+from .output import count_lines, err_console, print_summary, silence_stdout
+from .preflight import check_inputs, check_ledger, check_stdio, resolve_output
 from .progress import run_progress
 
 ShardOption = Annotated[
@@ -68,17 +71,34 @@ def run(
     skipped. Exit 0 when every job succeeded, 1 when some failed (each failure is in the
     results), 2 on a usage or config error, 3 when the budget stopped the run, 5 when another
     run holds the output, 130/143 when interrupted by SIGINT/SIGTERM, 4 when jobs wait in
-    provider batches (the same command again, or `tierline batch collect`, fetches them).
+    provider batches (the same command again, or `tierline batch collect`, fetches them),
+    141 when the reader of stdout went away, 74 when the results could not be written.
     """
     cfg = load_config(config)
     ledger_path = Path(ledger or cfg.ledger.path or default_ledger_path())
     part = Shard.parse(shard) if shard else None
+    # Every path and stream is checked before anything is sent (cli/preflight.py); from here
+    # on `output` is the real file (symlinks resolved) or None for stdout.
+    check_stdio(inputs, output)
+    check_inputs(inputs)
+    output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg))
+    check_ledger(ledger_path, _ledger_origin(ledger, cfg))
     stop = Stop(grace_s=grace)
-    again = batch.collect_same_command(cfg, ledger_path, inputs, output, wait=wait, quiet=quiet)
+    again = batch.collect_same_command(
+        cfg, ledger_path, inputs, output, wait=wait, quiet=quiet, fresh=fresh
+    )
     if again is not None:  # this command's provider batches are still open: collect them
         raise typer.Exit(again)
-    to_file = output not in (None, "-")
-    with RunLock(output), Journal(output, cfg, resume=not fresh) as journal:
+    to_file = output is not None
+
+    def output_failed(exc: OSError) -> None:
+        broken = exc.errno in (errno.EPIPE, errno.ECONNRESET)
+        stop.halt(ExitCode.BROKEN_PIPE if broken else ExitCode.OUTPUT_FAILED)
+
+    with (
+        RunLock(output),
+        Journal(output, cfg, resume=not fresh, on_error=output_failed) as journal,
+    ):
         total = None if part else count_lines(inputs)  # a shard runs an unknown share
         with run_progress(
             total, console=err_console, quiet=quiet, max_cost_usd=max_cost
@@ -95,10 +115,14 @@ def run(
                 max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
             )
             summary = asyncio.run(stop.guard(work))
+        if journal.error is not None:
+            raise typer.Exit(_output_failed(journal, quiet=quiet))
         if stop.exit_code is not None:
             err_console.print(_resume_hint(stop, journal), markup=False)
             raise typer.Exit(int(stop.exit_code))
         stale = journal.commit()
+    if output is not None and summary.run_id:
+        supersede(ledger_path, output, summary.run_id)  # older batches no longer own its lines
     _note_resume(summary.notes, journal, stale)
     print_summary(summary, quiet=quiet)
     if wait and to_file and summary.tally.by_status["pending"]:
@@ -109,6 +133,49 @@ def run(
         raise typer.Exit(int(summary.exit_code) if waited is None else waited)
     code = summary.exit_code
     raise typer.Exit(int(ExitCode.JOBS_FAILED if code == 0 and journal.kept_failed else code))
+
+
+def _config_file(explicit: str | None, cfg: Config) -> Path | None:
+    return None if cfg.is_default else find_config_path(explicit)
+
+
+def _ledger_origin(explicit: str | None, cfg: Config) -> str:
+    """Where the ledger path came from, for messages about it."""
+    if explicit:
+        return "--ledger"
+    if cfg.ledger.path:
+        return f"ledger.path in {cfg.origin}"
+    return "the default, under $TIERLINE_HOME" if os.environ.get("TIERLINE_HOME") else "default"
+
+
+def _output_failed(journal: Journal, *, quiet: bool) -> int:
+    """One line for results that could not be written; the exit code."""
+    exc = journal.error
+    assert exc is not None
+    if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+        # `tierline run ... | head -1`: the reader has what it wanted. Like `yes | head`, exit
+        # 141 (128 + SIGPIPE); stdout is pointed at /dev/null so that Python's own flush at
+        # exit does not print a BrokenPipeError.
+        silence_stdout()
+        if not quiet:
+            err_console.print(
+                f"tierline: stdout was closed by its reader after {journal.count} result(s); "
+                "stopped sending jobs",
+                markup=False,
+            )
+        return int(ExitCode.BROKEN_PIPE)
+    where = "stdout" if journal.partial is None else journal.partial
+    saved = (
+        ""
+        if journal.partial is None
+        else f"; {journal.count + journal.kept} result(s) saved, rerun the same command to resume"
+    )
+    err_console.print(
+        f"tierline: error: cannot write the results to {where}: {exc.strerror or exc}; "
+        f"stopped sending jobs{saved}",
+        markup=False,
+    )
+    return int(ExitCode.OUTPUT_FAILED)
 
 
 def _resume_hint(stop: Stop, journal: Journal) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "collect_same_command",
     "open_diverter",
     "rewrite_output",
+    "supersede",
 ]
 
 
@@ -108,6 +109,7 @@ async def collect_same_command(
     output: str | None,
     *,
     wait: bool = False,
+    fresh: bool = False,
     poll: PollPolicy | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> CollectReport | None:
@@ -116,8 +118,14 @@ async def collect_same_command(
     None when there is nothing to collect, or when the results file is missing (an interrupted
     run: the run resumes from its partial file, then collects). Refuses (exit 2) when the inputs
     changed since the submission, since a fresh run would overwrite the pending lines.
+
+    When the same command's batches were all collected already, the results file is complete:
+    the report of that run is returned and nothing is sent (a cron entry that keeps running the
+    documented command must not pay for the jobs again). `fresh` runs them again instead.
     """
-    mine = _open_for_output(ledger_path, inputs, output)
+    mine, finished = _for_output(ledger_path, inputs, output, fresh=fresh)
+    if finished is not None:
+        return _finished_report(config, ledger_path, finished, output or "")
     if not mine:
         return None
     return await collect(
@@ -131,18 +139,45 @@ async def collect_same_command(
     )
 
 
-def _open_for_output(ledger_path: Path, inputs: Sequence[str], output: str | None) -> list[str]:
-    """Run ids of the open submissions that wrote to `output` from these same inputs."""
+def _for_output(
+    ledger_path: Path, inputs: Sequence[str], output: str | None, *, fresh: bool
+) -> tuple[list[str], str | None]:
+    """(run ids of the open submissions that wrote to `output` from these same inputs, the run
+    whose collected results `output` already holds from these same inputs, or None)."""
     if output in (None, "-") or not ledger_path.exists():
-        return []
+        return [], None
     path = os.path.abspath(output)
     if not os.path.exists(path):
-        return []
+        return [], None
     with Ledger(ledger_path) as ledger:
         store = SubmissionStore(ledger.conn)
-        return _same_command(
-            store, [s for s in store.submissions() if s.output == path], inputs, output
-        )
+        everything = [s for s in store.submissions(open_only=False) if s.output == path]
+        mine = _same_command(store, [s for s in everything if s.state == "open"], inputs, output)
+        if mine or fresh or os.path.exists(f"{path}.partial"):  # a partial file: resume it
+            return mine, None
+        key = inputs_key(inputs)
+        done = [s for s in everything if s.state == "done" and key and s.inputs_key == key]
+        return [], max(done, key=lambda s: s.created_at).run_id if done else None
+
+
+def _finished_report(config: Config, ledger_path: Path, run_id: str, output: str) -> CollectReport:
+    with Ledger(ledger_path) as ledger:
+        report = BatchEngine(config, ledger).report(run_id)
+    report.notes.append(
+        f"{output} already holds the collected results of run {run_id} for this input; "
+        "nothing was sent (--fresh runs the jobs again)"
+    )
+    return report
+
+
+def supersede(ledger_path: Path, output: str, run_id: str) -> None:
+    """A run has just written `output`: earlier submissions no longer own its lines, so "the
+    same command again" must not take the file for theirs."""
+    with Ledger(ledger_path) as ledger:
+        store = SubmissionStore(ledger.conn)
+        for s in store.submissions(open_only=False):
+            if s.output == output and s.run_id != run_id and s.state != "replaced":
+                store.set_submission_state(s.run_id, "replaced")
 
 
 def _same_command(
@@ -161,7 +196,7 @@ def _same_command(
         )
     for s in mine:
         if s not in same:  # superseded by the new run: its file is no longer theirs
-            store.set_submission_state(s.run_id, "done")
+            store.set_submission_state(s.run_id, "replaced")
     return [s.run_id for s in same]
 
 

@@ -446,9 +446,15 @@ class BatchEngine:
             self._close_run(run_id, report)
         return report
 
-    def _close_run(self, run_id: str, report: CollectReport) -> None:
-        """Fold the run's batch jobs into its ledger row and the report."""
-        submission = self.store.submission(run_id)
+    def report(self, run_id: str) -> CollectReport:
+        """Where a run's jobs stand, from the ledger alone (nothing is asked or changed)."""
+        report = CollectReport(runs=[run_id])
+        self._count(run_id, report)
+        return report
+
+    def _count(self, run_id: str, report: CollectReport) -> tuple[int, int, int]:
+        """Add the run's jobs (batch and synchronous) to the report; its batch (ok, failed,
+        pending)."""
         states = self.store.states(run_id)
         ok = states.get("ok", 0)
         failed = states.get("error", 0) + states.get("unfinished", 0)
@@ -456,10 +462,18 @@ class BatchEngine:
         report.ok += ok
         report.failed += failed
         report.pending += pending
+        submission = self.store.submission(run_id)
+        if submission is not None:
+            report.ok += submission.sync_ok
+            report.failed += submission.sync_failed
+        return ok, failed, pending
+
+    def _close_run(self, run_id: str, report: CollectReport) -> None:
+        """Fold the run's batch jobs into its ledger row and the report."""
+        ok, failed, pending = self._count(run_id, report)
+        submission = self.store.submission(run_id)
         if submission is None:
             return
-        report.ok += submission.sync_ok
-        report.failed += submission.sync_failed
         row = self.ledger.conn.execute("SELECT jobs FROM runs WHERE id = ?", (run_id,)).fetchone()
         total_failed = submission.sync_failed + failed
         status = "pending" if pending else ("ok" if total_failed == 0 else "failed")
