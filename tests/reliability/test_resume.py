@@ -153,6 +153,40 @@ class TestRerun:
         assert sorted(r["id"] for r in read_results(out)) == sorted(f"j{i}" for i in range(5, 15))
         assert sorted(calls.job_ids) == sorted(f"j{i}" for i in range(10, 15))  # type: ignore[type-var]
 
+    def test_duplicated_line_in_partial_is_kept_once(
+        self, tmp_path: Path, calls: Calls, three_tiers: Path
+    ) -> None:
+        """A complete result copied twice into PATH.partial (by hand, by a tool): one line per
+        job in the output, and the job is not redone."""
+        jobs, out = jobs_file(tmp_path / "j.jsonl", 10), tmp_path / "out.jsonl"
+        main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"])
+        lines = out.read_bytes().splitlines(keepends=True)
+        partial_of(out).write_bytes(b"".join(lines[:4]) + lines[2] + lines[3])
+        out.unlink()
+        calls.job_ids.clear()
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 0
+        ids = [r["id"] for r in read_results(out)]
+        assert sorted(ids) == sorted(f"j{i}" for i in range(10))  # 10 lines, not 12
+        assert len(calls.job_ids) == 6
+
+    def test_kept_results_get_the_current_line_numbers(
+        self, tmp_path: Path, calls: Calls, three_tiers: Path
+    ) -> None:
+        """The input was edited between the crash and the resume (lines inserted above): a kept
+        result names the line its job is on now, so no two results share a line."""
+        jobs, out = jobs_file(tmp_path / "j.jsonl", 10), tmp_path / "out.jsonl"
+        main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"])
+        crash_after(out, 10)
+        text = jobs.read_text(encoding="utf-8")
+        new = [json.dumps({"id": f"new{i}", "prompt": f"New {i}?", "tier": 1}) for i in range(3)]
+        jobs.write_text("\n".join(new) + "\n" + text, encoding="utf-8")
+        calls.job_ids.clear()
+        assert main(["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "-q"]) == 0
+        assert sorted(calls.job_ids) == ["new0", "new1", "new2"]  # type: ignore[type-var]
+        where = {r["id"]: r["line"] for r in read_results(out)}
+        current = {json.loads(x)["id"]: n for n, x in enumerate(jobs.read_text().splitlines(), 1)}
+        assert where == current
+
     def test_fresh_redoes_everything(self, tmp_path: Path, calls: Calls, three_tiers: Path) -> None:
         """--fresh ignores an old partial file."""
         jobs, out = jobs_file(tmp_path / "j.jsonl", 6), tmp_path / "out.jsonl"

@@ -123,7 +123,7 @@ async def collect_same_command(
     the report of that run is returned and nothing is sent (a cron entry that keeps running the
     documented command must not pay for the jobs again). `fresh` runs them again instead.
     """
-    mine, finished = _for_output(ledger_path, inputs, output, fresh=fresh)
+    mine, finished = _for_output(ledger_path, inputs, output, config.origin, fresh=fresh)
     if finished is not None:
         return _finished_report(config, ledger_path, finished, output or "")
     if not mine:
@@ -140,10 +140,11 @@ async def collect_same_command(
 
 
 def _for_output(
-    ledger_path: Path, inputs: Sequence[str], output: str | None, *, fresh: bool
+    ledger_path: Path, inputs: Sequence[str], output: str | None, origin: str, *, fresh: bool
 ) -> tuple[list[str], str | None]:
     """(run ids of the open submissions that wrote to `output` from these same inputs, the run
-    whose collected results `output` already holds from these same inputs, or None)."""
+    whose collected results `output` already holds from these same inputs and config, or
+    None)."""
     if output in (None, "-") or not ledger_path.exists():
         return [], None
     path = os.path.abspath(output)
@@ -156,8 +157,20 @@ def _for_output(
         if mine or fresh or os.path.exists(f"{path}.partial"):  # a partial file: resume it
             return mine, None
         key = inputs_key(inputs)
-        done = [s for s in everything if s.state == "done" and key and s.inputs_key == key]
+        done = [
+            s
+            for s in everything
+            if s.state == "done" and key and s.inputs_key == key and _origin(ledger, s) == origin
+        ]
         return [], max(done, key=lambda s: s.created_at).run_id if done else None
+
+
+def _origin(ledger: Ledger, submission: Submission) -> str | None:
+    """The config the submitting run used (a path, or "embedded default")."""
+    row = ledger.conn.execute(
+        "SELECT config_origin FROM runs WHERE id = ?", (submission.run_id,)
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _finished_report(config: Config, ledger_path: Path, run_id: str, output: str) -> CollectReport:
