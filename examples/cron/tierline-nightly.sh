@@ -68,6 +68,8 @@ case $code in
       log "pending: $(count pending) job(s) in provider batches; collect later"; exit 0 ;;
   5)  # another tierline run holds the lock on $OUT (yesterday's still running?): leave it be
       log "another run is writing $OUT; nothing done"; exit 0 ;;
+  74) # the results could not be written (disk full): free space; the next run resumes
+      log "cannot write $OUT (exit 74); the next invocation resumes from $OUT.partial"; exit 74 ;;
   70) # a bug in tierline: rerun by hand with TIERLINE_DEBUG=1 for the traceback, and report it
       log "internal error (exit 70)"; exit 70 ;;
   130|143)  # SIGINT / SIGTERM (shutdown, OOM killer's friends): the next run resumes
