@@ -191,6 +191,16 @@ def test_output_that_is_a_file_the_run_reads_or_keeps_is_refused(
     assert calls.job_ids == []
 
 
+def test_classify_output_over_its_input_is_refused(
+    tmp_path: Path, jobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`classify` writes the same way as `run`: never over its own input."""
+    before = jobs.read_bytes()
+    code, err = run_quiet(capsys, "classify", jobs, "-o", jobs)
+    assert code == 2 and len(err) == 1 and "is the input" in err[0], err
+    assert jobs.read_bytes() == before
+
+
 def test_output_whose_partial_file_is_the_input_is_refused(
     tmp_path: Path, calls: Calls, three_tiers: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

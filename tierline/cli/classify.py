@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from ..config import load_config
+from ..config import find_config_path, load_config
 from ..jobs import ResultWriter, read_jobs
 from ..tiering.pipeline import Tierer
 from ..tiering.pipeline import classify as classify_jobs
 from .options import ConfigPath, Inputs, Output, Quiet
 from .output import err_console
+from .preflight import check_inputs, check_stdio, resolve_output
 
 
 def classify(
@@ -25,6 +26,10 @@ def classify(
     Exit 0 when every line was a valid job, 1 when some were not (they are in the output).
     """
     cfg = load_config(config)
+    check_stdio(inputs, output)
+    check_inputs(inputs)
+    config_file = None if cfg.is_default else find_config_path(config)
+    output = resolve_output(output, inputs, None, config_file)  # never over an input or device
     tierer = Tierer.from_config(cfg.tiering)
     writer = ResultWriter(output, flush_each=False)
     invalid = 0

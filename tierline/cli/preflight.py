@@ -56,7 +56,7 @@ def check_inputs(inputs: Sequence[str]) -> None:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise UsageError(f"cannot read input {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _usable(stream: object, fd: int) -> bool:
@@ -70,10 +70,13 @@ def _usable(stream: object, fd: int) -> bool:
     return True
 
 
-def _protected(inputs: Sequence[str], ledger: Path, config: Path | None) -> list[tuple[str, str]]:
+def _protected(
+    inputs: Sequence[str], ledger: Path | None, config: Path | None
+) -> list[tuple[str, str]]:
     """(real path, what it is) of every file the run reads or keeps."""
     files = [(p, f"the input {p}") for p in inputs if p != "-"]
-    files += [(f"{ledger}{side}", f"the ledger {ledger}") for side in LEDGER_SIDE_FILES]
+    if ledger is not None:
+        files += [(f"{ledger}{side}", f"the ledger {ledger}") for side in LEDGER_SIDE_FILES]
     if config is not None:
         files.append((str(config), f"the config {config}"))
     return [(os.path.realpath(p), what) for p, what in files]
@@ -90,7 +93,7 @@ def _same(a: str, b: str) -> bool:
 
 
 def resolve_output(
-    output: str | None, inputs: Sequence[str], ledger: Path, config: Path | None
+    output: str | None, inputs: Sequence[str], ledger: Path | None, config: Path | None
 ) -> str | None:
     """The real path results will be written to (None for stdout), or a UsageError.
 
