@@ -84,7 +84,13 @@ CORPUS: list[tuple[bytes, str | None, str, str | None, str]] = [
         "invalid_job",
         "points outside the job's schema",
     ),
-    (b'{"id": "regex", "prompt": "x", "expect": "(["}', "regex", "invalid", "invalid_job", "not a valid regex"),
+    (
+        b'{"id": "regex", "prompt": "x", "expect": "(["}',
+        "regex",
+        "invalid",
+        "invalid_job",
+        "not a valid regex",
+    ),
     (
         b'{"custom_id": "n50", "url": "/v1/chat/completions", "body": {"n": 50, "messages": '
         b'[{"role": "user", "content": "x"}]}}',
@@ -93,7 +99,13 @@ CORPUS: list[tuple[bytes, str | None, str, str | None, str]] = [
         "invalid_job",
         "'body.n' is not supported",
     ),
-    (b'{"id": 12345678901234567890123, "prompt": "A big id", "tier": 1}', "12345678901234567890123", "ok", None, ""),
+    (
+        b'{"id": 12345678901234567890123, "prompt": "A big id", "tier": 1}',
+        "12345678901234567890123",
+        "ok",
+        None,
+        "",
+    ),
     (b'{"id": "last", "prompt": "The last good job", "tier": 3}', "last", "ok", None, ""),
 ]
 
@@ -236,6 +248,24 @@ def test_output_that_is_not_a_regular_file_is_refused(
     assert ("is a directory" if kind == "directory" else "not a regular file") in err[0]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and calls.job_ids == []
     assert kind != "symlink-to-fifo" or target.is_symlink()
+
+
+def test_output_naming_an_open_descriptor_is_refused(
+    tmp_path: Path, calls: Calls, three_tiers: Path, jobs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-o /dev/stdout` (here `/dev/fd/N` of a file we hold open, as a shell's `>>` would):
+    a stream, never a file to replace: exit 2, the file and its inode untouched."""
+    held = tmp_path / "held.jsonl"
+    with open(held, "wb") as fh:
+        fh.write(b"kept\n")
+        fh.flush()
+        inode = os.fstat(fh.fileno()).st_ino
+        code, err = run_quiet(
+            capsys, "run", jobs, "-c", three_tiers, "-o", f"/dev/fd/{fh.fileno()}"
+        )
+    assert code == 2 and len(err) == 1 and "not a regular file" in err[0], err
+    assert held.read_bytes() == b"kept\n" and held.stat().st_ino == inode
+    assert calls.job_ids == []
 
 
 def test_output_through_a_symlink_writes_the_target_and_keeps_the_link(

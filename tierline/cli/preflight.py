@@ -29,6 +29,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # What tierline writes beside an output PATH (resume.py, dispatch/batch): none of them may be
 # a file the run reads or keeps either.
 OUTPUT_SIDE_FILES = ("", ".partial", ".partial.resume", ".lock", ".collect")
+# Paths that name devices and open descriptors rather than files.
+STREAM_DIRS = ("/dev/", "/proc/")
 # What SQLite keeps beside a ledger.
 LEDGER_SIDE_FILES = ("", "-wal", "-shm", "-journal")
 
@@ -105,6 +107,10 @@ def resolve_output(
     if output in (None, "-"):
         _check_stdout(protected)
         return None
+    if os.path.abspath(output).startswith(STREAM_DIRS):
+        # /dev/stdout, /dev/fd/N, /proc/self/fd/N name whatever a descriptor is open on (a
+        # pipe, a terminal, or a file the shell opened with `>>`): never a file to replace.
+        raise UsageError(_not_a_file(output))
     real = os.path.realpath(output)
     try:
         st: os.stat_result | None = os.stat(real)
@@ -117,10 +123,7 @@ def resolve_output(
             f"-o {output}: is a directory; give a file path, e.g. -o {output.rstrip('/')}/results.jsonl"
         )
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise UsageError(
-            f"-o {output}: not a regular file (a device, pipe or socket); -o replaces its target "
-            f"atomically, so leave out -o and redirect stdout instead (> {output})"
-        )
+        raise UsageError(_not_a_file(output))
     for side in OUTPUT_SIDE_FILES:
         for path, what in protected:
             if _same(real + side, path):
@@ -130,6 +133,14 @@ def resolve_output(
     if not os.path.isdir(directory):
         raise UsageError(f"-o {output}: directory {os.path.dirname(output) or '.'} does not exist")
     return real
+
+
+def _not_a_file(output: str) -> str:
+    return (
+        f"-o {output}: not a regular file (a device, pipe or stream); -o writes a new file and "
+        "renames it over its target, so leave out -o: results then go to stdout, which you can "
+        "redirect anywhere"
+    )
 
 
 def _check_stdout(protected: list[tuple[str, str]]) -> None:
