@@ -3,6 +3,7 @@ nothing lost, nothing duplicated, paid calls repeated on resume at most the in-f
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -59,6 +60,34 @@ def test_kill_9_then_resume(tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[st
     assert not saved & set(second)  # nothing saved is paid for again
     assert repeated <= WINDOW, (repeated, WINDOW)
     print(f"kill -9 after {len(saved)} saved results: {repeated} call(s) repeated, window {WINDOW}")  # noqa: T201
+
+
+def test_kill_9_then_edit_input_and_partial_then_resume(
+    tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[str], Path]
+) -> None:
+    """A careless user between the kill and the resume: new jobs inserted at the top of the
+    input, some saved results pasted twice into the partial file. The resume still ends with
+    exactly one result per job, each naming the line its job is on now."""
+    args, out = setup
+    jobs = Path(args[0])
+    partial = out.with_name(out.name + ".partial")
+    proc = start_run(args, tmp_path / "home")
+    wait_for_lines(partial, JOBS // 3, proc)
+    proc.kill()
+    proc.communicate(timeout=10)
+    lines = [x for x in partial.read_bytes().splitlines(keepends=True) if x.endswith(b"\n")]
+    partial.write_bytes(b"".join(lines) + b"".join(lines[:20]))  # 20 results twice
+    new = jobs_file(tmp_path / "new.jsonl", 5, start=JOBS).read_bytes()
+    jobs.write_bytes(new + jobs.read_bytes())
+
+    proc = start_run(args, tmp_path / "home")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    results = read_results(out)
+    ids = [r["id"] for r in results]
+    assert len(ids) == len(set(ids)) == JOBS + 5
+    current = {json.loads(x)["id"]: n for n, x in enumerate(jobs.read_bytes().splitlines(), 1)}
+    assert {r["id"]: r["line"] for r in results} == current
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
