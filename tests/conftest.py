@@ -1,5 +1,6 @@
 """Hermetic tests: every test gets its own TIERLINE_HOME and working directory, and no config
-or API key leaks in from the developer's environment."""
+or API key leaks in from the developer's environment. Nothing here skips: a missing or broken
+dependency (llama-cpp-python, the model, the OpenAPI spec) fails the tests that need it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tierline.testing.servers.spec import OpenAISpec, SpecMissing
+import tierline.cli
+from tierline.testing.servers.spec import ENV_VAR, OpenAISpec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -19,25 +21,23 @@ EXAMPLES = REPO / "examples"
 def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("TIERLINE_HOME", str(tmp_path / "home"))
     for name in list(os.environ):
-        if name in ("TIERLINE_CONFIG", "TIERLINE_DEBUG") or name.endswith("_API_KEY"):
+        if name in ("TIERLINE_CONFIG", "TIERLINE_DEBUG", ENV_VAR) or name.endswith("_API_KEY"):
             monkeypatch.delenv(name)
+    # In-process main(): a bug raises its own exception instead of becoming exit 70.
+    monkeypatch.setattr(tierline.cli, "RAISE_INTERNAL_ERRORS", True)
     monkeypatch.chdir(tmp_path)
     yield tmp_path
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    """The embedded GGUF model; CI installs the `local` extra, so there it must be present."""
-    try:
-        import llama_cpp  # noqa: F401
+    """The embedded GGUF model. The README's test command installs the `local` extra, so a
+    missing or broken llama-cpp-python or model is an error of every test that needs it."""
+    import llama_cpp  # noqa: F401
 
-        from tierline.dispatch.llamacpp import default_model_path
+    from tierline.dispatch.llamacpp import default_model_path
 
-        return default_model_path()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"llama-cpp-python with the embedded model is not installed: {exc}")
+    return default_model_path()
 
 
 def write_jsonl(path: Path, lines: list[str | bytes]) -> Path:
@@ -47,8 +47,6 @@ def write_jsonl(path: Path, lines: list[str | bytes]) -> Path:
 
 @pytest.fixture(scope="session")
 def spec() -> OpenAISpec:
-    """OpenAI's OpenAPI spec (shared/specs), to check what fakes answer and tierline sends."""
-    try:
-        return OpenAISpec.load()
-    except SpecMissing as exc:
-        pytest.skip(f"OpenAI OpenAPI spec not available: {exc}")
+    """OpenAI's OpenAPI spec (the trimmed copy in the package), to check what fakes answer and
+    what tierline sends."""
+    return OpenAISpec.load()

@@ -17,7 +17,7 @@ from ..errors import ExitCode, TierlineError, redact
 from . import backends, batch, classify, init, ledger, plan, run, tiering
 from .output import err_console, silence_stdout
 
-__all__ = ["app", "cli_exit", "main"]
+__all__ = ["RAISE_INTERNAL_ERRORS", "app", "cli_exit", "main"]
 
 app = typer.Typer(
     name="tierline",
@@ -42,8 +42,9 @@ app.add_typer(batch.app, name="batch")
 app.add_typer(ledger.app, name="ledger")
 
 
-def _debug() -> bool:
-    return bool(os.environ.get("TIERLINE_DEBUG")) or "pytest" in sys.modules
+# Set by the test suite (tests/conftest.py): an internal error raises its exception out of main()
+# instead of becoming exit 70, so a bug fails the test that hit it with its own traceback.
+RAISE_INTERNAL_ERRORS = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,12 +82,12 @@ OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, e
 
 def _internal(exc: Exception) -> int:
     """A bug: one line (or the scrubbed traceback with TIERLINE_DEBUG), exit 70."""
-    if os.environ.get("TIERLINE_DEBUG") and "pytest" not in sys.modules:
+    if RAISE_INTERNAL_ERRORS:
+        raise exc
+    if os.environ.get("TIERLINE_DEBUG"):
         # An exception message can quote a key: print the traceback scrubbed, not raw.
         err_console.print(redact(traceback.format_exc()), markup=False, highlight=False)
         return ExitCode.INTERNAL
-    if _debug():
-        raise exc
     err_console.print(
         f"tierline: internal error: {type(exc).__name__}: {redact(str(exc))} "
         "(set TIERLINE_DEBUG=1 for a traceback, and please report it)",

@@ -1,12 +1,15 @@
 """Check JSON bodies against OpenAI's published OpenAPI 3.1 spec (JSON Schema 2020-12).
 
-    spec = OpenAISpec.load()            # TIERLINE_OPENAI_SPEC, else ../shared/specs/openai-openapi.yaml
+    spec = OpenAISpec.load()            # TIERLINE_OPENAI_SPEC, else the trimmed copy in openapi/
     spec.validate(body, "CreateChatCompletionRequest")
     spec.check_request(recorded)        # picks the schema from the request's method and path
 
 The real API sends ``null`` for optional fields that the spec types as non-nullable (``Batch``'s
 ``*_at`` stamps, ``errors``, ...), so by default a ``null`` optional property passes;
 ``strict_nulls=True`` turns that off. Needs ``pyyaml``, ``jsonschema`` and ``referencing``.
+
+The spec ships with the package (``openapi/openai-openapi.yaml``, MIT, trimmed by
+``scripts/trim_openai_spec.py`` to the paths and schemas below), so every checkout can check.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ SPEC_URI = "urn:tierline:openai-openapi"
 REQUEST_SCHEMAS: Mapping[tuple[str, str], str] = {
     ("POST", "/v1/chat/completions"): "CreateChatCompletionRequest",
     ("POST", "/v1/batches"): "CreateBatchRequest",
-    ("POST", "/v1/responses"): "CreateResponse",
-    ("POST", "/v1/embeddings"): "CreateEmbeddingRequest",
 }
 _CACHE: dict[Path, OpenAISpec] = {}
 _CACHE_LOCK = threading.Lock()
@@ -54,12 +55,11 @@ class SpecError(AssertionError):
 
 
 def default_spec_path() -> Path:
-    """``$TIERLINE_OPENAI_SPEC``, else ``<repo>/../shared/specs/openai-openapi.yaml``."""
+    """``$TIERLINE_OPENAI_SPEC``, else the trimmed copy that ships beside this module."""
     configured = os.environ.get(ENV_VAR)
     if configured:
         return Path(configured)
-    repo = Path(__file__).resolve().parents[3]
-    return repo.parent / "shared" / "specs" / "openai-openapi.yaml"
+    return Path(__file__).resolve().parent / "openapi" / "openai-openapi.yaml"
 
 
 def _properties_allowing_null(
