@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-OUT = Path(__file__).resolve().parent.parent / "tierline/testing/servers/openapi/openai-openapi.yaml"
+OUT = (
+    Path(__file__).resolve().parent.parent / "tierline/testing/servers/openapi/openai-openapi.yaml"
+)
 # The endpoints tierline and its fakes speak (spec paths carry no /v1 prefix).
 PATHS = (
     "/chat/completions",

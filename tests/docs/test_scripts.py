@@ -12,7 +12,6 @@ from tests.docs.conftest import SYNC_IDS, FakeStack, read_jsonl, run_script, sub
 from tierline.resume import RunLock
 
 
-
 @pytest.fixture
 def make_and_jq() -> None:
     """The Makefile and pipeline examples need make and jq: without them these tests fail
