@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,9 +18,20 @@ def request(text: str = "Summarize: the cat sat on the mat.", **fields: Any) -> 
     return Request(messages=(Message("user", text),), **fields)
 
 
-async def ask(config: Config, req: Request | None = None, *, tier: int = 1) -> Outcome:
+class Sleeps(list[float]):
+    """A router's `sleep` that records each wait (retry backoff, rate-limit pause) and then
+    really waits: tests assert on which waits happened, not on how long a call took."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        await asyncio.sleep(seconds)
+
+
+async def ask(
+    config: Config, req: Request | None = None, *, tier: int = 1, sleeps: Sleeps | None = None
+) -> Outcome:
     """Send one request along a tier's route with a fresh router (closed afterwards)."""
-    router = Router(config)
+    router = Router(config, sleep=sleeps if sleeps is not None else asyncio.sleep)
     try:
         return await router.dispatch(tier, lambda _max_tokens: req or request())
     finally:
@@ -27,9 +39,9 @@ async def ask(config: Config, req: Request | None = None, *, tier: int = 1) -> O
 
 
 @contextlib.asynccontextmanager
-async def routed(config: Config) -> AsyncIterator[Router]:
+async def routed(config: Config, sleeps: Sleeps | None = None) -> AsyncIterator[Router]:
     """A router that is always closed, even when the test fails (no leaked HTTP sessions)."""
-    router = Router(config)
+    router = Router(config, sleep=sleeps if sleeps is not None else asyncio.sleep)
     try:
         yield router
     finally:

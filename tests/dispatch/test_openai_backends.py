@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tierline.testing.servers import FakeLlamaCppPython, FakeLlamaServer, FakeOpenAI, FakeVLLM
 from tierline.testing.servers.spec import OpenAISpec
 
 from .conftest import KEY, make_config
-from .helpers import ask, request
+from .helpers import Sleeps, ask, request
 
 SCHEMA = {
     "type": "object",
@@ -153,20 +151,22 @@ async def test_faults_are_retried_or_not(
 async def test_retry_after_is_honoured(oai: FakeOpenAI, openai_key: str) -> None:
     """A 429 with retry-after-ms waits about that long before the retry."""
     oai.enqueue_fault(429, headers={"retry-after-ms": "400"})
-    started = time.perf_counter()
-    outcome = await ask(make_config({"o": openai_backend(oai, openai_key)}))
-    assert outcome.ok and time.perf_counter() - started >= 0.38
+    sleeps = Sleeps()
+    outcome = await ask(make_config({"o": openai_backend(oai, openai_key)}), sleeps=sleeps)
+    assert outcome.ok and outcome.hops[0].attempts == 2
+    assert sleeps[0] == 0.4  # the server's delay, not the 0.375-0.5 s jittered backoff
 
 
 async def test_slow_reply_times_out(oai: FakeOpenAI, openai_key: str) -> None:
     """A reply slower than timeout_s is a timeout; after max_attempts the backend hands over."""
     oai.enqueue_fault(kind="slow", delay=2.0, times=2)
     config = make_config({"o": openai_backend(oai, openai_key, timeout_s=0.3, max_attempts=2)})
-    started = time.perf_counter()
-    outcome = await ask(config)
+    sleeps = Sleeps()
+    outcome = await ask(config, sleeps=sleeps)
     hop = outcome.hops[0]
+    # Each 2 s reply was given up on (the fake would have answered): two attempts, one backoff.
     assert hop.status == "unavailable" and "timed out" in (hop.error or "")
-    assert time.perf_counter() - started < 1.9
+    assert hop.attempts == 2 and len(sleeps) == 1 and oai.request_count == 2
 
 
 async def test_refused_connection_hands_over(oai: FakeOpenAI, openai_key: str) -> None:
@@ -242,13 +242,15 @@ async def test_rate_limit_headers_pause_the_backend(openai_key: str) -> None:
         config = make_config({"o": openai_backend(srv, openai_key, max_attempts=1)})
         from tierline.dispatch.router import Router
 
-        router = Router(config)
+        sleeps = Sleeps()
+        router = Router(config, sleep=sleeps)
         try:
             first = await router.dispatch(1, lambda _m: request())
-            assert first.final and first.final.completion and first.final.completion.pause_s > 0
-            started = time.perf_counter()
+            assert first.final and first.final.completion
+            pause = first.final.completion.pause_s
+            assert pause > 0 and sleeps == []
             second = await router.dispatch(1, lambda _m: request("again"))
         finally:
             await router.aclose()
     assert second.ok, second.final  # without the pause the fake would have answered 429
-    assert time.perf_counter() - started >= 0.3
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= pause  # held once, for what was left of it

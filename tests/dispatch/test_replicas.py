@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
-from tierline.dispatch.replicas import KV_METRICS, WAITING_METRICS, parse_metrics
+from tierline.dispatch.replicas import KV_METRICS, WAITING_METRICS, Replica, parse_metrics
 from tierline.dispatch.router import Router
 from tierline.testing.servers import FakeVLLM
 
 from .conftest import make_config
-from .helpers import request, routed
+from .helpers import Sleeps, request, routed
 
 
 def vllm_backend(*servers: FakeVLLM, **extra: object) -> dict[str, object]:
@@ -37,6 +36,22 @@ async def dispatch_many(router: Router, n: int) -> list[bool]:
     return [o.ok for o in outcomes]
 
 
+async def rejoined(replica: Replica, deadline_s: float = 60) -> None:
+    """Wait until the health probe (every 0.1 s) lets `replica` back; fail at the deadline,
+    which only guards against a hang (a loaded machine may take far longer than 0.1 s)."""
+
+    async def poll() -> None:
+        while True:
+            if not replica.ejected:
+                return
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), deadline_s)
+    except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
+        pytest.fail(f"the revived replica was not probed back in within {deadline_s} s")
+
+
 async def test_least_outstanding_spreads_the_load() -> None:
     """Concurrent requests are shared about evenly between equal replicas."""
     with FakeVLLM(model="m", latency_ms=50) as a, FakeVLLM(model="m", latency_ms=50) as b:
@@ -57,11 +72,7 @@ async def test_dead_replica_is_ejected_and_rejoins_after_probe() -> None:
             assert pool.replicas[0].ejected and not pool.replicas[1].ejected
             before = chat_counts(a)[0]
             a.revive()
-            for _ in range(50):  # bounded: the probe runs every 0.1 s
-                if not pool.replicas[0].ejected:
-                    break
-                await asyncio.sleep(0.05)
-            assert not pool.replicas[0].ejected
+            await rejoined(pool.replicas[0])
             assert all(await dispatch_many(router, 10))
         assert chat_counts(a)[0] > before
 
@@ -77,27 +88,26 @@ async def test_unhealthy_replica_at_start_gets_nothing() -> None:
 
 async def test_engine_busy_503_is_retried_on_another_replica_at_once() -> None:
     """vLLM's 503 "engine busy" goes to the other replica without a backoff wait."""
+    sleeps = Sleeps()
     with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
         a.enqueue_fault(503)
-        async with routed(make_config({"v": vllm_backend(a, b)})) as router:
-            started = time.perf_counter()
+        async with routed(make_config({"v": vllm_backend(a, b)}), sleeps) as router:
             outcome = await router.dispatch(1, lambda _m: request())
-            elapsed = time.perf_counter() - started
         counts = chat_counts(a, b)
     assert outcome.ok and outcome.hops[0].attempts == 2
     assert counts == [1, 1]
-    assert elapsed < 0.3  # the retry layer's first backoff would be ~0.4-0.5 s
+    assert sleeps == [0.0]  # the retry layer's first backoff would be 0.375-0.5 s
 
 
 async def test_single_replica_503_backs_off() -> None:
     """With no other replica free, a 503 is retried on the same one after a backoff."""
+    sleeps = Sleeps()
     with FakeVLLM(model="m") as a:
         a.enqueue_fault(503)
-        async with routed(make_config({"v": vllm_backend(a)})) as router:
-            started = time.perf_counter()
+        async with routed(make_config({"v": vllm_backend(a)}), sleeps) as router:
             outcome = await router.dispatch(1, lambda _m: request())
     assert outcome.ok and outcome.hops[0].attempts == 2
-    assert time.perf_counter() - started >= 0.3
+    assert len(sleeps) == 1 and 0.375 <= sleeps[0] <= 0.5  # INITIAL_RETRY_DELAY_S, jittered
 
 
 async def test_per_replica_cap_keeps_requests_under_the_server_limit() -> None:

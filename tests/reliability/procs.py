@@ -58,6 +58,16 @@ def wait_for_lines(
     raise AssertionError(f"{path} never reached {count} lines")
 
 
+def wait_for_requests(server: FakeVLLM, count: int, timeout: float = 60) -> None:
+    """Wait until `server` has received `count` requests; fail when the deadline passes (it only
+    guards against a hang: nothing is asserted about how long it took)."""
+    deadline = time.monotonic() + timeout
+    while server.request_count < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{server.name} got {server.request_count} of {count} requests")
+        time.sleep(0.02)
+
+
 def requested_ids(server: FakeVLLM) -> Counter[str]:
     """How many times each job (by its prompt, "Question N?") was sent to the server."""
     counts: Counter[str] = Counter()

@@ -5,7 +5,8 @@ ledger agrees with the results.
 Two runs: 10,000 jobs on in-process fake backends (the scheduler, router, retry layer, circuit
 breaker and ledger under load: seconds), and TIERLINE_SOAK_JOBS (default 2,000) through the real
 HTTP adapter against two fake vLLM servers (the SDK path; its CPU cost per request is what
-bounds the count on 2 shared cores). Both bounded in count and time."""
+bounds the count on 2 shared cores). Both bounded in count; how long they take is printed
+(pytest -s), not asserted: a loaded machine is slower, not wrong."""
 
 from __future__ import annotations
 
@@ -171,7 +172,6 @@ async def test_soak_in_process(tmp_path: Path) -> None:
         f"soak (in-process): {JOBS} jobs in {seconds:.1f}s, {a.calls + b.calls} calls, "
         f"{a.faults + b.faults} faults, {dict(statuses)}, {summary.tally.fallbacks} fallbacks"
     )
-    assert seconds < 60
 
 
 async def test_soak_over_http(tmp_path: Path, servers: tuple[FakeVLLM, FakeVLLM]) -> None:
@@ -195,7 +195,6 @@ async def test_soak_over_http(tmp_path: Path, servers: tuple[FakeVLLM, FakeVLLM]
         f"soak (HTTP): {HTTP_JOBS} jobs in {seconds:.1f}s, {requests} requests, {faults} faults, "
         f"{dict(statuses)}, {summary.tally.fallbacks} fallbacks"
     )
-    assert seconds < 60
 
 
 def check_ledger(path: Path, results: list[Result]) -> None:

@@ -131,16 +131,24 @@ class Gate:
 class Router:
     """Creates backends lazily and sends each request along its tier's chain."""
 
-    def __init__(self, config: Config, backends: Mapping[str, Backend] | None = None) -> None:
-        """`backends` supplies ready-made backends by name (tests, library users)."""
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend] | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """`backends` supplies ready-made backends by name (tests, library users); every wait
+        (retry backoff, rate-limit pause) goes through `sleep`, so tests can see each one."""
         self.config = config
         self._backends: dict[str, Backend] = dict(backends or {})
         self.gates: dict[str, Gate] = {}
+        self._sleep = sleep
 
     def gate(self, name: str) -> Gate:
         gate = self.gates.get(name)
         if gate is None:
-            gate = self.gates[name] = Gate(name, self.config.backends[name])
+            gate = self.gates[name] = Gate(name, self.config.backends[name], sleep=self._sleep)
         return gate
 
     def backend(self, name: str) -> Backend:
@@ -178,7 +186,9 @@ class Router:
             gate = self.gate(name)
             async with gate.slots:
                 completion, attempts = await call_with_retry(
-                    lambda: gate.call(backend, request, span), max_attempts=config.max_attempts
+                    lambda: gate.call(backend, request, span),
+                    max_attempts=config.max_attempts,
+                    sleep=self._sleep,
                 )
         except BackendUnavailable as exc:
             return Hop(
