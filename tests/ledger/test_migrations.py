@@ -1,13 +1,16 @@
-"""Ledger migrations on a fresh database and on a v1 (m001-only) one."""
+"""Ledger migrations on a fresh database and on a v1 (m001-only) one; overlapping writers."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from tierline.jobs import Usage
 from tierline.ledger.migrations import MIGRATIONS, migrate
-from tierline.ledger.store import Ledger
+from tierline.ledger.store import CallRecord, Ledger
 
 CALLS = {
     "id": "INTEGER",
@@ -114,18 +117,53 @@ def test_v1_database_upgrades_and_keeps_its_rows(tmp_path: Path) -> None:
     assert names[:2] == ["m001_initial", "m002_costs"]
 
 
-def test_two_ledgers_open_one_new_file_at_once(tmp_path: Path) -> None:
-    """Two processes creating the same ledger do not both apply a migration."""
+WRITERS = 4
+CALLS_EACH = 300
+
+
+def write_one_run(path: str, start: Any, writer: int) -> None:
+    """One overlapping `tierline run`'s ledger traffic: open (and so create and migrate) the
+    ledger the moment every writer is ready, then many short write transactions."""
+    start.wait(timeout=60)
+    with Ledger(path, flush_every=7) as ledger:
+        run_id = ledger.start_run(command=f"w{writer}", config_origin="race", inputs=["-"])
+        for i in range(CALLS_EACH):
+            usage = Usage(input_tokens=writer + 1, output_tokens=i)
+            ledger.record_call(
+                run_id,
+                CallRecord(f"w{writer}-{i}", 1, "b", "m", "ok", usage, 1, "test", 0.01),
+            )
+        ledger.finish_run(run_id, jobs=CALLS_EACH, ok=CALLS_EACH, failed=0, status="done")
+
+
+def test_overlapping_processes_create_and_write_one_ledger(tmp_path: Path) -> None:
+    """Four processes open one new ledger at the same moment and interleave their writes: each
+    migration is applied once, every process succeeds, and no row is lost or mixed up."""
     path = tmp_path / "shared.db"
-    first = Ledger(path)
-    second = Ledger(path)  # a second connection: migrations already recorded
-    try:
-        count = first.conn.execute("SELECT COUNT(*) FROM _tierline_migrations").fetchone()[0]
-        assert count == len(MIGRATIONS)
-        assert second.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        first.close()
-        second.close()
+    spawn = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited threads
+    start = spawn.Barrier(WRITERS)
+    procs = [
+        spawn.Process(target=write_one_run, args=(str(path), start, w)) for w in range(WRITERS)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0] * WRITERS
+    with sqlite3.connect(path) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM _tierline_migrations")]
+        assert sorted(names) == sorted(m.__name__ for m in MIGRATIONS)
+        runs = conn.execute("SELECT command, jobs, cost_nanos, status FROM runs").fetchall()
+        assert sorted(runs) == [(f"w{w}", CALLS_EACH, CALLS_EACH, "done") for w in range(WRITERS)]
+        calls = conn.execute(
+            "SELECT runs.command, calls.job_id, calls.input_tokens, calls.output_tokens "
+            "FROM calls JOIN runs ON runs.id = calls.run_id"
+        ).fetchall()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    expected = [
+        (f"w{w}", f"w{w}-{i}", w + 1, i) for w in range(WRITERS) for i in range(CALLS_EACH)
+    ]
+    assert sorted(calls) == sorted(expected)
 
 
 def pre_nanos_ledger(path: Path) -> None:

@@ -11,10 +11,10 @@ from tierline.cli import main
 from tierline.config import config_from_toml, embedded_default
 from tierline.dispatch import registry
 from tierline.jobs import jobs_from_lines
-from tierline.resume import Journal, job_key, route_fingerprint
+from tierline.resume import OPERATIONAL, Journal, job_key, route_fingerprint
 from tierline.testing import FunctionBackend
 
-from .conftest import THREE_TIERS, Calls, jobs_file, read_results
+from .conftest import Calls, jobs_file, read_results
 
 
 def one_job(line: str, source: str = "a.jsonl"):  # type: ignore[no-untyped-def]
@@ -52,21 +52,104 @@ class TestKey:
         b = one_job('{"tier": 2, "prompt": "hi", "id": "x"}')
         assert job_key(a, self.ROUTE) == job_key(b, self.ROUTE)
 
-    def test_route_changes_with_model_not_with_concurrency(self) -> None:
-        """A new model or route redoes the work; new rate limits or timeouts do not."""
-        base = route_fingerprint(config_from_toml(THREE_TIERS, origin="t"))
-        ops = THREE_TIERS.replace(
-            '[backends.a]\nkind = "llamacpp"',
-            '[backends.a]\nkind = "llamacpp"\ntimeout_s = 5\nmax_attempts = 2',
-        )
-        model = THREE_TIERS.replace(
-            '[backends.a]\nkind = "llamacpp"',
-            '[backends.a]\nkind = "llamacpp"\nmodel_path = "other.gguf"',
-        )
-        route = THREE_TIERS.replace('1 = ["a"]', '1 = ["b"]')
-        assert route_fingerprint(config_from_toml(ops, origin="t")) == base
-        assert route_fingerprint(config_from_toml(model, origin="t")) != base
-        assert route_fingerprint(config_from_toml(route, origin="t")) != base
+
+# One backend of each kind, so that every setting of every kind can be changed below.
+MIXED = """
+[backends.a]
+kind = "openai-compatible"
+model = "m"
+base_url = "http://127.0.0.1:9/v1"
+[backends.b]
+kind = "llamacpp"
+[backends.c]
+kind = "openai"
+model = "gpt-4o-mini"
+[routes]
+1 = ["b"]
+2 = ["a"]
+3 = ["a", "c"]
+"""
+
+# How a job is sent, not what answer it gets: one edit per OPERATIONAL setting (its backend, the
+# TOML line). The first test checks that this covers every one of them.
+SENDING = {
+    "max_concurrency": ("a", "max_concurrency = 2"),
+    "rpm": ("a", "rpm = 60"),
+    "tpm": ("c", "tpm = 10000"),
+    "timeout_s": ("b", "timeout_s = 5"),
+    "max_attempts": ("c", "max_attempts = 2"),
+    "base_url": ("c", 'base_url = "http://127.0.0.1:8/v1"'),
+    "base_urls": ("a", 'base_urls = ["http://127.0.0.1:7/v1", "http://127.0.0.1:6/v1"]'),
+    "api_key_env": ("a", 'api_key_env = "MY_KEY"'),
+    "organization": ("c", 'organization = "org-1"'),
+    "n_threads": ("b", "n_threads = 2"),
+    "n_gpu_layers": ("b", "n_gpu_layers = 8"),
+    "price": ("c", "price = {input_per_mtok = 1, output_per_mtok = 2}"),
+    "gpu_hour_usd": ("a", "gpu_hour_usd = 2.5"),
+    "circuit_failures": ("a", "circuit_failures = 9"),
+    "circuit_reset_s": ("c", "circuit_reset_s = 1"),
+    "http_client": ("c", 'http_client = "httpx"'),
+    "max_in_flight_per_replica": ("a", "max_in_flight_per_replica = 3"),
+    "health_check": ("a", "health_check = false"),
+    "health_interval_s": ("a", "health_interval_s = 1"),
+    "metrics": ("a", "metrics = true"),
+    "metrics_interval_s": ("a", "metrics_interval_s = 1"),
+    "max_waiting": ("a", "max_waiting = 4"),
+    "max_kv_cache_usage": ("a", "max_kv_cache_usage = 0.9"),
+}
+# What decides the answer: each of these must redo the work.
+ANSWERING = {
+    "model": ("a", 'model = "m2"'),
+    "flavor": ("a", 'flavor = "vllm"'),
+    "extra_body": ("a", "extra_body = {top_k = 5}"),
+    "max_tokens": ("c", "max_tokens = 64"),
+    "model_path": ("b", 'model_path = "other.gguf"'),
+    "seed": ("b", "seed = 1"),
+    "n_ctx": ("b", "n_ctx = 4096"),
+}
+
+
+def edited(backend: str, line: str) -> bytes:
+    """MIXED's route fingerprint with `line` set in `[backends.<backend>]`."""
+    head, _, rest = MIXED.partition(f"[backends.{backend}]\n")
+    section, bracket, tail = rest.partition("[")
+    key = line.split(" ")[0]
+    kept = [x for x in section.splitlines() if x.split(" ")[0] not in (key, key.rstrip("s"))]
+    text = head + f"[backends.{backend}]\n" + "\n".join([line, *kept]) + "\n" + bracket + tail
+    config = config_from_toml(text, origin="t")
+    assert config.model_dump() != config_from_toml(MIXED, origin="t").model_dump(), line
+    return route_fingerprint(config)
+
+
+class TestRouteFingerprint:
+    BASE = route_fingerprint(config_from_toml(MIXED, origin="t"))
+
+    def test_every_operational_setting_is_covered(self) -> None:
+        """SENDING names every setting resume.OPERATIONAL leaves out of the key, and only those."""
+        assert set(SENDING) == OPERATIONAL and not set(ANSWERING) & OPERATIONAL
+
+    @pytest.mark.parametrize("name", sorted(SENDING))
+    def test_sending_settings_keep_the_work(self, name: str) -> None:
+        """New limits, timeouts, URLs, keys, prices or replicas after a crash keep the results."""
+        assert edited(*SENDING[name]) == self.BASE
+
+    @pytest.mark.parametrize("name", sorted(ANSWERING))
+    def test_answer_settings_redo_the_work(self, name: str) -> None:
+        """Another model, flavor, request extras, token limit, seed or context redoes the jobs."""
+        assert edited(*ANSWERING[name]) != self.BASE
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [
+            ('2 = ["a"]', '2 = ["b"]'),  # another route
+            ('3 = ["a", "c"]', '3 = ["c", "a"]'),  # the same backends in another order
+            ("[routes]", "[defaults]\ntemperature = 0.7\n[routes]"),
+            ("[routes]", '[tiering]\nbias = "cost"\n[routes]'),
+        ],
+    )
+    def test_routes_defaults_and_tiering_redo_the_work(self, old: str, new: str) -> None:
+        """The chain a tier takes, default sampling and the tiering settings redo the jobs."""
+        assert route_fingerprint(config_from_toml(MIXED.replace(old, new), origin="t")) != self.BASE
 
 
 def partial_of(out: Path) -> Path:
