@@ -8,7 +8,7 @@ import pytest
 
 from tierline.dispatch.replicas import KV_METRICS, WAITING_METRICS, Replica, parse_metrics
 from tierline.dispatch.router import Router
-from tierline.testing.servers import FakeVLLM
+from tierline.testing.servers import FakeLlamaCppPython, FakeLlamaServer, FakeVLLM
 
 from .conftest import make_config
 from .helpers import Sleeps, request, routed
@@ -175,3 +175,57 @@ def test_parse_metrics(text: str, waiting: float | None, kv: float | None) -> No
     values = parse_metrics(text, WAITING_METRICS + KV_METRICS)
     assert next((values[n] for n in WAITING_METRICS if n in values), None) == waiting
     assert next((values[n] for n in KV_METRICS if n in values), None) == kv
+
+
+@pytest.mark.parametrize(
+    ("fake", "flavor", "probes"),
+    [
+        (FakeVLLM, "vllm", ["/health"]),
+        (FakeLlamaServer, "llama-server", ["/health"]),
+        (FakeLlamaCppPython, "llama-cpp-python", ["/v1/models"]),  # it has no /health
+        (FakeVLLM, "generic", ["/health"]),  # /health first ...
+        (FakeLlamaCppPython, "generic", ["/v1/models"]),  # ... its 404 (unrecorded): /v1/models
+    ],
+)
+async def test_each_flavor_probes_its_health_endpoint(
+    fake: type[FakeVLLM], flavor: str, probes: list[str]
+) -> None:
+    """docs/dispatch.md's flavors table: what each replica is probed with before its first
+    request."""
+    with fake(model="m") as srv:
+        backend = {**vllm_backend(srv), "flavor": flavor}
+        async with routed(make_config({"v": backend})) as router:
+            assert (await router.dispatch(1, lambda _m: request())).ok
+        paths = [r.path for r in srv.requests]
+    assert paths[: paths.index("/v1/chat/completions")] == probes
+
+
+async def test_loading_llama_server_gets_nothing_until_loaded() -> None:
+    """llama-server answers /health with 503 "Loading model" while it loads: that replica gets
+    no requests; once loaded, the next probe lets it in."""
+    with FakeLlamaServer(model="m", loading_seconds=3600) as a, FakeLlamaServer(model="m") as b:
+        backend = {**vllm_backend(a, b), "flavor": "llama-server"}
+        async with routed(make_config({"v": backend})) as router:
+            assert all(await dispatch_many(router, 6))
+            assert chat_counts(a, b) == [0, 6]
+            a.finish_loading()
+            await rejoined(router.backend("v").pool.replicas[0])  # type: ignore[attr-defined]
+            assert all(await dispatch_many(router, 20))
+        assert chat_counts(a)[0] > 0
+
+
+async def test_all_replicas_ejected_still_tries_one() -> None:
+    """Every replica down and no probe due for an hour: a request is still sent (it doubles as
+    the probe), so a replica that came back serves at once and rejoins."""
+    with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
+        a.kill()
+        b.kill()
+        backend = vllm_backend(a, b, health_interval_s=3600, max_attempts=2)
+        async with routed(make_config({"v": backend})) as router:
+            first = await router.dispatch(1, lambda _m: request())
+            pool = router.backend("v").pool  # type: ignore[attr-defined]
+            assert not first.ok and all(r.ejected for r in pool.replicas)
+            a.revive()
+            second = await router.dispatch(1, lambda _m: request())
+            assert second.ok and not pool.replicas[0].ejected and pool.replicas[1].ejected
+        assert chat_counts(a) == [1]

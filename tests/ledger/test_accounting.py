@@ -136,3 +136,15 @@ def test_busy_time_is_shared_among_concurrent_calls() -> None:
     b.seconds += meter._stop(mark_b)
     assert (a.seconds, b.seconds) == (1.5, 1.5)
     assert meter.busy_s == 3.0
+
+
+def test_busy_time_of_a_batching_server() -> None:
+    """docs/costs.md: 8 requests in flight together for 2 s are 2 busy seconds, 0.25 s each."""
+    now = [0.0]
+    meter = BusyMeter(clock=lambda: now[0])
+    spans = [meter.span() for _ in range(8)]
+    marks = [meter._start() for _ in spans]
+    now[0] = 2.0
+    for span, mark in zip(spans, marks):
+        span.seconds += meter._stop(mark)
+    assert [s.seconds for s in spans] == [0.25] * 8 and meter.busy_s == 2.0

@@ -105,3 +105,54 @@ def test_merge_cli(
     assert main(["ledger", "merge", str(tmp_path / "a.db"), "-o", str(tmp_path / "m.db")]) == 0
     assert "1 run(s) added" in capsys.readouterr().err
     assert main(["ledger", "merge", str(tmp_path / "nope.db"), "-o", str(tmp_path / "m.db")]) == 2
+
+
+def v1_ledger(path: Path) -> None:
+    """A ledger as the first tierline wrote it: only m001's tables, one run with one call."""
+    from tierline.ledger.migrations import MIGRATIONS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE _tierline_migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    MIGRATIONS[0](conn)
+    conn.execute("INSERT INTO _tierline_migrations VALUES ('m001_initial', 'then')")
+    conn.execute(
+        "INSERT INTO runs (id, started_at, command, config_origin, inputs) "
+        "VALUES ('old-run', 'then', 'run', 'test', 'a.jsonl')"
+    )
+    conn.execute(
+        "INSERT INTO calls (run_id, job_id, backend, model, status, input_tokens, cost_micros, "
+        "latency_s, created_at) VALUES ('old-run', 'j-old', 'b', 'm', 'ok', 7, 42, 0.5, 'then')"
+    )
+    conn.close()
+
+
+def newer_ledger(path: Path) -> None:
+    """A ledger from a future version: a column and a run-keyed table this version lacks."""
+    from tierline.jobs import Usage
+    from tierline.ledger.store import CallRecord, Ledger
+
+    with Ledger(path) as book:
+        run = book.start_run(command="run", config_origin="t", inputs=["j"])
+        book.record_call(run, CallRecord("j-new", 1, "a", "m", "ok", Usage(3, 4), 9, "t", 0.1))
+        book.conn.execute("ALTER TABLE calls ADD COLUMN carbon_grams REAL")
+        book.conn.execute("UPDATE calls SET carbon_grams = 1.5")
+        book.conn.execute("CREATE TABLE audits (run_id TEXT, note TEXT)")
+        book.conn.execute("INSERT INTO audits VALUES (?, 'x')", (run,))
+
+
+def test_merge_across_versions(tmp_path: Path) -> None:
+    """Ledgers from an older and a newer tierline merge by the columns they share: old rows get
+    the current defaults, a newer column or table is left out (and reported), nothing else lost."""
+    old, new, merged = tmp_path / "old.db", tmp_path / "new.db", tmp_path / "merged.db"
+    v1_ledger(old)
+    newer_ledger(new)
+    report = merge_ledgers([old, new], merged)
+    assert report.runs_added == 2 and report.ignored_tables == {"audits"}
+    got = rows(
+        merged,
+        "SELECT job_id, input_tokens, output_tokens, cost_micros, hop, batch FROM calls "
+        "ORDER BY job_id",
+    )
+    assert got == [("j-new", 3, 4, 9, 1, 0), ("j-old", 7, 0, 42, 1, 0)]
+    columns = {r[1] for r in rows(merged, "PRAGMA table_info(calls)")}
+    assert "carbon_grams" not in columns and "check_failed" in columns
