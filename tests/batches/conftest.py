@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from tests.anthropic_shapes import check_sent
 from tierline.cli import main
 from tierline.dispatch.batch import engine
 from tierline.testing.servers import FakeAnthropic, FakeOpenAI
+from tierline.testing.servers.spec import OpenAISpec
 
 KEY = "sk-test-batch-key-0001"
 
@@ -30,15 +32,21 @@ def keys_and_fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def oai() -> Iterator[FakeOpenAI]:
+def oai(spec: OpenAISpec) -> Iterator[FakeOpenAI]:
+    """FakeOpenAI; afterwards every JSON body tierline sent it must match the OpenAPI spec."""
     with FakeOpenAI(api_key=KEY) as srv:
         yield srv
+        for request in srv.requests:
+            checked = spec.check_request(request)
+            assert checked or request.body is None, request  # no body: an upload or a cancel
 
 
 @pytest.fixture
 def ant() -> Iterator[FakeAnthropic]:
+    """FakeAnthropic; afterwards what tierline sent it must match the anthropic SDK's types."""
     with FakeAnthropic(api_key=KEY) as srv:
         yield srv
+        check_sent(srv)
 
 
 def write_config(

@@ -145,6 +145,6 @@ def test_busy_time_of_a_batching_server() -> None:
     spans = [meter.span() for _ in range(8)]
     marks = [meter._start() for _ in spans]
     now[0] = 2.0
-    for span, mark in zip(spans, marks):
+    for span, mark in zip(spans, marks, strict=True):
         span.seconds += meter._stop(mark)
     assert [s.seconds for s in spans] == [0.25] * 8 and meter.busy_s == 2.0
