@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
+from anthropic.types.messages.batch_create_params import BatchCreateParams
 from fakehelpers import KEY, http
 
+from tests.anthropic_shapes import check_request, check_response
 from tierline.testing.servers import FakeAnthropic, FakeOpenAI, Reply
 
 PROMPT = [{"role": "user", "content": "Write a haiku about the sea."}]
@@ -298,3 +300,90 @@ class TestBatches:
         with FakeAnthropic(auto_advance=True) as srv, client(srv) as c:
             batch = c.messages.batches.create(requests=requests(2))  # type: ignore[arg-type]
             assert c.messages.batches.retrieve(batch.id).processing_status == "ended"
+
+
+class TestPublishedShapes:
+    """Every kind of body the fake answers, parsed strictly by the anthropic SDK's own models
+    with no field the SDK does not define (tests/anthropic_shapes.py)."""
+
+    def test_messages(self, ant: FakeAnthropic, c: anthropic.Anthropic) -> None:
+        """Plain, truncated, refused, stopped by a sequence, empty, cached and JSON replies."""
+        from anthropic.types import Message
+
+        ant.enqueue_reply(refusal="I can't help with that.")
+        ant.enqueue_reply(content="alpha STOP beta")
+        ant.enqueue_reply(content="")
+        kinds = [
+            {},  # the refusal
+            {"stop_sequences": ["STOP"]},  # alpha STOP beta
+            {},  # empty
+            {},
+            {"max_tokens": 2},
+            {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+        ]
+        stops = set()
+        for extra in kinds:
+            options = {"model": "claude-test", "max_tokens": 200, "messages": PROMPT, **extra}
+            raw = c.messages.with_raw_response.create(**options)  # type: ignore[call-overload]
+            stops.add(check_response(raw.http_response.content, Message).stop_reason)
+        assert stops == {"refusal", "stop_sequence", "end_turn", "max_tokens"}
+        with FakeAnthropic(cache_read_tokens=4, cache_creation_tokens=2) as srv, client(srv) as cc:
+            raw = cc.messages.with_raw_response.create(
+                model="claude-test", max_tokens=20, messages=PROMPT
+            )  # type: ignore[arg-type]
+            usage = check_response(raw.http_response.content, Message).usage
+        assert usage.cache_creation is not None and usage.cache_read_input_tokens == 4
+
+    @pytest.mark.parametrize("status", [400, 401, 402, 403, 404, 413, 429, 500, 504, 529])
+    def test_errors(self, ant: FakeAnthropic, c: anthropic.Anthropic, status: int) -> None:
+        """Every error status's body is the SDK's ErrorResponse. The one exception is 413's
+        `request_too_large`: Anthropic's errors page documents it, the SDK's union of error
+        types lacks it (the SDK raises ContentTooLargeError by status); the rest of that body
+        must still fit."""
+        from anthropic.types import ErrorResponse
+
+        ant.enqueue_fault(status)
+        with pytest.raises(anthropic.APIStatusError) as info:
+            create(c)
+        body = json.loads(info.value.response.content)
+        if status == 413:
+            assert body["error"]["type"] == "request_too_large"
+            body["error"]["type"] = "invalid_request_error"
+        check_response(json.dumps(body), ErrorResponse)
+
+    def test_batches(self, ant: FakeAnthropic, c: anthropic.Anthropic) -> None:
+        """A batch at every stage, its result lines of every type, a list page, a deletion."""
+        from anthropic.types.messages import (
+            DeletedMessageBatch,
+            MessageBatch,
+            MessageBatchIndividualResponse,
+        )
+
+        ant.script_batch_line("x0", status=400, message="bad params")
+        failing = c.messages.batches.create(requests=requests(1, prefix="x"))  # type: ignore[arg-type]
+        body = {"requests": requests(6)}
+        check_request(body, BatchCreateParams)
+        made = c.messages.batches.with_raw_response.create(**body)  # type: ignore[arg-type]
+        batch = check_response(made.http_response.content, MessageBatch)
+        ant.progress_batch(batch.id, 0.5)
+        raw = c.messages.batches.with_raw_response.cancel(batch.id).http_response.content
+        assert check_response(raw, MessageBatch).processing_status == "canceling"
+        ant.advance_batches()
+        raw = c.messages.batches.with_raw_response.retrieve(batch.id).http_response.content
+        assert check_response(raw, MessageBatch).processing_status == "ended"
+        expiring = c.messages.batches.create(requests=requests(2, prefix="e"))  # type: ignore[arg-type]
+        ant.expire_batch(expiring.id, done_fraction=0.0)
+        types = set()
+        for batch_id in (batch.id, expiring.id, failing.id):
+            headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+            url = f"{ant.url}/v1/messages/batches/{batch_id}/results"
+            status, _, lines = http("GET", url, headers=headers)
+            assert status == 200
+            for line in lines.splitlines():
+                types.add(check_response(line, MessageBatchIndividualResponse).result.type)
+        assert types == {"succeeded", "errored", "canceled", "expired"}
+        page = c.messages.batches.with_raw_response.list(limit=1).http_response.content
+        [listed] = json.loads(page)["data"]
+        check_response(json.dumps(listed), MessageBatch)
+        raw = c.messages.batches.with_raw_response.delete(batch.id).http_response.content
+        check_response(raw, DeletedMessageBatch)
