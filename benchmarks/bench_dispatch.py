@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dispatch.py                 # 5,000 jobs at concurrency 64 and 256
     python benchmarks/bench_dispatch.py --jobs 1000 --concurrency 256
+    python benchmarks/bench_dispatch.py --markdown      # docs/dispatch.md's table, as it is
 
 A fake OpenAI-compatible server with a fixed 50 ms latency runs in a separate process
 (`python -m tierline.testing.servers openai`). Each contender runs in its own fresh process, so its
@@ -202,6 +203,36 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """docs/dispatch.md's throughput table, row for row."""
+    lines = [
+        "| concurrency | raw default (httpx2) | raw aiohttp | tierline | tierline / aiohttp "
+        "| tierline / default |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in sorted({r["concurrency"] for r in rows}):
+        by = {r["mode"]: r for r in rows if r["concurrency"] == c}
+        if not {"tierline", "raw-aiohttp", "raw-httpx"} <= set(by):
+            continue
+        cells = [f"{by[m]['jobs_per_s']:.0f}, {by[m]['cpu_s_per_1k']:.2f}" for m in MODES_ORDER]
+        if len(lines) == 2:  # the first row names the units
+            cells[0] = cells[0].replace(",", " jobs/s,", 1) + " CPU s/1k"
+        t, a, d = (by[m]["jobs_per_s"] for m in ("tierline", "raw-aiohttp", "raw-httpx"))
+        lines.append(f"| {c} | {' | '.join(cells)} | {t / a:.0%} | {t / d:.2f}x |")
+    rss = [r["peak_rss_mb"] for r in rows if r["mode"] == "tierline"]
+    raw = [r["peak_rss_mb"] for r in rows if r["mode"] != "tierline"]
+    if rss and raw:
+        lines.append("")
+        lines.append(
+            f"peak RSS: tierline {min(rss):.0f}-{max(rss):.0f} MB, raw loops "
+            f"{min(raw):.0f}-{max(raw):.0f} MB"
+        )
+    return "\n".join(lines)
+
+
+MODES_ORDER = ("raw-httpx", "raw-aiohttp", "tierline")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=5000)
@@ -209,6 +240,9 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print docs/dispatch.md's table instead"
+    )
     parser.add_argument(
         "--classify",
         action="store_true",
@@ -235,6 +269,9 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(timeout=10)
             print(table(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
+    if args.markdown:
+        print(markdown(rows))
+        return 0
     print(table(rows))
     for line in ratios(rows):
         print(line)
