@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from tierline.dispatch.scheduler import run_jobs
 from tierline.errors import BackendConnectionError, BackendStatusError, BackendUnavailable
 from tierline.jobs import Result, jobs_from_lines
 from tierline.ledger.store import Ledger
-from tierline.testing import FakeBackend
+from tierline.testing import FakeBackend, FunctionBackend
 from tierline.tiering.pipeline import Tierer
 
 CONFIG = config_from_mapping(
@@ -124,3 +125,33 @@ async def test_ledger_has_a_row_per_call(tmp_path: Path) -> None:
         row[3] == ok[row[0]].usage.input_tokens and row[4] == ok[row[0]].usage.output_tokens
         for row in rows
     )
+
+
+async def test_input_is_read_only_as_slots_free_up() -> None:
+    """README/docs/dispatch.md "memory flat": the run pulls a job from the input only when one
+    of its 2 x sum(max_concurrency) slots is free: jobs held at once never exceed that window plus
+    the one read and waiting for a slot, whatever the input's size."""
+    window = 2 * 2  # two llamacpp backends, max_concurrency 1 each
+    pulled, results, held = 0, [], []
+
+    def source() -> object:
+        nonlocal pulled
+        lines = [f'{{"id": "j{i}", "prompt": "Summarize: {i}", "tier": 1}}' for i in range(2000)]
+        for item in jobs_from_lines(lines):
+            pulled += 1
+            yield item
+
+    async def answer(request: object) -> str:
+        held.append(pulled - len(results))
+        await asyncio.sleep(0)
+        return "ok"
+
+    summary = await run_jobs(
+        source(),  # type: ignore[arg-type]
+        config=CONFIG,
+        tierer=Tierer.from_config(CONFIG.tiering),
+        sink=results.append,
+        backends={"small": FunctionBackend(answer), "big": FunctionBackend(answer)},
+    )
+    assert summary.tally.jobs == len(results) == 2000
+    assert max(held) == window + 1, max(held)
