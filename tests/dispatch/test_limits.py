@@ -199,17 +199,29 @@ async def test_429_pauses_the_backend_for_everyone() -> None:
         }
     )
     backend = FakeBackend("b")
-    backend.enqueue(BackendStatusError("slow down", status_code=429, retry_after=0.3))
-    router = Router(config, {"b": backend})
-    loop = asyncio.get_running_loop()
+    backend.enqueue(BackendStatusError("slow down", status_code=429, retry_after=2.0))
+    waits: list[tuple[str, float]] = []
 
-    async def later() -> float:
-        await asyncio.sleep(0.05)  # starts after the 429 was heard
-        started = loop.time()
+    async def sleep(seconds: float) -> None:  # records which job waited, then waits
+        waits.append((asyncio.current_task().get_name(), seconds))  # type: ignore[union-attr]
+        await asyncio.sleep(seconds)
+
+    router = Router(config, {"b": backend}, sleep=sleep)
+
+    async def other() -> None:
+        while True:  # starts once the first job's 429 was heard
+            if backend.calls:
+                break
+            await asyncio.sleep(0)
         await router.dispatch(1, lambda _m: request("other job"))
-        return loop.time() - started
 
-    first, waited = await asyncio.gather(router.dispatch(1, lambda _m: request()), later())
+    first, _ = await asyncio.gather(
+        asyncio.create_task(router.dispatch(1, lambda _m: request()), name="first"),
+        asyncio.create_task(other(), name="other"),
+    )
     await router.aclose()
     assert first.ok and first.hops[0].attempts == 2
-    assert waited >= 0.2  # the other job was held although it never saw a 429
+    assert ("first", 2.0) in waits  # the retry, after Retry-After
+    # The other job was held by the backend's pause although it never saw a 429 itself.
+    assert [name for name, s in waits if s > 0 and name == "other"] == ["other"]
+    assert [c.messages[0].content for c in backend.calls].count("other job") == 1
