@@ -131,7 +131,7 @@ async def test_input_is_read_only_as_slots_free_up() -> None:
     """README/docs/dispatch.md "memory flat": the run pulls a job from the input only when one
     of its 2 x sum(max_concurrency) slots is free: jobs held at once never exceed that window plus
     the one read and waiting for a slot, whatever the input's size."""
-    window = 2 * 2  # two llamacpp backends, max_concurrency 1 each
+    window = 2 * sum(b.max_concurrency for b in CONFIG.backends.values())
     pulled, results, held = 0, [], []
 
     def source() -> object:

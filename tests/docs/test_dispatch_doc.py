@@ -32,9 +32,12 @@ def default(model: type[cfg.BaseModel], field: str) -> object:
 def test_limits_table_matches_the_config_defaults() -> None:
     """Each default in the table is the field's default for every backend kind."""
     table = limits_table()
+    llama = KINDS["llamacpp"](kind="llamacpp", workers=3, parallel=5)
+    assert llama.max_concurrency == 3 * 5  # "0", the default, means workers x parallel
+    assert default(KINDS["llamacpp"], "max_concurrency") == 0
     assert table["`max_concurrency`"] == (
         f"{default(cfg._BackendBase, 'max_concurrency')} (llamacpp "
-        f"{default(KINDS['llamacpp'], 'max_concurrency')}, openai-compatible "
+        f"`workers` × `parallel`, openai-compatible "
         f"{default(KINDS['openai-compatible'], 'max_concurrency')}, openai/anthropic "
         f"{default(KINDS['openai'], 'max_concurrency')})"
     )
