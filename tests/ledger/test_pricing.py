@@ -62,11 +62,11 @@ def test_anthropic_cache_writes_and_reads_from_genai_prices() -> None:
     assert price.nanos == 10_035_000
     assert price.source == "genai-prices:claude-sonnet-4-5"
     assert price.version is not None and price.version.startswith("genai-prices ")
-    # docs/costs.md's worked example goes on: through Message Batches 5,017.5 -> 5,018 (half,
-    # rounded half-even), and the claude-opus-4-6 baseline ($5 / $0.50 / $6.25 / $25) is
-    # 3,500 + 100 + 625 + 12,500 = 16,725.
-    assert pricer.price("claude", "claude-sonnet-4-5", usage, batch=True).micros == 5_018
-    assert price.baseline_micros == 16_725
+    # docs/costs.md's worked example goes on: through Message Batches exactly half, 5,017.5
+    # micro-$, and the claude-opus-4-6 baseline ($5 / $0.50 / $6.25 / $25) is
+    # 3,500 + 100 + 625 + 12,500 = 16,725 micro-$.
+    assert pricer.price("claude", "claude-sonnet-4-5", usage, batch=True).nanos == 5_017_500
+    assert price.baseline_nanos == 16_725_000
 
 
 def test_genai_prices_batch_variant_halves_the_bill() -> None:

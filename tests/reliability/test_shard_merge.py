@@ -150,9 +150,9 @@ def test_merge_across_versions(tmp_path: Path) -> None:
     assert report.runs_added == 2 and report.ignored_tables == {"audits"}
     got = rows(
         merged,
-        "SELECT job_id, input_tokens, output_tokens, cost_micros, hop, batch FROM calls "
+        "SELECT job_id, input_tokens, output_tokens, cost_nanos, hop, batch FROM calls "
         "ORDER BY job_id",
     )
-    assert got == [("j-new", 3, 4, 9, 1, 0), ("j-old", 7, 0, 42, 1, 0)]
+    assert got == [("j-new", 3, 4, 9, 1, 0), ("j-old", 7, 0, 42_000, 1, 0)]  # micro-$ -> nano-$
     columns = {r[1] for r in rows(merged, "PRAGMA table_info(calls)")}
     assert "carbon_grams" not in columns and "check_failed" in columns
