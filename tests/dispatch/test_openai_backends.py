@@ -165,8 +165,11 @@ async def test_slow_reply_times_out(oai: FakeOpenAI, openai_key: str) -> None:
     outcome = await ask(config, sleeps=sleeps)
     hop = outcome.hops[0]
     # Each 2 s reply was given up on (the fake would have answered): two attempts, one backoff.
+    # (How many requests reached the fake is not asserted: on a loaded machine an attempt can
+    # time out while still connecting.)
     assert hop.status == "unavailable" and "timed out" in (hop.error or "")
-    assert hop.attempts == 2 and len(sleeps) == 1 and oai.request_count == 2
+    assert hop.attempts == 2, hop
+    assert len(sleeps) == 1, sleeps
 
 
 async def test_refused_connection_hands_over(oai: FakeOpenAI, openai_key: str) -> None:
