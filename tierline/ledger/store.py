@@ -124,6 +124,21 @@ def _row(run_id: str, c: CallRecord, created_at: str) -> tuple[object, ...]:
     )
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL mode. SQLite answers "database is locked" at once, without waiting out the
+    busy timeout, when another process is creating the same new ledger at that moment
+    (tests/ledger/test_migrations.py races four): so wait here, up to the same timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Ledger:
     def __init__(self, path: Path | str, *, flush_every: int = FLUSH_EVERY) -> None:
         self.path = Path(path)
@@ -131,7 +146,7 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(self.conn)
         self.conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL-safe
         self.conn.execute("PRAGMA foreign_keys = ON")
         migrate(self.conn)
