@@ -2,7 +2,8 @@
 
     python benchmarks/bench_plan.py            # examples/workload.jsonl, examples/configs/hybrid.toml
 
-The example hybrid config runs against fakes on 127.0.0.1 (llama-server, vLLM, OpenAI,
+The example hybrid config runs against fakes on 127.0.0.1 (in this process; each tierline command
+runs in its own, as a user runs them) (llama-server, vLLM, OpenAI,
 Anthropic). The two self-hosted fakes behave like decoding servers: each request holds a slot
 for a fixed time plus a time per output token (llama-server: 8 slots, 20 ms + 10 ms/token; vLLM:
 32 sequences, 30 ms + 10 ms/token), and every fake answers with a length drawn per prompt,
@@ -22,11 +23,11 @@ Busy time is wall time: noisy on a loaded machine, hence a benchmark and not a t
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -34,9 +35,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from tierline.cli import main
 from tierline.testing.servers import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM, Reply
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,44 +49,15 @@ def length_for(body: Mapping[str, Any]) -> Reply:
     return Reply(completion_tokens=max(1, round(int(limit) * share)))
 
 
-class Decoding:
-    """Mixin: a request holds its slot for per_request_s + per_token_s * output tokens."""
-
-    per_request_s = 0.0
-    per_token_s = 0.0
-
-    async def handle_chat(self, request: web.Request) -> web.Response:
-        fake: Any = self
-        body = fake.json_body(request)
-        if isinstance(body, web.Response):
-            return body
-        completion = fake.complete(body)
-        if isinstance(completion, web.Response):
-            return completion
-        refused = fake.admit(body, completion)
-        if refused is not None:
-            return refused
-        async with fake.compute():
-            await asyncio.sleep(
-                self.per_request_s + self.per_token_s * completion.completion_tokens
-            )
-        response: web.Response = fake.json(fake.chat_payload(completion))
-        return response
-
-
-class LlamaServer(Decoding, FakeLlamaServer):
-    per_request_s, per_token_s = 0.020, 0.010
-
-
-class VLLM(Decoding, FakeVLLM):
-    per_request_s, per_token_s = 0.030, 0.010
-
-
 def fake_config(stack: ExitStack, tmp: Path) -> Path:
     text = (REPO / "examples/configs/hybrid.toml").read_text(encoding="utf-8")
     fakes = {
-        "http://127.0.0.1:8080/v1": LlamaServer(n_parallel=8),
-        "http://gpu-a:8000/v1": VLLM(model="qwen32b", max_num_seqs=32),
+        "http://127.0.0.1:8080/v1": FakeLlamaServer(
+            n_parallel=8, latency_ms=20, latency_per_token_ms=10
+        ),
+        "http://gpu-a:8000/v1": FakeVLLM(
+            model="qwen32b", max_num_seqs=32, latency_ms=30, latency_per_token_ms=10
+        ),
         "https://api.openai.com/v1": FakeOpenAI(api_key=KEY),
         "https://api.anthropic.com": FakeAnthropic(api_key=KEY),
     }
@@ -106,11 +75,21 @@ def actual(ledger: Path, backend: str) -> tuple[int, int, float]:
     with sqlite3.connect(ledger) as conn:
         (run,) = conn.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
         row = conn.execute(
-            "SELECT SUM(cost_micros), SUM(output_tokens), SUM(busy_s) FROM calls "
+            "SELECT SUM(cost_nanos) / 1000.0, SUM(output_tokens), SUM(busy_s) FROM calls "
             "WHERE run_id = ? AND backend = ?",
             (run, backend),
         ).fetchone()
-    return int(row[0] or 0), int(row[1] or 0), float(row[2] or 0)
+    return round(row[0] or 0), int(row[1] or 0), float(row[2] or 0)
+
+
+def tierline(*args: str) -> str:
+    """One tierline command in its own process, as a user runs it (each run pays its own
+    start-up, SDK imports included); the fakes serve it from this process. Its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tierline", *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def compare(tmp: Path, config: str, learn: Path, target: Path, title: str) -> float:
@@ -118,14 +97,9 @@ def compare(tmp: Path, config: str, learn: Path, target: Path, title: str) -> fl
     relative error of a gpu_hour_usd backend's planned cost."""
     ledger = tmp / f"{title}.db"
     common = ["-c", config, "--ledger", str(ledger)]
-    assert main(["run", str(learn), *common, "-o", str(tmp / "learn.out"), "-q"]) == 0
-    plan_out = tmp / "plan.json"
-    saved = sys.stdout
-    with plan_out.open("w") as sys.stdout:  # type: ignore[assignment]
-        assert main(["plan", str(target), *common, "--json"]) == 0
-    sys.stdout = saved
-    plan = json.loads(plan_out.read_text())
-    assert main(["run", str(target), *common, "-o", str(tmp / "target.out"), "-q"]) == 0
+    tierline("run", str(learn), *common, "-o", str(tmp / "learn.out"), "-q")
+    plan = json.loads(tierline("plan", str(target), *common, "--json"))
+    tierline("run", str(target), *common, "-o", str(tmp / "target.out"), "-q")
     print(f"\n{title}")
     print(
         f"{'backend':14} {'planned $':>10} {'actual $':>10} {'error':>7} {'±1 s.e.':>8}"

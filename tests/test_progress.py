@@ -52,6 +52,17 @@ def test_terminal_line_has_rate_eta_spend_cap_and_failures() -> None:
     assert "(+1" in last  # the unpriced job, cut short at 80 columns
 
 
+def test_a_resume_leaves_kept_jobs_out_of_the_total() -> None:
+    """10 lines, 4 of them kept from the interrupted attempt: the line counts to 6/6 (with a
+    full bar on a 120-column terminal)."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120, color_system=None)
+    with run_progress(10, console=console, quiet=False, kept=lambda: 4) as advance:
+        for i in range(6):
+            advance(result(i))
+    assert frames(buf.getvalue())[-1].startswith("tierline " + "━" * 20 + " 6/6, ")
+
+
 def test_reading_a_pipe_shows_no_eta_and_no_cap() -> None:
     """No total (stdin): the count, no ETA; no --max-cost: no cap."""
     buf = io.StringIO()

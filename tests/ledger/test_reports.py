@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from datetime import datetime, timezone
@@ -134,8 +135,8 @@ def test_summary_by_day_in_a_window_with_gpu_hours(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     """Calls on three days; `--by day --since 2026-11-02 --until 2026-11-03` keeps two days, in
-    date order, with cost, baseline, savings and the self-hosted busy time in GPU-hours; the
-    table ends with an `all` row summing them."""
+    date order, with cost, baseline, savings and the busy time of gpu_hour_usd calls in
+    GPU-hours (not the API's); the table ends with an `all` row summing them."""
     db = tmp_path / "l.db"
     with Ledger(db) as ledger:
         run = ledger.start_run(command="run", config_origin="t", inputs=[])
@@ -161,6 +162,9 @@ def test_summary_by_day_in_a_window_with_gpu_hours(
                     busy_s=busy,
                 ),
             )
+        # an API call is busy too (tierline measures every backend) but is no GPU time
+        api = CallRecord("d2", 3, "api", "m", "ok", Usage(10, 5), 0, "genai-prices:m", 1.0)
+        ledger.record_call(run, dataclasses.replace(api, baseline_nanos=0, busy_s=7200.0))
         ledger.flush()
         ledger.conn.execute(
             "UPDATE calls SET created_at = '2026-11-0' || substr(job_id, 2) || 'T12:00:00+00:00'"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import jsonschema
@@ -16,7 +17,7 @@ from fakehelpers import http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tierline.testing.servers import FAKES, FakeOpenAI, schema_instance
+from tierline.testing.servers import FAKES, FakeOpenAI, FakeVLLM, Reply, schema_instance
 from tierline.testing.servers._core import SlotPool, go_duration, rfc3339
 from tierline.testing.servers.loadgen import run_load
 from tierline.testing.servers.spec import ENV_VAR, OpenAISpec, SpecError, SpecMissing
@@ -288,3 +289,16 @@ class TestSpecHelper:
         assert mini.errors({}, "Thing") and not mini.errors({"a": 1}, "Thing")
         with pytest.raises(KeyError):
             mini.validator("Other")
+
+
+def test_latency_per_output_token_holds_the_request() -> None:
+    """latency_per_token_ms makes a fake decode: a 50-token answer at 4 ms/token takes at
+    least 0.2 s (a lower bound: a sleep never ends early); the answer has those 50 tokens."""
+    with FakeVLLM(model="m", latency_per_token_ms=4) as srv:
+        srv.enqueue_reply(Reply(completion_tokens=50))
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        started = time.perf_counter()
+        status, _, raw = http("POST", srv.base_url + "/chat/completions", body)
+        elapsed = time.perf_counter() - started
+    assert status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 50
+    assert elapsed >= 0.2

@@ -93,8 +93,13 @@ def run_progress(
     console: Console,
     quiet: bool,
     max_cost_usd: float | None = None,
+    kept: Callable[[], int] = lambda: 0,
 ) -> Iterator[Callable[[Result], None]]:
-    """Yield a per-result callback that updates the live line (a no-op off a terminal)."""
+    """Yield a per-result callback that updates the live line (a no-op off a terminal).
+
+    `kept` counts the jobs a resumed run does not dispatch again (they are found while the
+    input is read): they leave the total, so the ETA is for the jobs actually sent.
+    """
     if quiet or not console.is_terminal:
         yield lambda _result: None
         return
@@ -104,7 +109,13 @@ def run_progress(
 
         def advance(result: Result) -> None:
             tally.add(result)
-            progress.update(task, advance=1, spend=tally.spend(), failed=tally.failures())
+            progress.update(
+                task,
+                advance=1,
+                total=None if total is None else total - kept(),
+                spend=tally.spend(),
+                failed=tally.failures(),
+            )
 
         yield advance
 

@@ -101,7 +101,11 @@ def run(
     ):
         total = None if part else count_lines(inputs)  # a shard runs an unknown share
         with run_progress(
-            total, console=err_console, quiet=quiet, max_cost_usd=max_cost
+            total,
+            console=err_console,
+            quiet=quiet,
+            max_cost_usd=max_cost,
+            kept=lambda: journal.kept,  # a resume does not send these again
         ) as advance:
             work = run_files(
                 inputs,

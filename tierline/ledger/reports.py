@@ -105,7 +105,7 @@ class SummaryRow:
     batch_calls: int
     answered_calls: int  # calls that returned an answer
     failed_checks: int  # answers that failed an answer check (escalated, or final errors)
-    busy_s: float = 0.0  # measured busy time of self-hosted backends (what gpu_hour_usd prices)
+    busy_s: float = 0.0  # measured busy time of calls priced by gpu_hour_usd (GPU-hours)
 
     @property
     def check_failure_rate(self) -> float | None:
@@ -152,7 +152,7 @@ def summarize(conn: sqlite3.Connection, by: Sequence[str], filters: Filters) -> 
         COALESCE(SUM(cost_nanos IS NULL), 0),
         COALESCE(SUM(CASE WHEN cost_nanos IS NOT NULL THEN baseline_nanos END), 0),
         COALESCE(SUM(batch), 0), COALESCE(SUM(status = 'ok'), 0),
-        COALESCE(SUM(check_failed IS NOT NULL), 0), COALESCE(SUM(busy_s), 0.0)
+        COALESCE(SUM(check_failed IS NOT NULL), 0), COALESCE(SUM(CASE WHEN price_source LIKE 'gpu-hour%' THEN busy_s END), 0.0)
         FROM calls{where}{group} ORDER BY {order}"""
     rows = []
     for row in conn.execute(sql, params):

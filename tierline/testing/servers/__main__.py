@@ -33,6 +33,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="fixed latency of each completion"
     )
+    parser.add_argument(
+        "--latency-per-token-ms",
+        type=float,
+        default=0.0,
+        help="more latency per output token (a decoding server)",
+    )
     parser.add_argument("--api-key", default=None, help="require this key")
     parser.add_argument(
         "--fault-rate", type=float, default=0.0, help="share of completions that fail"
@@ -60,6 +66,7 @@ def build(args: argparse.Namespace) -> Any:
     kwargs: dict[str, Any] = {
         "port": args.port,
         "latency_ms": args.latency_ms,
+        "latency_per_token_ms": args.latency_per_token_ms,
         "api_key": args.api_key,
         "fault_rate": args.fault_rate,
         "seed": args.seed,

@@ -192,7 +192,7 @@ class ChatFake(FakeServer):
         if refused is not None:
             return refused
         async with self.compute():
-            await self.simulate_latency()
+            await self.simulate_latency(completion.completion_tokens)
         return self.json(_copies(self.chat_payload(completion), body))
 
     async def handle_models(self, _request: web.Request) -> web.Response:

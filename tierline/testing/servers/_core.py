@@ -327,6 +327,7 @@ class FakeServer:
         *,
         port: int = 0,
         latency_ms: float = 0.0,
+        latency_per_token_ms: float = 0.0,
         api_key: str | None = None,
         record: bool = True,
         record_limit: int = 10_000,
@@ -335,6 +336,7 @@ class FakeServer:
         seed: int = 0,
     ) -> None:
         self.latency = latency_ms / 1000
+        self.latency_per_token = latency_per_token_ms / 1000  # a decoding server: per output token
         self.api_key = api_key
         self.record = record
         self.requests: deque[RecordedRequest] = deque(maxlen=record_limit)
@@ -613,9 +615,10 @@ class FakeServer:
             content_type="application/json",
         )
 
-    async def simulate_latency(self) -> None:
-        if self.latency > 0:
-            await asyncio.sleep(self.latency)
+    async def simulate_latency(self, output_tokens: int = 0) -> None:
+        seconds = self.latency + self.latency_per_token * output_tokens
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     def bearer_token(self, request: web.Request) -> str | None:
         auth = request.headers.get("Authorization", "")

@@ -273,7 +273,7 @@ class FakeAnthropic(FakeServer):
                 f"This request would exceed your organization's rate limit of {window.limit} {kind} per minute.",
                 headers={"retry-after": str(max(math.ceil(window.reset_in), 1))},
             )
-        await self.simulate_latency()
+        await self.simulate_latency(completion.completion_tokens)
         return self.json(self.message_payload(completion, params, "standard"))
 
     # --- batches: HTTP -----------------------------------------------------------------------------
