@@ -52,7 +52,9 @@ def check_refusal(job: Job, completion: Completion) -> CheckFailure | None:
         return CheckFailure("refusal", "the provider reported a refusal")
     match = _REFUSAL.match(completion.text)
     if match:
-        return CheckFailure("refusal", f"the answer opens with a refusal: {match.group(0).strip()!r}")
+        return CheckFailure(
+            "refusal", f"the answer opens with a refusal: {match.group(0).strip()!r}"
+        )
     return None
 
 
@@ -94,7 +96,9 @@ def check_json(job: Job, completion: Completion) -> CheckFailure | None:
         return CheckFailure("json", f"the job's schema cannot be applied: {type(exc).__name__}")
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        return CheckFailure("json", f"the JSON does not match the schema at {where}: {error.message}")
+        return CheckFailure(
+            "json", f"the JSON does not match the schema at {where}: {error.message}"
+        )
     return None
 
 

@@ -15,6 +15,7 @@ from ..errors import (
     BackendError,
     BackendStatusError,
     BackendUnavailable,
+    TierlineError,
     redact,
 )
 from ..ledger.busy import BusyMeter, BusySpan
@@ -156,6 +157,20 @@ class Router:
             self._backends[name] = create_backend(name, self.config.backends[name])
         return self._backends[name]
 
+    def warm(self) -> None:
+        """Create the HTTP backends that head a route (importing their SDKs) before the first
+        request. Created mid-run, an SDK import blocks the event loop for seconds, and the busy
+        meters of the calls then in flight on self-hosted servers would bill their GPUs for it.
+        A backend that cannot be created now fails its jobs later, as it would unwarmed; the
+        in-process model is left to load on first use (a run may not need it)."""
+        for name in sorted({chain[0] for chain in self.config.routes.values()}):
+            if self.config.backends[name].kind == "llamacpp":
+                continue
+            try:
+                self.backend(name)
+            except TierlineError:
+                continue
+
     def chain(self, tier: int) -> list[str]:
         return list(self.config.routes[tier])  # type: ignore[index]
 
@@ -199,7 +214,9 @@ class Router:
             # cannot serve now: the next backend in the chain gets the job.
             unavailable = isinstance(exc.error, (BackendConnectionError, BackendUnavailable))
             status = "unavailable" if unavailable else "error"
-            message = str(exc.error) if isinstance(exc.error, BackendError) else redact(repr(exc.error))
+            message = (
+                str(exc.error) if isinstance(exc.error, BackendError) else redact(repr(exc.error))
+            )
             return Hop(
                 name,
                 _model_of(config),

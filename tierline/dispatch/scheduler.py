@@ -293,6 +293,7 @@ async def run_jobs(
     """
     started = time.perf_counter()
     router = Router(config, backends)
+    router.warm()
     accountant = Accountant(config, ledger=ledger, run_id=run_id, budget=budget)
     dispatcher = _Dispatcher(config, router, accountant, divert)
     tally = Tally()
