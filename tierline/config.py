@@ -66,6 +66,35 @@ class PriceConfig(_Strict):
     cache_write_per_mtok: Usd | None = None  # cache writes; default: the input price
 
 
+def _plain_url(url: str | None) -> str | None:
+    """A base URL without credentials or query: tierline stores endpoints in the ledger and
+    prints them (`backends check`, errors), so a secret in the URL would leak into all of them.
+    The message never repeats the URL itself."""
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "must not contain credentials (user:password@): they would be stored in the ledger "
+            "and printed; remove them and put the key in the environment variable named by "
+            "api_key_env (sent as a bearer token)"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(
+            "must not have a query string (?...) or fragment: a key there would be stored in the "
+            "ledger and printed; put the key in the environment variable named by api_key_env"
+        )
+    return url
+
+
 class _BackendBase(_Strict):
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 16
     rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute
@@ -155,6 +184,13 @@ class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):
     max_waiting: Annotated[int, Field(ge=0)] | None = None
     max_kv_cache_usage: Annotated[float, Field(gt=0, le=1)] | None = None
 
+    @field_validator("base_urls")
+    @classmethod
+    def _plain_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            _plain_url(url)
+        return value
+
     @field_validator("extra_body")
     @classmethod
     def _billable_extras(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +228,8 @@ class OpenAIBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     base_url: str | None = None
+
+    _plain_base_url = field_validator("base_url")(_plain_url)
     organization: str | None = None
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
 
@@ -201,6 +239,8 @@ class AnthropicBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
     model: str
     api_key_env: str = "ANTHROPIC_API_KEY"
     base_url: str | None = None
+
+    _plain_base_url = field_validator("base_url")(_plain_url)
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
 
 

@@ -96,3 +96,38 @@ def test_keys_never_leak(tmp_path: Path, openai: FakeOpenAI, debug: bool) -> Non
     for name, key in SECRETS.items():
         assert key.encode() not in scanned, name
         assert key[8:].encode() not in scanned, name  # nor a key with its prefix cut off
+
+
+URL_SECRET = "pw-SECRET-in-url-7c6b5a"
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        (f"http://user:{URL_SECRET}@127.0.0.1:9/v1", "must not contain credentials"),
+        (f"http://127.0.0.1:9/v1?api-key={URL_SECRET}", "must not have a query string"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["run", "JOBS", "-o", "OUT"], ["backends", "check"], ["backends", "check", "--json"]],
+)
+def test_credentials_in_a_base_url_are_a_config_error_that_does_not_repeat_them(
+    tmp_path: Path, url: str, words: str, command: list[str]
+) -> None:
+    """Issue 13: a user:password@ or ?api-key= URL was stored in calls.endpoint and printed by
+    `backends check`; the user:pass replica failed every job. Now it is refused when the config
+    is read (exit 2, before any request), and nothing written repeats the secret."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 3)
+    cfg = tmp_path / "tierline.toml"
+    cfg.write_text(
+        f'[backends.gpu]\nkind = "openai-compatible"\nmodel = "m"\nbase_urls = ["http://127.0.0.1:9/v1", "{url}"]\n'
+        '[routes]\n1 = "gpu"\n2 = "gpu"\n3 = "gpu"\n',
+        encoding="utf-8",
+    )
+    args = [{"JOBS": str(jobs), "OUT": str(tmp_path / "out.jsonl")}.get(a, a) for a in command]
+    out = run([*args, "-c", str(cfg)], tmp_path, debug=True)
+    assert out.endswith(b"2") and words.encode() in out and b"backends.gpu.base_urls" in out
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p != cfg)
+    assert URL_SECRET.encode() not in out + written
+    assert not (tmp_path / "out.jsonl").exists()
