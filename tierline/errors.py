@@ -104,6 +104,9 @@ class BackendError(TierlineError):
     # Set by a replicated backend when another replica can take the retry at once (a vLLM 503
     # "engine busy", a refused connection): the retry layer then skips its backoff.
     retry_elsewhere = False
+    # Set by a replicated backend when the failure is one replica's, not the backend's (another
+    # replica is alive, or this one was not probed down): it does not count against the circuit.
+    spares_circuit = False
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(redact(message))

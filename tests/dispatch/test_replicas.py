@@ -229,3 +229,33 @@ async def test_all_replicas_ejected_still_tries_one() -> None:
             second = await router.dispatch(1, lambda _m: request())
             assert second.ok and not pool.replicas[0].ejected and pool.replicas[1].ejected
         assert chat_counts(a) == [1]
+
+
+async def test_a_reset_on_a_working_replica_does_not_count_against_the_circuit() -> None:
+    """With one replica dead, resets on the other (the last one alive) eject it only until its
+    immediate re-probe answers; they never open the backend's circuit (issue 13)."""
+    with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
+        config = make_config({"v": vllm_backend(a, b, circuit_failures=2, health_interval_s=60)})
+        async with routed(config) as router:
+            assert all(await dispatch_many(router, 4))
+            a.kill()
+            b.enqueue_fault(kind="reset", path="/v1/chat/completions", times=4)
+            assert all(await dispatch_many(router, 20))
+            assert router.gate("v").breaker.state == "closed"
+            pool = router.backend("v").pool  # type: ignore[attr-defined]
+            assert pool.replicas[0].down and not pool.replicas[1].down
+
+
+async def test_every_replica_dead_still_opens_the_circuit() -> None:
+    """When no replica is alive, their failures count again: the circuit opens."""
+    with FakeVLLM(model="m") as a, FakeVLLM(model="m") as b:
+        config = make_config({"v": vllm_backend(a, b, circuit_failures=3, max_attempts=2)})
+        async with routed(config) as router:
+            assert all(await dispatch_many(router, 4))
+            a.kill()
+            b.kill()
+            outcomes = []
+            for i in range(8):  # one after another: the probes settle in between
+                outcomes.append(await router.dispatch(1, lambda _m, i=i: request(f"job {i}")))
+            assert not any(o.ok for o in outcomes)
+            assert router.gate("v").breaker.state == "open"

@@ -182,7 +182,7 @@ def counts_against_circuit(error: BaseException) -> bool:
     timeouts and 5xx (not 503 "busy", which is backpressure) are the backend's, unless another
     replica of the same backend can take the retry (the replica was ejected, the backend works).
     """
-    if isinstance(error, BackendError) and error.retry_elsewhere:
+    if isinstance(error, BackendError) and (error.retry_elsewhere or error.spares_circuit):
         return False
     if isinstance(error, BackendConnectionError):
         return True

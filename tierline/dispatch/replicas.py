@@ -4,14 +4,20 @@ Each replica (one base URL) counts the requests tierline has in flight on it. A 
 the replica with the fewest outstanding requests (plus its reported queue, when `/metrics` is
 polled), skipping replicas that are
 
-* ejected: a connection to it failed; it is re-probed (`/health`, else `/v1/models`) in the
-  background and rejoins when the probe succeeds;
+* ejected: a connection to it failed; it is re-probed (`/health`, else `/v1/models`) at once
+  and then in the background, and rejoins when a probe succeeds. A replica whose probe failed is
+  *down*; one dropped connection on a working replica (a reset) costs it only that probe;
 * busy: it just answered 503 "engine busy" (vLLM's admission control), so the retry goes to
   another replica at once (`BackendError.retry_elsewhere`);
 * full: `per_replica` requests already in flight on it;
 * saturated: its `/metrics` say too many waiting requests or too full a KV cache.
 
-When every replica is ejected the least loaded is used anyway: the request doubles as a probe.
+When every replica is ejected the least loaded is used anyway, preferring one not known to be
+down: the request doubles as a probe.
+
+A failure on a replica counts against the backend's circuit breaker only when no other replica
+could take the retry (`BackendError.retry_elsewhere`): one dead replica among working ones is
+ejected, and never opens the circuit of the whole backend.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 5.0
 BUSY_S = 1.0  # how long a replica that said 503 is passed over (unless it said Retry-After)
 EJECT_S = 5.0  # without health probes, when an ejected replica gets another chance
+# Consecutive timeouts that eject one of several replicas (a hung host times out rather than
+# refusing); it is then probed, and rejoins if it answers. One timeout may be a long answer.
+EJECT_AFTER_TIMEOUTS = 2
 
 # Metric names per signal, newest first: vLLM 0.33 renamed gpu_cache_usage_perc to
 # kv_cache_usage_perc; llama-server reports its queue as requests_deferred.
@@ -57,11 +66,13 @@ class Replica:
     __slots__ = (
         "busy_until",
         "client",
+        "down",
         "ejected",
         "kv_usage",
         "last_error",
         "outstanding",
         "retry_at",
+        "timeouts",
         "url",
         "waiting",
     )
@@ -71,6 +82,8 @@ class Replica:
         self.client = client
         self.outstanding = 0
         self.ejected = False
+        self.down = False  # its last health probe failed (not just one request)
+        self.timeouts = 0  # consecutive timed-out requests
         self.retry_at = 0.0
         self.busy_until = 0.0
         self.waiting = 0.0
@@ -131,6 +144,7 @@ class ReplicaPool:
         self._started = False
         self._start_lock = asyncio.Lock()
         self._monitor: asyncio.Task[None] | None = None
+        self._reprobes: set[asyncio.Task[bool]] = set()
 
     @property
     def probes(self) -> bool:
@@ -159,7 +173,7 @@ class ReplicaPool:
         """The replica for the next request, or None when all are full or saturated."""
         now = self._clock()
         best: Replica | None = None
-        best_key: tuple[bool, bool, bool, float] | None = None
+        best_key: tuple[bool, bool, bool, bool, float] | None = None
         count = len(self.replicas)
         start = self._next
         self._next = (start + 1) % count
@@ -168,6 +182,7 @@ class ReplicaPool:
             if replica.outstanding >= self.per_replica:
                 continue
             key = (
+                replica.down,
                 not self._usable(replica, now),
                 replica.busy_until > now,
                 self._saturated(replica),
@@ -175,7 +190,7 @@ class ReplicaPool:
             )
             if best_key is None or key < best_key:
                 best, best_key = replica, key
-        if best is not None and best_key is not None and best_key[2]:
+        if best is not None and best_key is not None and best_key[3]:
             return None  # backpressure: every replica reports a full queue; wait for metrics
         return best
 
@@ -196,29 +211,58 @@ class ReplicaPool:
         replica.outstanding -= 1
         if error is not None:
             self._learn(replica, error)
-        elif replica.ejected:
-            replica.ejected = False  # the request was the probe, and it worked
+        else:
+            replica.timeouts = 0
+            if replica.ejected:
+                replica.ejected = replica.down = False  # the request was the probe: it worked
         self._notify()
 
     def _learn(self, replica: Replica, error: BackendError) -> None:
         now = self._clock()
-        if isinstance(error, BackendConnectionError) and not isinstance(error, BackendTimeout):
-            replica.ejected = True
-            replica.retry_at = now + EJECT_S
-            replica.last_error = str(error)
-            log.info("%s: ejected replica %s: %s", self.name, replica.url, error)
+        if isinstance(error, BackendConnectionError):  # refused, reset, or timed out
+            timeout = isinstance(error, BackendTimeout)
+            replica.timeouts = replica.timeouts + 1 if timeout else 0
+            if not timeout or (self._replicated and replica.timeouts >= EJECT_AFTER_TIMEOUTS):
+                self._eject(replica, error, now)
+            elif not self._replicated:
+                return  # one replica timing out: the backend is slow; its circuit decides
         elif isinstance(error, BackendStatusError) and error.status_code == 503:
             replica.busy_until = now + (error.retry_after or BUSY_S)
         else:
             return
         # Another replica can take the retry right away: no reason to back off.
-        error.retry_elsewhere = any(
-            r is not replica
-            and self._usable(r, now)
-            and r.busy_until <= now
-            and r.outstanding < self.per_replica
-            for r in self.replicas
-        )
+        elsewhere = [r for r in self.replicas if r is not replica and self._alive(r, now)]
+        error.retry_elsewhere = any(r.busy_until <= now for r in elsewhere)
+        if self._replicated and self.probes and not isinstance(error, BackendStatusError):
+            # A replica's own failure counts against the backend's circuit only once no other
+            # replica is alive and its probe said it is down: one dead replica among working
+            # ones, or a reset on the last working one, never opens the whole backend.
+            error.spares_circuit = bool(elsewhere) or not replica.down
+
+    @property
+    def _replicated(self) -> bool:
+        return len(self.replicas) > 1
+
+    def _eject(self, replica: Replica, error: BackendError, now: float) -> None:
+        if not replica.ejected:
+            log.info("%s: ejected replica %s: %s", self.name, replica.url, error)
+            self._reprobe(replica)
+        replica.ejected = True
+        replica.retry_at = now + EJECT_S
+        replica.last_error = str(error)
+
+    def _alive(self, replica: Replica, now: float) -> bool:
+        """Could serve a retry: with probes, not probed down (an ejected replica is re-probed at
+        once, so a reset does not make a working replica look dead); without, not ejected."""
+        return not replica.down if self.probes else self._usable(replica, now)
+
+    def _reprobe(self, replica: Replica) -> None:
+        """Probe a just-ejected replica now rather than at the next health interval."""
+        if self._probe is None or not self._started:
+            return
+        task = asyncio.get_running_loop().create_task(self.check(replica))
+        self._reprobes.add(task)
+        task.add_done_callback(self._reprobes.discard)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -241,7 +285,7 @@ class ReplicaPool:
         """Probe one replica's health; eject it or let it rejoin."""
         healthy = await self.healthy(replica)
         was = replica.ejected
-        replica.ejected = not healthy
+        replica.ejected = replica.down = not healthy
         if was != replica.ejected:
             log.info(
                 "%s: replica %s %s", self.name, replica.url, "down" if replica.ejected else "up"
@@ -297,10 +341,12 @@ class ReplicaPool:
 
     async def aclose(self) -> None:
         monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.cancel()
+        tasks = [t for t in (monitor, *self._reprobes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await monitor
+                await task
 
     def describe(self) -> list[dict[str, Any]]:
         """Each replica's state, for `tierline backends check` and debugging."""
@@ -308,6 +354,7 @@ class ReplicaPool:
             {
                 "url": r.url,
                 "ejected": r.ejected,
+                "down": r.down,
                 "outstanding": r.outstanding,
                 "waiting": r.waiting,
                 "kv_cache_usage": r.kv_usage,
