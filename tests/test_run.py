@@ -82,6 +82,15 @@ async def test_unavailable_backend_falls_back_and_says_so() -> None:
     assert summary.tally.fallbacks == 1  # type: ignore[attr-defined]
 
 
+async def test_a_single_backend_route_has_no_fallbacks_to_report() -> None:
+    """A job whose only backend is unavailable failed; it did not move to another backend, so
+    the summary's "fallbacks: N moved to the next backend" does not count it (issue 13)."""
+    small = FakeBackend("small").enqueue(BackendUnavailable("no key for small"))
+    results, summary = await run([LINES[0]], small, FakeBackend("big"))
+    assert [h["status"] for h in results[0].route] == ["unavailable"]
+    assert summary.tally.fallbacks == 0  # type: ignore[attr-defined]
+
+
 async def test_retryable_errors_are_retried_then_succeed() -> None:
     """A 429 with a short Retry-After is retried on the same backend."""
     small = FakeBackend("small").enqueue(

@@ -175,14 +175,18 @@ async def test_open_circuit_hands_jobs_to_the_next_backend() -> None:
     flaky, steady = FakeBackend("flaky"), FakeBackend("steady")
     flaky.enqueue(*[BackendStatusError("boom", status_code=500)] * 5)
     router = Router(config, {"flaky": flaky, "steady": steady})
-    statuses = []
+    statuses, attempts = [], []
     for _ in range(4):
         outcome = await router.dispatch(1, lambda _m: request())
         statuses.append([h.status for h in outcome.hops])
+        attempts.append([h.attempts for h in outcome.hops])
     await router.aclose()
     assert statuses[:2] == [["error"], ["error"]]  # a 500 is an error, reported, not a hand-over
     assert statuses[2:] == [["unavailable", "ok"], ["unavailable", "ok"]]
     assert len(flaky.calls) == 2
+    # Refused by the open circuit before anything was sent: 0 attempts (issue 13), so the
+    # ledger gets no row for it (it records hops with attempts).
+    assert attempts[2:] == [[0, 1], [0, 1]]
 
 
 async def test_429_pauses_the_backend_for_everyone() -> None:

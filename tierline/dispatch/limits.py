@@ -26,6 +26,7 @@ from .base import Request
 
 __all__ = [
     "CircuitBreaker",
+    "CircuitOpen",
     "RateLimiter",
     "estimate_tokens",
     "parse_go_duration",
@@ -126,6 +127,10 @@ class RateLimiter:
             self._tokens.level = min(self._tokens.capacity, self._tokens.level + estimated - actual)
 
 
+class CircuitOpen(BackendUnavailable):
+    """Refused by an open circuit: no request was sent, so it is not an attempt."""
+
+
 class CircuitBreaker:
     """Closed -> open after `threshold` consecutive failures -> half-open after `reset_s`."""
 
@@ -156,7 +161,7 @@ class CircuitBreaker:
             return
         assert self.opened_at is not None
         retry_in = max(0.0, self.reset_s - (self._clock() - self.opened_at))
-        raise BackendUnavailable(
+        raise CircuitOpen(
             f"{self.name}: circuit open after {self.failures} consecutive failures "
             f"(next probe in {retry_in:.1f}s)"
         )

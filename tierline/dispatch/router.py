@@ -21,7 +21,7 @@ from ..errors import (
 from ..ledger.busy import BusyMeter, BusySpan
 from .base import Backend, Completion, Request
 from .checks import CheckFailure
-from .limits import CircuitBreaker, RateLimiter, estimate_tokens
+from .limits import CircuitBreaker, CircuitOpen, RateLimiter, estimate_tokens
 from .registry import create_backend
 from .retry import Attempted, call_with_retry
 
@@ -217,11 +217,13 @@ class Router:
             message = (
                 str(exc.error) if isinstance(exc.error, BackendError) else redact(repr(exc.error))
             )
+            # The circuit refused the last try before anything was sent: not an attempt.
+            refused = isinstance(exc.error, CircuitOpen)
             return Hop(
                 name,
                 _model_of(config),
                 status,
-                exc.attempts,
+                exc.attempts - refused,
                 time.perf_counter() - started,
                 message,
             )

@@ -68,7 +68,8 @@ class Tally:
             self.unpriced += 1
         else:
             self.cost_usd += result.cost_usd
-        if any(hop.get("status") == "unavailable" for hop in result.route):
+        # moved on: a backend that could not serve, followed by another (not the last hop)
+        if any(hop.get("status") == "unavailable" for hop in result.route[:-1]):
             self.fallbacks += 1
         if result.escalations and result.tier is not None:
             self.escalated[result.tier] += 1
