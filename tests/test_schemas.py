@@ -192,3 +192,53 @@ def test_a_run_with_hostile_schemas_completes_and_fetches_nothing(
     assert sum(r["status"] == "ok" for r in results.values()) == 9
     assert "self" not in calls.job_ids and "remote" not in calls.job_ids
     assert hits.count == 0
+
+
+class Connections:
+    """A raw TCP listener on 127.0.0.1 counting connections: sees any attempt, TLS or not."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.count = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.count += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.mark.llama
+def test_llama_grammar_never_fetches_or_recurses(smollm2: Path) -> None:
+    """llama-cpp-python's schema converter can fetch https:// $refs (requests.get, when allowed)
+    and recurses on cycles; json_grammar gives such schemas plain JSON, connecting nowhere.
+    (The installed converter refuses to fetch by default: this guards the next version.)"""
+    from tierline.dispatch.llama_worker import json_grammar
+
+    del smollm2
+    listener = Connections()
+    try:
+        generic = json_grammar({"type": "json_object"})
+        remote = {"properties": {"a": {"$ref": f"https://127.0.0.1:{listener.port}/s.json"}}}
+        for schema in (remote, SELF, THROUGH_ALLOF):
+            assert json_grammar(rf(schema)) == generic
+        good = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        assert json_grammar(rf(good)) != generic  # a good schema still gets its grammar
+    finally:
+        listener.close()
+    assert listener.count == 0

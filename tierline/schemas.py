@@ -4,8 +4,8 @@ A schema comes from the job file, so it is untrusted input. Three things could g
 it, and each becomes a per-job error instead of a crash or a request to somewhere else:
 
 * a `$ref` to another document (`http://...`, `file:...`, a relative path): jsonschema's old
-  resolver fetched such URLs and llama-cpp-python's grammar converter fetches `https://` refs,
-  so a job file could make this host send requests anywhere. Only references inside the job's
+  resolver fetched such URLs (and llama-cpp-python's grammar converter can fetch `https://`
+  refs when fetching is allowed), so a job file could make this host send requests anywhere. Only references inside the job's
   own schema (`#...`) are allowed, and validation uses a registry that refuses everything else;
 * a cycle of references that never consumes any of the answer (`{"$ref": "#/$defs/a", "$defs":
   {"a": {"$ref": "#/$defs/a"}}}`, or through `allOf`/`anyOf`/...): validating it, or turning it

@@ -77,7 +77,8 @@ def json_grammar(response_format: Mapping[str, Any] | None) -> str | None:
     from llama_cpp import llama_grammar
 
     schema = schema_of(response_format)
-    # schema_errors: llama-cpp-python's converter fetches https:// $refs and recurses on cycles
+    # schema_errors: never hand the converter a remote $ref (it can fetch https:// refs) or a
+    # cycle (it recurses until the stack runs out); plain JSON is the fallback for both
     if not schema or schema_errors(schema) is not None:
         return str(llama_grammar.JSON_GBNF)
     try:
