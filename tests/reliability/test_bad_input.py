@@ -311,7 +311,7 @@ def test_read_only_output_directory(
     assert calls.job_ids == []
 
 
-@pytest.mark.parametrize("kind", ["directory", "not-sqlite", "home-is-a-file"])
+@pytest.mark.parametrize("kind", ["directory", "not-sqlite", "home-is-a-file", "home-read-only"])
 def test_unusable_ledger(
     tmp_path: Path,
     calls: Calls,
@@ -334,8 +334,9 @@ def test_unusable_ledger(
         args += ["--ledger", notes]
         words = "not a SQLite database"
     else:
-        monkeypatch.setenv("TIERLINE_HOME", str(notes))
-        words = "TIERLINE_HOME"
+        home = notes if kind == "home-is-a-file" else unwritable_dir(tmp_path)
+        monkeypatch.setenv("TIERLINE_HOME", str(home))
+        words = "set TIERLINE_HOME to a writable directory"
     code, err = run_quiet(capsys, *args)
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert notes.read_text(encoding="utf-8") == "my notes, not a database\n"

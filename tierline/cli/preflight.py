@@ -168,13 +168,17 @@ def check_ledger(path: Path, origin: str) -> None:
         raise UsageError(f"{where} is a directory; give a file path, e.g. {path / 'ledger.db'}")
     if path.exists() and not path.is_file():
         raise UsageError(f"{where} is not a regular file; give a SQLite file path")
+    fix = (
+        "give --ledger a path in a writable directory"
+        if origin == "--ledger"
+        else "set TIERLINE_HOME to a writable directory or give --ledger PATH"
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
         raise UsageError(
-            f"{where}: cannot create its directory {path.parent} ({why}); "
-            "set TIERLINE_HOME to a writable directory or give --ledger PATH"
+            f"{where}: cannot create its directory {path.parent} ({why}); {fix}"
         ) from None
     if path.exists() and path.stat().st_size:
         with open(path, "rb") as fh:
@@ -184,20 +188,20 @@ def check_ledger(path: Path, origin: str) -> None:
                 f"{where} is not a SQLite database; give the ledger file tierline made, "
                 "or a new path"
             )
-    _check_writable(path, where)
+    _check_writable(path, where, fix)
 
 
-def _check_writable(path: Path, where: str) -> None:
+def _check_writable(path: Path, where: str, fix: str) -> None:
     """Open the ledger the way a run does and take its write lock for a moment (a read-only
     file or directory fails here, not after the first paid call)."""
     try:
         conn = sqlite3.connect(str(path), timeout=30)
     except sqlite3.Error as exc:
-        raise UsageError(f"{where}: cannot open it: {exc}") from None
+        raise UsageError(f"{where}: cannot open it ({exc}); {fix}") from None
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
-        raise UsageError(f"{where}: cannot write it: {exc}") from None
+        raise UsageError(f"{where}: cannot write it ({exc}); {fix}") from None
     finally:
         conn.close()
