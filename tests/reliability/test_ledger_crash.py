@@ -16,7 +16,7 @@ from tierline.ledger.store import CallRecord, Ledger
 from tierline.testing.servers import FakeVLLM
 
 from .conftest import jobs_file, read_results
-from .procs import start_run, vllm_config, wait_for_lines
+from .procs import complete_results, start_run, vllm_config, wait_for_lines
 
 JOBS = 600
 CONCURRENCY = 8
@@ -53,6 +53,14 @@ def ledger_calls(path: Path) -> tuple[int, int]:
     return int(ok), int(runs)
 
 
+def answered_jobs(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT job_id FROM calls WHERE status = 'ok'")}
+    finally:
+        conn.close()
+
+
 @pytest.mark.slow
 def test_sigkills_never_leave_the_ledger_behind_the_answers(
     tmp_path: Path, vllm: CountingVLLM
@@ -74,6 +82,9 @@ def test_sigkills_never_leave_the_ledger_behind_the_answers(
         proc.communicate(timeout=10)
         ok, _ = ledger_calls(ledger)
         assert ok >= vllm.answered - k * WINDOW, (k, ok, vllm.answered)
+        # write-ahead: every result kept in the partial file has its call in the ledger
+        kept = {r["id"] for r in complete_results(partial)}
+        assert kept and not kept - answered_jobs(ledger), sorted(kept - answered_jobs(ledger))[:5]
     proc = start_run(args, tmp_path / "home")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
