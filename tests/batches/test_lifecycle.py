@@ -59,12 +59,8 @@ def test_same_command_again_collects(tmp_path: Path, oai: FakeOpenAI) -> None:
     assert {r["status"] for r in read_results(out)} == {"ok"} and len(oai.batches.jobs) == 1
 
 
-def test_same_command_after_collection_keeps_the_results(
-    tmp_path: Path, oai: FakeOpenAI, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Cron keeps running the documented command after the batches were collected: the
-    complete results stay (no `pending` lines), no batch is submitted, the exit code is the
-    results' own; --fresh runs the jobs again."""
+def submit_and_collect(tmp_path: Path, oai: FakeOpenAI) -> tuple[str | Path, ...]:
+    """Run the documented command twice: it submits (exit 4), then collects (exit 0)."""
     cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
     jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
     out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
@@ -72,6 +68,17 @@ def test_same_command_after_collection_keeps_the_results(
     assert tl(*command) == ExitCode.PENDING
     oai.complete_batch(batch_ids(read_results(out))[0])
     assert tl(*command) == ExitCode.OK
+    return command
+
+
+def test_same_command_after_collection_keeps_the_results(
+    tmp_path: Path, oai: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cron keeps running the documented command after the batches were collected: the
+    complete results stay (no `pending` lines), no batch is submitted, the exit code is the
+    results' own; --fresh runs the jobs again."""
+    command = submit_and_collect(tmp_path, oai)
+    out = tmp_path / "out.jsonl"
     collected = out.read_bytes()
     capsys.readouterr()
     assert tl(*command) == ExitCode.OK
@@ -88,18 +95,14 @@ def test_another_run_on_the_output_ends_the_old_batches_claim(
 ) -> None:
     """Once another command (here a synchronous config) rewrote the -o, the old collected
     batches no longer speak for it: their command runs again rather than reporting them."""
-    cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
-    sync = tmp_path / "sync.toml"
-    sync.write_text(cfg.read_text().replace('mode = "batch"', 'mode = "sync"'), encoding="utf-8")
-    jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
-    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
-    batch_run = ("run", jobs, "-o", out, "-c", cfg, "--ledger", db)
-    assert tl(*batch_run) == ExitCode.PENDING
-    oai.complete_batch(batch_ids(read_results(out))[0])
-    assert tl(*batch_run) == ExitCode.OK
-    assert tl("run", jobs, "-o", out, "-c", sync, "--ledger", db) == ExitCode.OK  # not "already"
+    command = submit_and_collect(tmp_path, oai)
+    sync, out = tmp_path / "sync.toml", tmp_path / "out.jsonl"
+    batch_config = (tmp_path / "t.toml").read_text()
+    sync.write_text(batch_config.replace('mode = "batch"', 'mode = "sync"'), encoding="utf-8")
+    other = tuple(sync if a == tmp_path / "t.toml" else a for a in command)
+    assert tl(*other) == ExitCode.OK  # not "already collected": another config
     assert all(r["route"][-1].get("batch_id") is None for r in read_results(out))
-    assert tl(*batch_run) == ExitCode.PENDING and len(oai.batches.jobs) == 2
+    assert tl(*command) == ExitCode.PENDING and len(oai.batches.jobs) == 2
 
 
 def test_changed_inputs_with_open_batches_are_refused(
