@@ -10,7 +10,6 @@ are real: they cost their busy time, which the ledger records.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +39,21 @@ def gpu_hour_heads(config: Config) -> list[str]:
 
 
 def _sample(items: Iterable[Job | InvalidLine], config: Config, backend: str, n: int) -> list[Job]:
+    """The first n jobs the plan sends to `backend`, topped up with other jobs if there are
+    fewer; one pass, and it stops reading once it has them."""
     tierer = Tierer.from_config(config.tiering)
-    jobs = [item for item in items if isinstance(item, Job)]
-    mine = [j for j in jobs if config.routes[tierer(j).tier][0] == backend]  # type: ignore[index]
-    others = [j for j in jobs if j not in mine]
-    return list(itertools.islice(itertools.chain(mine, others), n))
+    mine: list[Job] = []
+    others: list[Job] = []
+    for item in items:
+        if not isinstance(item, Job):
+            continue
+        if config.routes[tierer(item).tier][0] == backend:  # type: ignore[index]
+            mine.append(item)
+            if len(mine) == n:
+                break
+        elif len(others) < n:
+            others.append(item)
+    return (mine + others)[:n]
 
 
 def calibrate(inputs: list[str], config: Config, ledger_path: Path, n: int) -> list[Calibration]:

@@ -1,5 +1,6 @@
-"""How fast a self-hosted backend turns tokens into busy time: what `plan` needs to price a
-`gpu_hour_usd` backend before anything is sent.
+"""How fast a backend turns tokens into busy time: what `plan` needs to price a `gpu_hour_usd`
+backend before anything is sent, and to say when a run would finish (tierline measures the busy
+time of every backend, API or self-hosted; only gpu_hour_usd turns it into money).
 
 A call's busy time (`tierline.ledger.busy`: its share of the time the backend had requests in
 flight) is modelled as a fixed part per call (queueing in the server, prefill, network) plus a
