@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tierline.cli import batch as batch_cli
 from tierline.cli import main
 from tierline.cli.progress import run_progress
+from tierline.dispatch import batch as batches
 from tierline.jobs import Result
 from tierline.testing.servers import FakeOpenAI
 
@@ -187,3 +189,19 @@ def test_real_terminal_draws_the_line_and_no_batch_bar(tmp_path: Path) -> None:
     assert not [f for f in drawn if "batches" in f]
     assert any(f.startswith("tierline: 60 job(s)") for f in drawn)
     assert any(f.startswith("status: ok: 60") for f in drawn)  # the terminal summary
+
+
+def test_batch_bar_only_when_a_batch_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batches` is drawn on a terminal only once an open batch reports, with its counts from
+    the first frame (never `0/?`); a run with no provider batches draws nothing."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100, color_system=None)
+    monkeypatch.setattr(batch_cli, "err_console", console)
+    with batch_cli.batch_progress(quiet=False):
+        pass
+    assert buf.getvalue() == ""
+    with batch_cli.batch_progress(quiet=False) as show:
+        assert show is not None
+        show(batches.Progress(1, 0, 10, 4, {"in_progress": 1}))
+    drawn = frames(buf.getvalue())
+    assert drawn and all("4/10" in f and "in_progress: 1" in f for f in drawn)

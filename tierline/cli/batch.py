@@ -74,10 +74,10 @@ def batch_progress(*, quiet: bool) -> Iterator[Callable[[batches.Progress], None
     task = bar.add_task("", total=None)
 
     def show(p: batches.Progress) -> None:
-        if not bar.live.is_started:
-            bar.start()
         states = ", ".join(f"{s}: {n}" for s, n in sorted(p.statuses.items()))
         bar.update(task, total=p.requests, completed=p.done, description=states)
+        if not bar.live.is_started:  # after the update: the first frame has the counts
+            bar.start()
 
     try:
         yield show
