@@ -4,6 +4,7 @@ packing at the request limit; the ledger's batch-discounted prices."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -198,3 +199,33 @@ def test_safe_custom_id_is_valid_unique_and_stable() -> None:
     assert len(set(mapped)) == len(ids)
     assert all(providers.CUSTOM_ID.fullmatch(m) for m in mapped)
     assert providers.safe_custom_id("a b", set()) == mapped[1]
+
+
+def test_collected_calls_are_in_the_ledger_before_their_results(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """Write-ahead on collect too (issue 13): when a collected result leaves for the output,
+    its call is already committed in the ledger (another connection sees it)."""
+    from tierline.dispatch.batch import collect
+    from tierline.testing.servers import FakeAnthropic
+
+    with FakeAnthropic(api_key="sk-test-batch-key-0001") as ant:
+        cfg = write_config(tmp_path / "t.toml", anthropic_url=ant.base_url, to="claude")
+        jobs = write_jobs(tmp_path / "jobs.jsonl", IDS[:4])
+        db = tmp_path / "l.db"
+        assert tl("run", jobs, "-c", cfg, "--ledger", db) == ExitCode.PENDING
+        pending = [json.loads(x) for x in capsysbinary.readouterr().out.splitlines()]
+        ant.complete_batch(batch_ids(pending)[0])
+        seen: list[tuple[str, int]] = []
+
+        def emit(result: dict[str, object]) -> None:
+            conn = sqlite3.connect(db)
+            try:
+                rows = conn.execute("SELECT COUNT(*) FROM calls WHERE job_id = ?", (result["id"],))
+                seen.append((str(result["id"]), int(rows.fetchone()[0])))
+            finally:
+                conn.close()
+
+        asyncio.run(collect(load_config(str(cfg)), db, stdout=emit))
+    assert sorted(job for job, _ in seen) == sorted(IDS[:4])
+    assert all(count == 1 for _, count in seen), seen

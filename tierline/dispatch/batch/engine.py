@@ -279,6 +279,10 @@ class BatchEngine:
             )
             result = self._record(batch, row, outcome, latency)
             finished.append((batch.id, row.seq, outcome.outcome, result))
+        # Write-ahead: the calls are committed before any result leaves and before the jobs are
+        # marked final (a kill in between must not leave paid calls that are never collected).
+        self.ledger.flush()
+        for *_, result in finished:
             if emit is not None:
                 emit(result)
         self.store.finish_jobs(finished)
