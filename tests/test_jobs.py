@@ -212,3 +212,5 @@ def test_a_big_integer_id_keeps_every_digit() -> None:
         "12345678901234567890123",
         "98765432109876543210987",
     ]
+    [bad] = parse(b'{"id": 12345678901234567890123, "prompt": 5}')
+    assert isinstance(bad, InvalidLine) and bad.id == "12345678901234567890123"

@@ -567,6 +567,8 @@ def _best_effort_id(raw: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     if isinstance(obj, dict):
+        if isinstance(obj.get("id"), float) or isinstance(obj.get("custom_id"), float):
+            obj = _exact_ids(raw, obj)  # a 23-digit integer id, read exactly
         value = obj.get("id", obj.get("custom_id"))
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
