@@ -6,6 +6,7 @@ and renders the result. Add a command with `@app.command(...)`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -176,6 +177,41 @@ def _run_cells(r: dict[str, Any]) -> list[str]:
         str(r["unpriced_calls"] or ""),
         _usd(r["baseline_nanos"] or 0),
     ]
+
+
+@app.command("report")
+def report(
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="The HTML file to write ('-': stdout).")
+    ],
+    since: Since = None,
+    until: Until = None,
+    run: RunId = None,
+    ledger: LedgerPath = None,
+    config: ConfigPath = None,
+) -> None:
+    """One self-contained HTML page (works offline) with charts: spend per day by tier and by
+    backend, savings against the baseline, tier mix, check-failure and escalation rates,
+    latency percentiles per backend and the top-cost jobs."""
+    from ..ledger.html import render_report  # only this command needs it
+    from ..ledger.reports import report_data
+
+    window = " ".join(
+        f"{name} {value}"
+        for name, value in (("run", run), ("since", since), ("until", until))
+        if value
+    )
+    with open_ledger(ledger, config) as book:
+        data = report_data(book.conn, _filters(run, since, until))
+    page = render_report(data, window=window or "all calls").encode()
+    if output == "-":
+        sys.stdout.buffer.write(page)
+        return
+    # A report mailed or served from cron must never be half a file: write beside, then rename.
+    tmp = f"{output}.tmp"
+    with open(tmp, "wb") as stream:
+        stream.write(page)
+    os.replace(tmp, output)
 
 
 @app.command("export")

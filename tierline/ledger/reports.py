@@ -21,11 +21,13 @@ from .pricing import nanos_to_usd
 __all__ = [
     "GROUPS",
     "Filters",
+    "ReportData",
     "SummaryRow",
     "export_calls",
     "list_runs",
     "parse_since",
     "parse_until",
+    "report_data",
     "summarize",
     "total",
 ]
@@ -250,3 +252,90 @@ class _TextOut:
 
     def write(self, text: str) -> int:
         return self.stream.write(text.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyRow:
+    backend: str
+    calls: int
+    p50_s: float
+    p90_s: float
+    p99_s: float
+    max_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CostlyJob:
+    run_id: str
+    job_id: str
+    calls: int
+    cost_nanos: int
+    backends: str  # the backends its calls went to, comma-separated
+
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    """Everything `tierline ledger report` draws: figures only, no rendering."""
+
+    total: SummaryRow | None  # None: no calls in the window
+    by_day_tier: list[SummaryRow]  # group {"day", "tier"}, days in order
+    by_day_backend: list[SummaryRow]
+    by_tier: list[SummaryRow]
+    by_backend: list[SummaryRow]
+    escalated_jobs: dict[int | None, int]  # tier -> jobs with an answer that failed a check
+    jobs_by_tier: dict[int | None, int]
+    latency: list[LatencyRow]
+    top_jobs: list[CostlyJob]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an ascending list: always an observed value."""
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n * q / 100), at least 1
+    return sorted_values[int(rank) - 1]
+
+
+def latency_by_backend(conn: sqlite3.Connection, filters: Filters) -> list[LatencyRow]:
+    where, params = filters.where()
+    values: dict[str, list[float]] = {}
+    sql = f"SELECT backend, latency_s FROM calls{where} ORDER BY backend, latency_s"
+    for backend, latency in conn.execute(sql, params):
+        values.setdefault(backend, []).append(latency)
+    return [
+        LatencyRow(b, len(v), percentile(v, 50), percentile(v, 90), percentile(v, 99), v[-1])
+        for b, v in values.items()
+    ]
+
+
+def top_cost_jobs(conn: sqlite3.Connection, filters: Filters, limit: int = 10) -> list[CostlyJob]:
+    """The jobs that cost most (all their calls: retries, fallbacks, escalations)."""
+    where, params = filters.where()
+    sql = f"""SELECT run_id, COALESCE(job_id, ''), COUNT(*), SUM(cost_nanos),
+        GROUP_CONCAT(DISTINCT backend) FROM calls{where}
+        GROUP BY run_id, job_id HAVING SUM(cost_nanos) > 0
+        ORDER BY 4 DESC, 1, 2 LIMIT ?"""
+    return [CostlyJob(*row) for row in conn.execute(sql, [*params, limit])]
+
+
+def _jobs_per_tier(conn: sqlite3.Connection, filters: Filters, only_failed: bool) -> dict[Any, int]:
+    where, params = filters.where()
+    if only_failed:
+        where += (" AND" if where else " WHERE") + " check_failed IS NOT NULL"
+    sql = f"""SELECT tier, COUNT(DISTINCT run_id || ':' || COALESCE(job_id, ''))
+        FROM calls{where} GROUP BY tier ORDER BY tier"""
+    return dict(conn.execute(sql, params).fetchall())
+
+
+def report_data(conn: sqlite3.Connection, filters: Filters) -> ReportData:
+    """The figures of the HTML report, from the same queries as `ledger summary`."""
+    whole = summarize(conn, [], filters)
+    return ReportData(
+        total=whole[0] if whole else None,
+        by_day_tier=summarize(conn, ["day", "tier"], filters),
+        by_day_backend=summarize(conn, ["day", "backend"], filters),
+        by_tier=sorted(summarize(conn, ["tier"], filters), key=lambda r: str(r.group["tier"])),
+        by_backend=summarize(conn, ["backend"], filters),
+        escalated_jobs=_jobs_per_tier(conn, filters, only_failed=True),
+        jobs_by_tier=_jobs_per_tier(conn, filters, only_failed=False),
+        latency=latency_by_backend(conn, filters),
+        top_jobs=top_cost_jobs(conn, filters),
+    )
