@@ -50,6 +50,9 @@ FSYNC_INTERVAL_S = 1.0
 # Results that count as done on resume. `pending` is a provider batch already paid for;
 # a budget-skipped or cancelled job cost nothing, so it is tried again.
 DONE_STATUSES = frozenset({"ok", "error", "invalid", "pending"})
+# Results that --retry-failed keeps: `pending` is in a provider batch that is already paid for
+# (`tierline batch collect` fills it in); sending it again would pay twice.
+RETRY_KEEPS = frozenset({"ok", "pending"})
 
 # Backend settings that change how a job is sent, not what answer it gets: changing them
 # between a crash and the resume keeps the work done.
@@ -153,6 +156,35 @@ def _final(line: bytes) -> tuple[str, str, object, object] | None:
     return key, record["status"], record.get("source"), record.get("line")
 
 
+def _drop_failed(path: str, tmp: str) -> int:
+    """--retry-failed: make `tmp` (PATH.partial) the results of `path` that are ok (or pending),
+    so the resume that follows sends only the rest; return how many were dropped.
+
+    An interrupted retry left a newer PATH.partial: that one is filtered instead of PATH. PATH
+    itself is never touched: it is replaced by the usual rename when the run ends, so a reader
+    sees the old file or the new one, never a mix.
+    """
+    source = tmp if os.path.exists(tmp) else path
+    if not os.path.exists(source):
+        raise UsageError(
+            f"--retry-failed: {path} does not exist; run once without --retry-failed first"
+        )
+    dropped = 0
+    new = f"{tmp}.retry"
+    with open(new, "wb") as out:
+        for _end, line in _complete_lines(source):
+            final = _final(line)
+            if final is None or final[1] not in RETRY_KEEPS:
+                dropped += 1
+                continue
+            out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(new, tmp)
+    _fsync_dir(tmp)
+    return dropped
+
+
 def _place(source: object, line: object) -> int:
     """A small fingerprint of where a result's job was (hash() is stable within a process,
     which is all a resume needs)."""
@@ -189,6 +221,7 @@ class Journal:
         config: Config,
         *,
         resume: bool = True,
+        retry_failed: bool = False,
         fsync_every: int = FSYNC_EVERY,
         fsync_interval_s: float = FSYNC_INTERVAL_S,
         on_error: Callable[[OSError], None] | None = None,
@@ -200,6 +233,8 @@ class Journal:
         self.count = 0
         self.kept = 0  # jobs not dispatched again: their result from the last attempt was kept
         self.kept_failed = 0  # of which failed or invalid
+        self.retry_failed = retry_failed
+        self.retried = 0  # --retry-failed: results not ok dropped from the last output
         self.error: OSError | None = None  # the first failed write; nothing is written after it
         self.on_error = on_error
         # kept results: key (as an int: smaller than str) -> hash of the (source, line) it was
@@ -221,6 +256,8 @@ class Journal:
             raise UsageError(f"cannot write {self.path}: directory {directory} does not exist")
         self._tmp = f"{self.path}.partial"
         try:
+            if retry_failed:
+                self.retried = _drop_failed(self.path, self._tmp)
             if resume and os.path.exists(self._tmp):
                 self._recover(self._tmp)
             self._stream = open(self._tmp, "ab" if resume else "wb")  # noqa: SIM115 - see close()

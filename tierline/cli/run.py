@@ -14,7 +14,7 @@ import typer
 from ..config import Config, find_config_path, load_config
 from ..dispatch.batch import BatchOptions, supersede
 from ..dispatch.scheduler import run_files
-from ..errors import ExitCode
+from ..errors import ExitCode, UsageError
 from ..interrupts import DEFAULT_GRACE_S, Stop
 from ..ledger.pricing import to_micros
 from ..ledger.store import default_ledger_path
@@ -50,6 +50,14 @@ Fresh = Annotated[
         "--fresh", help="Ignore the results of an interrupted attempt (-o PATH.partial); redo all."
     ),
 ]
+RetryFailed = Annotated[
+    bool,
+    typer.Option(
+        "--retry-failed",
+        help="With -o PATH of a finished run: send again only the jobs whose result is not ok "
+        "(and those missing), keep the rest, replace PATH atomically.",
+    ),
+]
 
 
 def run(
@@ -64,6 +72,7 @@ def run(
     provider_batch: batch.ProviderBatch = False,
     wait: batch.Wait = False,
     max_cost: MaxCost = None,
+    retry_failed: RetryFailed = False,
 ) -> None:
     """Tier each job, dispatch it along its tier's route, write one result line per job.
 
@@ -80,6 +89,7 @@ def run(
     # Every path and stream is checked before anything is sent (cli/preflight.py); from here
     # on `output` is the real file (symlinks resolved) or None for stdout.
     check_stdio(inputs, output)
+    _check_retry(retry_failed, output, fresh)
     check_inputs(inputs)
     output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg))
     check_ledger(ledger_path, _ledger_origin(ledger, cfg))
@@ -97,7 +107,9 @@ def run(
 
     with (
         RunLock(output),
-        Journal(output, cfg, resume=not fresh, on_error=output_failed) as journal,
+        Journal(
+            output, cfg, resume=not fresh, retry_failed=retry_failed, on_error=output_failed
+        ) as journal,
     ):
         total = None if part else count_lines(inputs)  # a shard runs an unknown share
         with run_progress(
@@ -137,6 +149,13 @@ def run(
         raise typer.Exit(int(summary.exit_code) if waited is None else waited)
     code = summary.exit_code
     raise typer.Exit(int(ExitCode.JOBS_FAILED if code == 0 and journal.kept_failed else code))
+
+
+def _check_retry(retry_failed: bool, output: str | None, fresh: bool) -> None:
+    if retry_failed and output in (None, "-"):
+        raise UsageError("--retry-failed needs -o PATH: the output whose failed jobs to redo")
+    if retry_failed and fresh:
+        raise UsageError("--retry-failed keeps the results that are ok; --fresh redoes all")
 
 
 def _config_file(explicit: str | None, cfg: Config) -> Path | None:
@@ -197,7 +216,12 @@ def _resume_hint(stop: Stop, journal: Journal) -> str:
 
 
 def _note_resume(notes: list[str], journal: Journal, stale: int) -> None:
-    if journal.kept:
+    if journal.retry_failed:
+        notes.append(
+            f"retry-failed: kept {journal.kept} result(s); dropped {journal.retried} not ok, "
+            "sent those and any missing again"
+        )
+    elif journal.kept:
         notes.append(
             f"resumed: kept {journal.kept} result(s) of an interrupted attempt "
             f"({journal.kept_failed} not ok); only the rest was dispatched"
