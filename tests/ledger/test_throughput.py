@@ -276,3 +276,17 @@ def test_when_it_finishes(tmp_path: Path) -> None:
         **PRICED_BASELINE,
     )
     assert plan_with(limited)["seconds"] == pytest.approx(60.0)
+
+
+def test_calibrate_with_nothing_to_measure_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No gpu_hour_usd backend heads a route: --calibrate sends nothing and says so."""
+    (tmp_path / "tierline.toml").write_text(
+        '[backends.api]\nkind = "openai"\nmodel = "m"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        "price = { input_per_mtok = 1, output_per_mtok = 10 }\n"
+        '[routes]\n1 = ["api"]\n2 = ["api"]\n3 = ["api"]\n'
+    )
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", JOBS)
+    assert main(["plan", str(jobs), "--calibrate", "3", "--json"]) == 0
+    assert "nothing was sent" in capsys.readouterr().err

@@ -123,7 +123,14 @@ def plan(
 def _calibrate(inputs: list[str], cfg: Config, ledger_path: Path, n: int) -> None:
     from ..dispatch.calibrate import calibrate  # sends jobs: imported only when asked
 
-    for c in calibrate(inputs, cfg, ledger_path, n):
+    done = calibrate(inputs, cfg, ledger_path, n)
+    if not done:
+        err_console.print(
+            "tierline: --calibrate: no backend priced by gpu_hour_usd heads a route (or there "
+            "are no jobs): nothing was sent",
+            markup=False,
+        )
+    for c in done:
         t = c.summary.tally
         err_console.print(
             f"tierline: calibrated {c.backend}: {t.jobs} job(s) in {c.summary.seconds:.1f}s, "
