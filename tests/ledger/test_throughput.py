@@ -246,8 +246,9 @@ def test_an_outlier_is_left_out_and_counted(tmp_path: Path) -> None:
 def test_when_it_finishes(tmp_path: Path) -> None:
     """Backends work in parallel: the plan's time is the longest backend's predicted busy time.
     gpu: 2.6 busy-s (above); api: nothing measured, so the time is unknown but at least 2.6 s;
-    once the api has calls (1 s per call + 0.1 s per token, 80 tokens = 9 s) the time is 9 s; an
-    rpm of 1 makes its one job take at least 60 s."""
+    once the api has calls (1 s per call + 0.1 s per token, 80 tokens = 9 s) the time is 9 s; a
+    tpm of 60 (1 token/s, the limiter's bucket starting with 10 s' worth) makes its 90 tokens
+    take at least 80 s."""
     record(tmp_path / "l.db", EXACT)
     cfg = config()
 
@@ -271,11 +272,11 @@ def test_when_it_finishes(tmp_path: Path) -> None:
     d = plan_with(cfg)
     assert (d["seconds"], d["longest_backend"]) == (pytest.approx(9.0), "api")
     limited = make_config(
-        {"gpu": {**GPU, "gpu_hour_usd": 3.6}, "api": {**API, "rpm": 1}},
+        {"gpu": {**GPU, "gpu_hour_usd": 3.6}, "api": {**API, "tpm": 60}},
         routes={"1": ["gpu"], "2": ["gpu"], "3": ["api"]},
         **PRICED_BASELINE,
     )
-    assert plan_with(limited)["seconds"] == pytest.approx(60.0)
+    assert plan_with(limited)["seconds"] == pytest.approx(80.0)
 
 
 def test_calibrate_with_nothing_to_measure_says_so(

@@ -109,7 +109,10 @@ def plan(
         out = data_console()
         out.print(_table(result))
         for row in result.rows:
-            out.print(f"  tier {row.tier} {row.backend}: {row.basis}", markup=False)
+            estimate = f" (estimated here: {row.output_tokens / row.jobs:,.0f} output tokens/job)"
+            measured = row.throughput is not None and row.throughput.calls > 0
+            basis = row.basis + (estimate if measured and row.gpu_hour_usd is not None else "")
+            out.print(f"  tier {row.tier} {row.backend}: {basis}", markup=False)
         out.print(duration_line(result), markup=False)
         if projection is not None:
             out.print()

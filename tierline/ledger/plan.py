@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..config import Config
+from ..dispatch.limits import BURST_S
 from ..jobs import InvalidLine, Job, Usage
 from ..tiering.pipeline import Tierer
 from .budget import Refusal, worst_case_micros
@@ -90,9 +91,8 @@ class PlanRow:
     def price_busy_time(self, rpm: int | None, tpm: int | None) -> None:
         """Busy seconds from the throughput and, for a gpu_hour_usd row, dollars (once all jobs
         are in: the busy-time model is linear in calls and tokens)."""
-        floors = [self.jobs / rpm * 60 if rpm else 0.0]
-        floors.append((self.input_tokens + self.output_tokens) / tpm * 60 if tpm else 0.0)
-        self.limit_s = max(floors)
+        tokens = self.input_tokens + self.output_tokens
+        self.limit_s = max(_limit_floor(self.jobs, rpm), _limit_floor(tokens, tpm))
         if self.throughput is None:
             return
         self.busy_s = self.throughput.busy_seconds(self.jobs, self.output_tokens)
@@ -129,6 +129,15 @@ class PlanRow:
             "gpu_hour_usd": None if self.gpu_hour_usd is None else float(self.gpu_hour_usd),
             "throughput": None if self.throughput is None else self.throughput.as_dict(),
         }
+
+
+def _limit_floor(amount: float, per_minute: int | None) -> float:
+    """The least time a rate limit lets `amount` through: the limiter's bucket starts full
+    (BURST_S seconds' worth), the rest comes at the limit's rate."""
+    if not per_minute:
+        return 0.0
+    rate = per_minute / 60.0
+    return max(0.0, amount - max(1.0, rate * BURST_S)) / rate
 
 
 @dataclass(slots=True)

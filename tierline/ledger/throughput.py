@@ -88,6 +88,8 @@ class Throughput:
         when = (self.newest or "")[:16].replace("T", " ")
         answered = f" answered as {self.model!r}" if self.model else ""
         figure = f"{rate:,.0f} output tok/busy-s" if rate else "no output tokens"
+        # the answers' length there, to set against the plan's estimate (the weak part)
+        figure += f"; {self.tokens / self.calls:,.0f} output tokens/call" if self.calls else ""
         left_out = f" ({self.outliers} more left out as outliers)" if self.outliers else ""
         return (
             f"ledger: {self.calls:,} call(s){answered}{left_out}, newest {when} UTC: "
