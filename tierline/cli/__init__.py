@@ -6,20 +6,147 @@ parse options, call one library function, map the outcome to an exit code.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import importlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from typing import Any
 
 import typer
+import typer.core
+from typer._click import Command, Context, HelpFormatter  # Typer vendors Click
 
 from ..errors import ExitCode, TierlineError, redact
-from . import backends, batch, classify, init, ledger, plan, run, tiering
 from .output import err_console, silence_stdout
 
 __all__ = ["RAISE_INTERNAL_ERRORS", "app", "cli_exit", "main"]
 
+# Each command's module, its command (a function) or sub-app (a Typer), and the first paragraph
+# of its help, in --help order. A command's module, and the SDKs, numpy and pydantic models it
+# imports, is loaded only when that command runs: `tierline --help` and `tierline classify`
+# are what a shell loop pays per call (docs/cli.md; click's "lazily loading subcommands").
+# tests/test_cli.py checks that these summaries are the commands' own.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": (
+        "run",
+        "run",
+        "Tier each job, dispatch it along its tier's route, write one result line per job.",
+    ),
+    "classify": (
+        "classify",
+        "classify",
+        "Print each job back with its `tier`, a readable `why` and a `confidence`.",
+    ),
+    "init": (
+        "init",
+        "init",
+        "Write a commented starter tierline.toml that routes each tier to the backends you name.",
+    ),
+    "plan": (
+        "plan",
+        "plan",
+        "Estimate what the jobs would cost per tier and backend, synchronously and through\n"
+        "provider batch APIs, against the baseline model. Nothing is sent (but see --calibrate).",
+    ),
+    "backends": ("backends", "app", "Inspect the configured backends."),
+    "tiering": (
+        "tiering",
+        "app",
+        "Train the tier classifier and measure tiering on labelled prompts.",
+    ),
+    "batch": (
+        "batch",
+        "app",
+        "Provider batches (half price, done within 24 h): status, collect, cancel.",
+    ),
+    "ledger": ("ledger", "app", "Read the cost ledger: totals and savings, runs, exports."),
+}
+
+
+# Help and usage errors are rich panels for a person at a terminal, plain text in a pipe or a
+# log; Typer's rich formatting costs more to import than the rest of `--help`.
+MARKUP: Any = "rich" if sys.stdout.isatty() or sys.stderr.isatty() else None
+
+
+@contextlib.contextmanager
+def _no_pydantic_plugins() -> Iterator[None]:
+    """Build the config models without pydantic's plugin lookup, which reads the entry points of
+    every installed distribution (Typer does the same for its own adapters); a user's own
+    PYDANTIC_DISABLE_PLUGINS is kept."""
+    previous = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = previous or "__all__"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+
+
+def load_command(name: str) -> Command:
+    """Import one command's module and build its click command, as Typer would."""
+    module_name, attribute, _summary = COMMANDS[name]
+    with _no_pydantic_plugins():
+        target: Any = getattr(importlib.import_module(f"{__name__}.{module_name}"), attribute)
+    command: Command
+    if isinstance(target, typer.Typer):
+        target.rich_markup_mode = MARKUP
+        target.info.cls = Group
+        command = typer.main.get_group(target)  # a sub-app is a group even with one command
+    else:
+        single = typer.Typer(
+            add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=MARKUP
+        )
+        single.command(name=name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class Group(typer.core.TyperGroup):
+    """A group whose bare invocation (`tierline`, `tierline ledger`) prints its help on stdout
+    and exits 2 (a usage error: nothing ran), in plain and in rich mode alike."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            typer.echo(ctx.get_help())
+            ctx.exit(int(ExitCode.USAGE))
+        return super().parse_args(ctx, args)
+
+
+class LazyGroup(Group):
+    """The root group: lists commands from COMMANDS and imports one only when it is run (or
+    its own --help is asked for)."""
+
+    _listing = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Placeholders carry the name and summary: `--help`, typo suggestions and completion
+        # need no import.
+        for name, (_module, _attribute, summary) in COMMANDS.items():
+            self.commands[name] = typer.core.TyperCommand(name, help=summary)
+        self._loaded: set[str] = set()
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self._loaded and not self._listing:
+            self.commands[cmd_name] = load_command(cmd_name)
+            self._loaded.add(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        self._listing = True  # the command list needs only the summaries
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
+    cls=LazyGroup,
+    rich_markup_mode=MARKUP,
     name="tierline",
     help=(
         "Tier batch LLM jobs and dispatch them to the cheapest backend that can do them well.\n\n"
@@ -32,14 +159,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command(name="run")(run.run)
-app.command(name="classify")(classify.classify)
-app.command(name="init")(init.init)
-app.command(name="plan")(plan.plan)
-app.add_typer(backends.app, name="backends")
-app.add_typer(tiering.app, name="tiering")
-app.add_typer(batch.app, name="batch")
-app.add_typer(ledger.app, name="ledger")
+
+
+@app.callback()
+def _root() -> None:
+    """(A callback makes the root a group; its commands come from COMMANDS.)"""
 
 
 # Set by the test suite (tests/conftest.py): an internal error raises its exception out of main()

@@ -11,11 +11,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from ..dispatch.scheduler import RunSummary, Tally
-from .progress import summary_line
+if TYPE_CHECKING:  # the scheduler pulls in asyncio and the dispatch layer: not for --help
+    from ..dispatch.scheduler import RunSummary, Tally
 
 __all__ = ["count_lines", "data_console", "err_console", "print_summary", "silence_stdout"]
 
@@ -79,6 +80,8 @@ def escalation_line(t: Tally) -> str:
 def print_summary(summary: RunSummary, *, quiet: bool) -> None:
     """The run summary on stderr: several lines on a terminal, else one; with --quiet only
     when something failed."""
+    from .progress import summary_line
+
     t = summary.tally
     if quiet and t.failed == 0:
         return
