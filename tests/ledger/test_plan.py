@@ -96,3 +96,24 @@ def test_input_bound_is_at_least_the_bytes() -> None:
     """The budget's prompt bound covers every UTF-8 byte plus a template allowance."""
     [job] = list(jobs_from_lines(['{"id": "x", "prompt": "日本語のテキスト"}']))
     assert input_token_bound(job) >= len("日本語のテキスト".encode()) + 32  # type: ignore[arg-type]
+
+
+def test_plan_table_is_tsv_in_a_pipe(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a terminal: the plan is a TSV table (header, one line per tier/backend, `all`)
+    whose cells are the --json figures; the basis lines follow it."""
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", LINES)
+    (tmp_path / "tierline.toml").write_text(TOML)
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", str(jobs)]) == 0
+    lines = capsysbinary.readouterr().out.decode().splitlines()
+    head = lines[0].split("\t")
+    assert head[:4] == ["tier", "backend", "model", "jobs"] and head[-1] == "saved"
+    rows = [line.split("\t") for line in lines[1:] if "\t" in line]
+    assert all(len(row) == len(head) for row in rows)
+    [total] = [row for row in rows if row[0] == "all"]
+    assert main(["plan", str(jobs), "--json"]) == 0
+    totals = json.loads(capsysbinary.readouterr().out)["totals"]
+    assert total[6] == "$0.0014" == f"${totals['cost_micros'] / 1e6:,.4f}"  # 1,420 micro-$
+    assert total[-1] == f"${totals['savings_micros'] / 1e6:,.4f}"

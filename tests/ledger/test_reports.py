@@ -6,6 +6,9 @@ import csv
 import dataclasses
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -179,6 +182,46 @@ def test_summary_by_day_in_a_window_with_gpu_hours(
     ]
     assert [r["gpu_hours"] for r in rows] == [0.5, 0.25]
     assert main([*args, *window]) == 0
-    table = capsysbinary.readouterr().out.decode()
-    [last] = [line for line in table.splitlines() if "│ all " in line]
+    table = capsysbinary.readouterr().out.decode()  # not a terminal: TSV
+    [last] = [line.split("\t") for line in table.splitlines() if line.startswith("all\t")]
     assert "$0.000300" in last and "$0.002700 (90%)" in last and "0.750" in last
+
+
+def test_tables_are_tsv_in_a_pipe_and_rich_on_a_terminal(tmp_path: Path) -> None:
+    """`ledger summary` and `ledger runs` in a pipe: one TSV line per row under a header, no
+    box and no wrapping; on a terminal the same rows as a rich table."""
+    run = fill(tmp_path / "l.db")
+    argv = [sys.executable, "-m", "tierline", "ledger"]
+    db = ["--ledger", str(tmp_path / "l.db")]
+    out = subprocess.run(
+        [*argv, "summary", "--by", "tier,backend", *db],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "40"},  # a narrow terminal width must not matter
+    ).stdout
+    rows = list(csv.reader(io.StringIO(out), delimiter="\t"))
+    assert rows[0][:7] == ["tier", "backend", "calls", "jobs", "tokens in", "tokens out", "cost"]
+    by = {(r[0], r[1]): r for r in rows[1:]}
+    assert by[("3", "claude")][6] == "$0.000700" and by[("1", "local")][2] == "2"
+    assert by[("all", "all")][6] == "$0.000700" and len(rows) == 5
+    assert all(len(r) == len(rows[0]) for r in rows) and "│" not in out
+    runs = subprocess.run([*argv, "runs", *db], capture_output=True, text=True, check=True)
+    head, line = runs.stdout.splitlines()
+    assert head.split("\t")[:4] == ["run", "started", "status", "jobs"]
+    assert line.split("\t")[0] == run and line.split("\t")[2:4] == ["ok", "4"]
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tierline.cli.output import print_table
+
+    table = Table("backend", "cost")
+    table.add_row("claude", "$0.000700")
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=60)
+    print_table(table, terminal)
+    shown = terminal.file.getvalue()  # type: ignore[attr-defined]
+    assert "claude" in shown and "┃" in shown and "\t" not in shown
+    pipe = Console(file=io.StringIO(), force_terminal=False)
+    print_table(table, pipe)
+    assert pipe.file.getvalue() == "backend\tcost\nclaude\t$0.000700\n"  # type: ignore[attr-defined]

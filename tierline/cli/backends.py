@@ -13,7 +13,7 @@ from ..config import load_config
 from ..dispatch.probe import CheckResult, check_backends
 from ..errors import ExitCode
 from .options import ConfigPath
-from .output import err_console
+from .output import err_console, print_table
 
 app = typer.Typer(help="Inspect the configured backends.", no_args_is_help=True)
 
@@ -81,7 +81,7 @@ def check(
         for r in results:
             typer.echo(json.dumps(r.as_dict()))
     else:
-        err_console.print(_table(results))
+        print_table(_table(results), err_console)
         # One unwrapped line per problem: the table wraps on narrow terminals, logs want grep.
         for r in results:
             if not r.usable:

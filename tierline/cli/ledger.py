@@ -30,7 +30,7 @@ from ..ledger.reports import (
 )
 from ..ledger.store import Ledger, ledger_path_for
 from .options import ConfigPath, Json, LedgerPath
-from .output import data_console, err_console
+from .output import err_console, print_table
 
 __all__ = ["app", "open_ledger"]
 
@@ -132,7 +132,7 @@ def summary(
     if as_json:
         sys.stdout.buffer.write(dumps([row.as_dict() for row in rows]) + b"\n")
         return
-    data_console().print(_summary_table(rows, groups))
+    print_table(_summary_table(rows, groups))
     unpriced = sum(row.unpriced_calls for row in rows)
     if unpriced:
         err_console.print(
@@ -162,7 +162,7 @@ def runs(
     )
     for r in rows:
         table.add_row(*_run_cells(r))
-    data_console().print(table)
+    print_table(table)
 
 
 def _run_cells(r: dict[str, Any]) -> list[str]:

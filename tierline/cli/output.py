@@ -16,9 +16,18 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 if TYPE_CHECKING:  # the scheduler pulls in asyncio and the dispatch layer: not for --help
+    from rich.table import Table
+
     from ..dispatch.scheduler import RunSummary, Tally
 
-__all__ = ["count_lines", "data_console", "err_console", "print_summary", "silence_stdout"]
+__all__ = [
+    "count_lines",
+    "data_console",
+    "err_console",
+    "print_summary",
+    "print_table",
+    "silence_stdout",
+]
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -105,6 +114,31 @@ def print_summary(summary: RunSummary, *, quiet: bool) -> None:
 def data_console() -> Console:
     """stdout for tables people read (`plan`, `ledger`): full width even in a pipe or a file."""
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """A table people read (`ledger summary`, `plan`, `backends check`): a rich table on a
+    terminal; in a pipe or a file, TSV with a header row, one line per row, so that
+    `sort`, `cut -f` and `awk -F'\\t'` work and nothing wraps into 80-column boxes."""
+    console = console or data_console()
+    if console.is_terminal:
+        console.print(table)
+        return
+    lines = [f"# {_plain(table.title)}"] if table.title else []
+    cells = zip(*(column.cells for column in table.columns), strict=True)
+    for row in [[column.header for column in table.columns], *cells]:
+        lines.append("\t".join(_plain(cell) for cell in row))
+    # Straight to the file: Console.print would expand the tabs to spaces.
+    console.file.write("\n".join(lines) + "\n")
+    console.file.flush()
+
+
+def _plain(cell: object) -> str:
+    """A cell as one TSV field: its text without markup, tabs and newlines as spaces."""
+    from rich.text import Text
+
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    return " ".join(text.replace("\t", " ").splitlines())
 
 
 def silence_stdout() -> None:

@@ -24,7 +24,7 @@ from ..ledger.store import ledger_path_for
 from ..ledger.throughput import open_readonly
 from ..tiering.pipeline import Tierer
 from .options import ConfigPath, Inputs, Json, LedgerPath, MaxCost
-from .output import data_console, err_console
+from .output import data_console, err_console, print_table
 
 DailyTokens = Annotated[
     str | None,
@@ -107,7 +107,7 @@ def plan(
         sys.stdout.buffer.write(dumps(doc) + b"\n")
     else:
         out = data_console()
-        out.print(_table(result))
+        print_table(_table(result), out)
         for row in result.rows:
             estimate = f" (estimated here: {row.output_tokens / row.jobs:,.0f} output tokens/job)"
             measured = row.throughput is not None and row.throughput.calls > 0
@@ -117,7 +117,10 @@ def plan(
         if projection is not None:
             out.print()
             for renderable in projection_tables(projection, result.baseline_model):
-                out.print(renderable)
+                if isinstance(renderable, Table):
+                    print_table(renderable, out)
+                else:
+                    out.print(renderable)
         for line in _notes(result):
             err_console.print(f"tierline: {line}", markup=False)
     raise typer.Exit(int(ExitCode.BUDGET) if result.over_budget else 0)
