@@ -119,7 +119,15 @@ HEAVY = (
     "tierline.ledger",
     "typer.rich_utils",
 )
-NOT_FOR_HELP = (*HEAVY, "pydantic", "numpy", "tierline.config", "tierline.tiering", "tierline.jobs")
+NOT_FOR_HELP = (
+    *HEAVY,
+    "pydantic",
+    "numpy",
+    "rich.console",
+    "tierline.config",
+    "tierline.tiering",
+    "tierline.jobs",
+)
 
 
 def _imported(tmp_path: Path, argv: list[str], watch: tuple[str, ...]) -> list[str]:

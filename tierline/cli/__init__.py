@@ -20,7 +20,6 @@ import typer.core
 from typer._click import Command, Context, HelpFormatter  # Typer vendors Click
 
 from ..errors import ExitCode, TierlineError, redact
-from .output import err_console, silence_stdout
 
 __all__ = ["RAISE_INTERNAL_ERRORS", "app", "cli_exit", "main"]
 
@@ -179,21 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else ExitCode.USAGE)
     except TierlineError as exc:
-        err_console.print(f"tierline: error: {redact(str(exc))}", markup=False, highlight=False)
+        _say(f"tierline: error: {redact(str(exc))}")
         return int(exc.exit_code)
     except KeyboardInterrupt:  # Ctrl-C before a run installs its own handler (config, model load)
-        err_console.print("tierline: interrupted", markup=False, highlight=False)
+        _say("tierline: interrupted")
         return ExitCode.INTERRUPTED
     except BrokenPipeError:  # `tierline ledger summary | head -1`: the reader has what it wanted
+        from .output import silence_stdout
+
         silence_stdout()
         return ExitCode.BROKEN_PIPE
     except OSError as exc:
         if exc.errno not in OUTPUT_ERRNOS:
             return _internal(exc)
         # `> /dev/full`, a full disk or quota: the environment, not a bug; one line.
-        err_console.print(
-            f"tierline: error: cannot write: {exc.strerror}", markup=False, highlight=False
-        )
+        _say(f"tierline: error: cannot write: {exc.strerror}")
         return ExitCode.OUTPUT_FAILED
     except Exception as exc:
         return _internal(exc)
@@ -210,15 +209,20 @@ def _internal(exc: Exception) -> int:
         raise exc
     if os.environ.get("TIERLINE_DEBUG"):
         # An exception message can quote a key: print the traceback scrubbed, not raw.
-        err_console.print(redact(traceback.format_exc()), markup=False, highlight=False)
+        _say(redact(traceback.format_exc()))
         return ExitCode.INTERNAL
-    err_console.print(
+    _say(
         f"tierline: internal error: {type(exc).__name__}: {redact(str(exc))} "
-        "(set TIERLINE_DEBUG=1 for a traceback, and please report it)",
-        markup=False,
-        highlight=False,
+        "(set TIERLINE_DEBUG=1 for a traceback, and please report it)"
     )
     return ExitCode.INTERNAL
+
+
+def _say(text: str) -> None:
+    """One plain line on stderr; the console (and rich) is imported only when there is one."""
+    from .output import err_console
+
+    err_console.print(text, markup=False, highlight=False)
 
 
 def cli_exit() -> None:
