@@ -17,7 +17,9 @@ from .conftest import batch_ids, read_results, tl, write_config, write_jobs
 IDS = [f"job-{n}" for n in range(6)]
 
 
-def test_submit_pending_then_collect(tmp_path: Path, oai: FakeOpenAI) -> None:
+def test_submit_pending_then_collect(
+    tmp_path: Path, oai: FakeOpenAI, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     """A run submits and exits 4 with pending lines; collect replaces them with final results."""
     cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
     jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
@@ -28,6 +30,11 @@ def test_submit_pending_then_collect(tmp_path: Path, oai: FakeOpenAI) -> None:
     [batch_id] = batch_ids(pending)
     assert batch_id.startswith("batch_")
     assert tl("batch", "status", "-c", cfg, "--ledger", db) == ExitCode.PENDING
+    capsysbinary.readouterr()
+    assert tl("batch", "status", "-c", cfg, "--ledger", db, "--json") == ExitCode.PENDING
+    [status] = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+    assert (status["batch_id"], status["requests"], status["collected_at"]) == (batch_id, 6, None)
+    assert status["output"] == str(out) and status["live"] is True
     assert tl("batch", "collect", "-c", cfg, "--ledger", db) == ExitCode.PENDING  # not ended yet
     oai.complete_batch(batch_id)
     assert tl("batch", "collect", "-c", cfg, "--ledger", db) == ExitCode.OK

@@ -7,6 +7,7 @@ Also the helpers `run` uses for `--provider-batch` / `--wait` and for "the same 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from ..dispatch import batch as batches
 from ..errors import ExitCode
 from ..jobs import dumps
 from ..ledger.store import default_ledger_path
-from .options import ConfigPath, LedgerPath, Quiet
+from .options import ConfigPath, Json, LedgerPath, Quiet
 from .output import err_console
 
 __all__ = ["ProviderBatch", "Wait", "app", "batch_progress", "collect_same_command"]
@@ -136,15 +137,21 @@ def status(
     config: ConfigPath = None,
     ledger: LedgerPath = None,
     every: Annotated[bool, typer.Option("--all", help="Collected batches too.")] = False,
+    as_json: Json = False,
 ) -> None:
-    """List provider batches, asking each provider where it stands.
+    """List provider batches, asking each provider where it stands (--json: one object per
+    batch on stdout).
 
     Exit 0 when nothing is pending, 4 when some batch has jobs still pending.
     """
     cfg = load_config(config)
     rows = asyncio.run(batches.batch_status(cfg, _ledger(ledger, cfg), everything=every))
     rows = [r for r in rows if not run_ids or r.batch.run_id in run_ids]
-    for r in rows:
+    for r in rows if as_json else []:
+        record = {**dataclasses.asdict(r.batch), "live": r.live, "note": r.note}
+        record["output"] = r.submission.output if r.submission else None
+        sys.stdout.buffer.write(dumps(record) + b"\n")
+    for r in [] if as_json else rows:
         b = r.batch
         seen = "" if r.live else " (as last seen)"
         counts = " ".join(f"{k}={v}" for k, v in b.counts.items())
@@ -156,7 +163,7 @@ def status(
         )
         if r.note or b.error:
             err_console.print(f"  note: {r.note or b.error}", markup=False)
-    if not rows:
+    if not rows and not as_json:
         err_console.print("tierline: no provider batches pending", markup=False)
     pending = any(r.batch.collected_at is None for r in rows)
     raise typer.Exit(int(ExitCode.PENDING if pending else ExitCode.OK))
