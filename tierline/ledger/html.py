@@ -250,7 +250,7 @@ def render_report(data: ReportData, *, window: str, now: datetime | None = None)
             "<h2>Savings against the baseline model</h2>",
             _savings(data, days),
             "<h2>Tier mix</h2>",
-            _hbars(mix, "Jobs per tier"),
+            _hbars(mix, "Jobs per tier (an escalated job counts on each tier it ran on)"),
             "<h2>Checks and escalation</h2>",
             _rates(data),
             "<h2>Latency</h2>",
