@@ -327,6 +327,25 @@ class LedgerConfig(_Strict):
     path: str | None = None
 
 
+class DedupConfig(_Strict):
+    """In-run dedup and the answer cache (docs/cache.md): which jobs may share an answer."""
+
+    enabled: bool = True
+    # Share answers of sampled jobs too (temperature > 0, or unset: the backend's default,
+    # 1.0 on OpenAI): off, since two samples are meant to differ.
+    sampled: bool = False
+    # Finished answers kept in memory for duplicates further down the file (an LRU bound).
+    keep: Annotated[int, Field(ge=0)] = 4096
+
+
+class CacheConfig(_Strict):
+    """The answer cache across runs (opt-in: present in the config, or `run --cache PATH`)."""
+
+    path: str | None = None  # None: cache.sqlite in the data dir
+    ttl_s: Annotated[float, Field(gt=0)] = 7 * 86400
+    max_mb: Annotated[float, Field(gt=0)] = 1024
+
+
 class PricingConfig(_Strict):
     """Price overrides by model name, and the provider batch discount."""
 
@@ -376,6 +395,8 @@ class Config(_Strict):
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     escalation: EscalationConfig | None = None
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    cache: CacheConfig | None = None
     # Where the config came from: a path, or "embedded default". Not a TOML key.
     origin: str = Field(default="embedded default", exclude=True)
 

@@ -227,8 +227,19 @@ class Result:
     escalations: int = 0  # times a failed answer check moved the job up a tier
     error: dict[str, str] | None = None
     metadata: Mapping[str, Any] | None = None
+    dedup_of: str | None = None  # the id of the identical job whose answer this copies
+    cached: bool = False  # the answer came from the answer cache (docs/cache.md)
 
     def to_dict(self) -> dict[str, Any]:
+        record = self._fields()
+        # Only on reused answers, so every other line stays as it was.
+        if self.dedup_of is not None:
+            record["dedup_of"] = self.dedup_of
+        if self.cached:
+            record["cached"] = True
+        return record
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "line": self.line,
@@ -506,7 +517,9 @@ def _check_body_keys(body: Mapping[str, Any]) -> None:
         if default is not _NO_DEFAULT and body[key] == default and type(body[key]) is type(default):
             continue
         if default is not _NO_DEFAULT:
-            raise JobError(f"'body.{key}' is not supported other than {orjson.dumps(default).decode()}")
+            raise JobError(
+                f"'body.{key}' is not supported other than {orjson.dumps(default).decode()}"
+            )
         raise JobError(
             f"'body.{key}' is not supported (tierline sends only: "
             f"{', '.join(sorted(BATCH_BODY_FIELDS))})"

@@ -37,6 +37,7 @@ __all__ = [
     "FSYNC_INTERVAL_S",
     "Journal",
     "RunLock",
+    "answer_key",
     "job_key",
     "route_fingerprint",
 ]
@@ -114,6 +115,21 @@ def job_key(item: Job | InvalidLine, route: bytes) -> str:
     else:
         place = f"{os.path.basename(item.source)}\0{item.line}\0{item.kind}\0{item.error}"
         h.update(b"invalid\0" + place.encode())
+    return h.hexdigest()
+
+
+# Job fields that never reach a backend: two jobs differing only in these get the same answer.
+NOT_SENT = frozenset({"id", "custom_id", "metadata", "why", "confidence"})
+
+
+def answer_key(job: Job, route: bytes) -> str:
+    """The dedup and answer-cache key: `job_key` without the job's id and metadata, so jobs that
+    would be sent the same request along the same route share it (tierline/dispatch/answers.py).
+    The route fingerprint covers the config; the tier is a function of both (an explicit
+    `tier` field is part of the content)."""
+    h = hashlib.blake2b(route, digest_size=16)
+    content = {k: v for k, v in job.raw.items() if k not in NOT_SENT}
+    h.update(b"answer\0" + orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
     return h.hexdigest()
 
 

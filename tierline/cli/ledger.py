@@ -25,6 +25,7 @@ from ..ledger.reports import (
     list_runs,
     parse_since,
     parse_until,
+    reused_answers,
     summarize,
     total,
 )
@@ -129,10 +130,17 @@ def summary(
     groups = [name.strip() for name in by.split(",") if name.strip()] if by else []
     with open_ledger(ledger, config) as book:
         rows = summarize(book.conn, groups, _filters(run, since, until))
+        deduped, cached = reused_answers(book.conn, _filters(run, since, until))
     if as_json:
         sys.stdout.buffer.write(dumps([row.as_dict() for row in rows]) + b"\n")
         return
     print_table(_summary_table(rows, groups))
+    if deduped or cached:  # no calls rows: they are not in the table's calls
+        err_console.print(
+            f"tierline: {deduped + cached} job(s) reused an answer at no cost: {deduped} "
+            f"copied an identical job's (dedup), {cached} from the answer cache",
+            markup=False,
+        )
     unpriced = sum(row.unpriced_calls for row in rows)
     if unpriced:
         err_console.print(

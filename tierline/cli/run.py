@@ -58,6 +58,15 @@ RetryFailed = Annotated[
         "(and those missing), keep the rest, replace PATH atomically.",
     ),
 ]
+CachePath = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        metavar="PATH",
+        help="Answer cache (SQLite): reuse ok answers of earlier runs at no cost, store new "
+        "ones. Default: the config's [cache] section, else off (docs/cache.md).",
+    ),
+]
 
 
 def run(
@@ -73,6 +82,7 @@ def run(
     wait: batch.Wait = False,
     max_cost: MaxCost = None,
     retry_failed: RetryFailed = False,
+    cache: CachePath = None,
 ) -> None:
     """Tier each job, dispatch it along its tier's route, write one result line per job.
 
@@ -129,6 +139,7 @@ def run(
                 stop=stop,
                 batches=BatchOptions(provider_batch, wait, output if to_file else None),
                 max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
+                cache_path=cache,
             )
             summary = asyncio.run(stop.guard(work))
         if journal.error is not None:

@@ -4,6 +4,7 @@ result to a sink as it completes. Memory is bounded by the in-flight window, not
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import Config
+from ..config import CacheConfig, Config
 from ..errors import ExitCode
 from ..interrupts import Stop
 from ..jobs import InvalidLine, Job, Result, Status, Usage, read_jobs
@@ -21,6 +22,7 @@ from ..ledger.pricing import genai_prices_version, nanos_to_usd
 from ..ledger.store import Ledger
 from ..tiering.pipeline import Tierer
 from ..tiering.vote import TierVote
+from .answers import Answers
 from .base import Backend, request_for
 from .batch.divert import BatchDiverter, BatchOptions, open_diverter
 from .checks import CheckFailure, run_checks
@@ -55,9 +57,13 @@ class Tally:
     escalated: Counter[int] = field(default_factory=Counter)  # by the tier first decided
     answers: Counter[str] = field(default_factory=Counter)  # checked answers by backend
     failed_checks: Counter[str] = field(default_factory=Counter)  # ... that failed a check
+    deduped: int = 0  # copies of an identical job's answer (not sent)
+    cached: int = 0  # answers from the answer cache (not sent)
 
     def add(self, result: Result) -> None:
         self.jobs += 1
+        self.deduped += result.dedup_of is not None
+        self.cached += result.cached
         self.by_status[result.status] += 1
         if result.tier is not None:
             self.by_tier[result.tier] += 1
@@ -157,6 +163,13 @@ class _Dispatcher:
         return self._result(
             job, vote, Outcome(hops), nanos if nanos_known else None, failure, escalations
         )
+
+    async def send(self, job: Job, tierer: Tierer) -> Result | None:
+        """The job's result, once its calls are durable in the ledger (write-ahead)."""
+        result = await self(job, tierer)
+        if result is not None:
+            await self.accountant.durable()
+        return result
 
     async def _offer_to_batch(self, job: Job, vote: TierVote) -> bool | Refusal:
         """Offer the job to a provider batch. Under --max-cost its worst case is reserved first
@@ -283,8 +296,12 @@ async def run_jobs(
     stop: Stop | None = None,
     budget: Budget | None = None,
     divert: BatchDiverter | None = None,
+    answers: Answers | None = None,
 ) -> RunSummary:
     """Dispatch every job; call `sink` once per input item, in completion order.
+
+    With `answers`, a job that can reuse an answer (an identical job's in this run, or the
+    answer cache's) is not sent (dispatch/answers.py).
 
     With `divert`, jobs bound for provider batches are packed and submitted by it; it emits
     their (pending or final) results through the same sink.
@@ -297,6 +314,7 @@ async def run_jobs(
     router.warm()
     accountant = Accountant(config, ledger=ledger, run_id=run_id, budget=budget)
     dispatcher = _Dispatcher(config, router, accountant, divert)
+    reuse = Answers.or_off(answers, config)
     tally = Tally()
     window = max_in_flight or min(
         1024, sum(b.max_concurrency for b in config.backends.values()) * 2
@@ -311,11 +329,12 @@ async def run_jobs(
     if divert is not None:
         divert.bind(emit)
 
-    async def one(job: Job) -> None:
+    send = functools.partial(dispatcher.send, tierer=tierer)
+
+    async def one(job: Job, key: str | None) -> None:
         try:
-            result = await dispatcher(job, tierer)
+            result = await reuse.answer(job, key, send)
             if result is not None:
-                await accountant.durable()  # write-ahead: its calls are in the ledger first
                 emit(result)
         finally:
             slots.release()
@@ -332,15 +351,18 @@ async def run_jobs(
             )
             if item is sentinel or (stop is not None and stop.requested):
                 break
-            if isinstance(item, InvalidLine):
-                emit(Result.invalid(item))
+            assert isinstance(item, Job | InvalidLine)
+            # an invalid line, a cache hit, a copy of a finished answer: no slot, no task
+            key, known = reuse.lookup(item)
+            if known is not None:
+                emit(known)
                 continue
             assert isinstance(item, Job)
             if stop is None:
                 await slots.acquire()
             elif not await stop.acquire(slots):
                 break
-            task = asyncio.create_task(one(item))
+            task = asyncio.create_task(one(item, key))
             pending.add(task)
             task.add_done_callback(pending.discard)
         if pending and stop is not None:
@@ -356,7 +378,34 @@ async def run_jobs(
         if divert is not None:
             await divert.aclose()
     notes = ([DEFAULT_NOTE] if config.is_default else []) + accountant.notes()
+    notes += _reuse_notes(tally, answers)
     return RunSummary(run_id, config.origin, tally, time.perf_counter() - started, notes)
+
+
+def _answers(config: Config, cache_path: str | None, *, batches: bool) -> Answers | None:
+    """Dedup (not with provider batches: an answer there comes hours later, from another
+    process) and the answer cache, when `[cache]` or --cache turns it on."""
+    from .answers import AnswerCache
+
+    cache = None
+    if cache_path is not None or config.cache is not None:
+        cache = AnswerCache.from_config(config.cache or CacheConfig(), cache_path)
+    answers = Answers(config, cache, dedup=not batches)
+    return answers if answers.active else None
+
+
+def _reuse_notes(tally: Tally, answers: Answers | None) -> list[str]:
+    notes = []
+    if tally.deduped:
+        notes.append(f"dedup: {tally.deduped} job(s) copied an identical job's answer, not sent")
+    if answers is not None and answers.cache is not None:
+        notes.append(f"cache: {tally.cached} hit(s), not sent ({answers.cache.path})")
+    if answers is not None and answers.active and answers.unshared:
+        notes.append(
+            f"{answers.unshared} sampled job(s) (temperature > 0 or unset) shared no answer; "
+            "set defaults.temperature = 0 or [dedup] sampled = true to share them"
+        )
+    return notes
 
 
 async def run_files(
@@ -371,6 +420,7 @@ async def run_files(
     stop: Stop | None = None,
     max_cost_micros: int | None = None,
     batches: BatchOptions | None = None,
+    cache_path: str | None = None,
 ) -> RunSummary:
     """A whole run: read the inputs, dispatch, write results, and keep the ledger.
 
@@ -397,18 +447,24 @@ async def run_files(
 
         divert = open_diverter(batches, config=config, ledger=ledger, run_id=run_id, inputs=inputs)
         items: Iterable[Job | InvalidLine] = read_jobs(inputs)
-        summary = await run_jobs(
-            select(items) if select is not None else items,
-            config=config,
-            tierer=Tierer.from_config(config.tiering),
-            sink=sink,
-            ledger=ledger,
-            run_id=run_id,
-            read_in_thread="-" in inputs,
-            stop=stop,
-            budget=None if max_cost_micros is None else Budget(max_cost_micros),
-            divert=divert,
-        )
+        answers = _answers(config, cache_path, batches=divert is not None)
+        try:
+            summary = await run_jobs(
+                select(items) if select is not None else items,
+                config=config,
+                tierer=Tierer.from_config(config.tiering),
+                sink=sink,
+                ledger=ledger,
+                run_id=run_id,
+                read_in_thread="-" in inputs,
+                stop=stop,
+                budget=None if max_cost_micros is None else Budget(max_cost_micros),
+                divert=divert,
+                answers=answers,
+            )
+        finally:
+            if answers is not None and answers.cache is not None:
+                answers.cache.close()
         t = summary.tally
         if divert is not None:
             divert.close(t.by_status["ok"], t.failed)
@@ -423,6 +479,8 @@ async def run_files(
             failed=t.failed,
             status=status,
             skipped_budget=t.by_status["skipped_budget"],
+            deduped=t.deduped,
+            cached=t.cached,
         )
         if hasattr(writer, "before_sync"):
             setattr(writer, "before_sync", None)  # noqa: B010 - closing the ledger syncs it

@@ -215,3 +215,11 @@ def m005_nano_dollars(conn: sqlite3.Connection) -> None:
     for (table, new), (old, factor) in NANOS_FROM_MICROS.items():
         conn.execute(f'ALTER TABLE "{table}" RENAME COLUMN "{old}" TO "{new}"')
         conn.execute(f'UPDATE "{table}" SET "{new}" = "{new}" * {factor}')
+
+
+@migration
+def m006_reused_answers(conn: sqlite3.Connection) -> None:
+    """Jobs of a run answered without a call: copies of an identical job's answer (dedup) and
+    answer-cache hits (dispatch/answers.py). They cost nothing and have no calls rows."""
+    conn.execute("ALTER TABLE runs ADD COLUMN deduped INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE runs ADD COLUMN cached INTEGER NOT NULL DEFAULT 0")

@@ -28,6 +28,7 @@ __all__ = [
     "parse_since",
     "parse_until",
     "report_data",
+    "reused_answers",
     "summarize",
     "total",
 ]
@@ -184,6 +185,8 @@ RUN_COLUMNS = (
     "ok",
     "failed",
     "skipped_budget",
+    "deduped",
+    "cached",
     "cost_nanos",
     "unpriced_calls",
     "baseline_nanos",
@@ -204,6 +207,15 @@ def list_runs(
         sql += " LIMIT ?"
         params.append(limit)
     return [dict(zip(RUN_COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
+
+
+def reused_answers(conn: sqlite3.Connection, filters: Filters) -> tuple[int, int]:
+    """(deduped, cached): jobs of the runs in `filters` answered without a call, at no cost."""
+    where, params = filters.where("started_at")
+    row = conn.execute(
+        f"SELECT COALESCE(SUM(deduped), 0), COALESCE(SUM(cached), 0) FROM runs{where}", params
+    ).fetchone()
+    return int(row[0]), int(row[1])
 
 
 def _calls(conn: sqlite3.Connection, filters: Filters) -> tuple[list[str], Iterator[Any]]:

@@ -246,20 +246,42 @@ class Ledger:
             os.close(fd)
 
     def finish_run(
-        self, run_id: str, *, jobs: int, ok: int, failed: int, status: str, skipped_budget: int = 0
+        self,
+        run_id: str,
+        *,
+        jobs: int,
+        ok: int,
+        failed: int,
+        status: str,
+        skipped_budget: int = 0,
+        deduped: int = 0,
+        cached: int = 0,
     ) -> None:
         self.flush()
         with transaction(self.conn):
             self.conn.execute(
                 """UPDATE runs SET finished_at = ?, jobs = ?, ok = ?, failed = ?, status = ?,
-                   skipped_budget = ?,
+                   skipped_budget = ?, deduped = ?, cached = ?,
                    cost_nanos = (SELECT COALESCE(SUM(cost_nanos), 0) FROM calls WHERE run_id = ?),
                    baseline_nanos = (SELECT COALESCE(SUM(baseline_nanos), 0) FROM calls
                                      WHERE run_id = ? AND cost_nanos IS NOT NULL),
                    unpriced_calls = (SELECT COUNT(*) FROM calls
                                      WHERE run_id = ? AND cost_nanos IS NULL)
                    WHERE id = ?""",
-                (_now(), jobs, ok, failed, status, skipped_budget, run_id, run_id, run_id, run_id),
+                (
+                    _now(),
+                    jobs,
+                    ok,
+                    failed,
+                    status,
+                    skipped_budget,
+                    deduped,
+                    cached,
+                    run_id,
+                    run_id,
+                    run_id,
+                    run_id,
+                ),
             )
 
     def close(self) -> None:
