@@ -3,6 +3,7 @@ real SQLite cache file (docs/cache.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -190,6 +191,7 @@ class TestCache:
 
 WRITER = """
 import sys
+import time
 from pathlib import Path
 from tierline.dispatch.answers import AnswerCache
 cache = AnswerCache(Path(sys.argv[1]), ttl_s=3600, max_bytes=1 << 30)
@@ -198,6 +200,7 @@ i = 0
 while True:
     cache.put(f"{tag}{i:031x}", {"output": f"{tag}-{i}-" + "y" * 2000})
     i += 1
+    time.sleep(0.001)  # a run writes between calls; a tight loop would starve the other
 """
 
 
@@ -210,9 +213,11 @@ def test_kill_9_mid_write_leaves_no_torn_entry(tmp_path: Path) -> None:
     count = 0
     while count < 400 and time.monotonic() < deadline:
         time.sleep(0.05)
-        if path.exists():
-            with sqlite3.connect(path, timeout=10) as conn:
-                count = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        with (
+            contextlib.suppress(sqlite3.OperationalError),  # not created yet
+            sqlite3.connect(path, timeout=10) as conn,
+        ):
+            count = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
     for proc in procs:
         assert proc.poll() is None  # still writing: killed mid-stream
         proc.send_signal(signal.SIGKILL)
