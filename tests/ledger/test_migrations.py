@@ -61,6 +61,9 @@ RUNS = {
     "max_cost_micros": "INTEGER",
     "price_version": "TEXT",
     "tierline_version": "TEXT",
+    # m006
+    "deduped": "INTEGER",
+    "cached": "INTEGER",
 }
 
 

@@ -145,6 +145,7 @@ class Router:
         self._backends: dict[str, Backend] = dict(backends or {})
         self.gates: dict[str, Gate] = {}
         self._sleep = sleep
+        self._warmed = False
 
     def gate(self, name: str) -> Gate:
         gate = self.gates.get(name)
@@ -162,7 +163,12 @@ class Router:
         request. Created mid-run, an SDK import blocks the event loop for seconds, and the busy
         meters of the calls then in flight on self-hosted servers would bill their GPUs for it.
         A backend that cannot be created now fails its jobs later, as it would unwarmed; the
-        in-process model is left to load on first use (a run may not need it)."""
+        in-process model is left to load on first use (a run may not need it). Called again,
+        it does nothing: the run calls it before its first send, so a run answered wholly from
+        the answer cache imports no SDK."""
+        if self._warmed:
+            return
+        self._warmed = True
         for name in sorted({chain[0] for chain in self.config.routes.values()}):
             if self.config.backends[name].kind == "llamacpp":
                 continue

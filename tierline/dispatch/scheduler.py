@@ -166,6 +166,9 @@ class _Dispatcher:
 
     async def send(self, job: Job, tierer: Tierer) -> Result | None:
         """The job's result, once its calls are durable in the ledger (write-ahead)."""
+        # The first send of the run: the tasks created so far have not run, so no call is in
+        # flight while the SDKs import (Router.warm).
+        self.router.warm()
         result = await self(job, tierer)
         if result is not None:
             await self.accountant.durable()
@@ -310,8 +313,7 @@ async def run_jobs(
     period before being cancelled; a cancelled job emits nothing (a resume redoes it).
     """
     started = time.perf_counter()
-    router = Router(config, backends)
-    router.warm()
+    router = Router(config, backends)  # warmed before the first send (_Dispatcher.send)
     accountant = Accountant(config, ledger=ledger, run_id=run_id, budget=budget)
     dispatcher = _Dispatcher(config, router, accountant, divert)
     reuse = Answers.or_off(answers, config)
