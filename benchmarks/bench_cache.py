@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -47,12 +48,14 @@ temperature = 0
 
 
 def write_jobs(path: Path, count: int, unique: int) -> None:
-    """`count` jobs over `unique` prompts (job i asks prompt i % unique); tier given, as after
-    `tierline classify`."""
+    """`count` jobs over `unique` prompts, each asked at least once, in a seeded random order;
+    tier given, as after `tierline classify`."""
+    prompts = [i % unique for i in range(count)]
+    random.Random(0).shuffle(prompts)  # repeats anywhere in the file, not in blocks
     with path.open("w", encoding="utf-8") as fh:
-        for i in range(count):
-            job = {"id": f"j{i}", "prompt": f"Ticket {i % unique}: the printer is jammed.",
-                   "tier": 1 + i % 3, "metadata": {"n": i}}  # fmt: skip
+        for i, p in enumerate(prompts):
+            job = {"id": f"j{i}", "prompt": f"Ticket {p}: the printer is jammed.",
+                   "tier": 1 + p % 3, "metadata": {"n": i}}  # fmt: skip
             fh.write(json.dumps(job) + "\n")
 
 
@@ -77,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--dup-share", type=float, default=0.4)
+    parser.add_argument("--only", choices=("cache", "dup40"), help="run only these runs")
     opts = parser.parse_args()
     n = opts.jobs
     with tempfile.TemporaryDirectory() as tmp, FakeVLLM(model="m", record_limit=16) as server:
@@ -94,11 +98,10 @@ def main() -> None:
             return server.counters["request_success"]
 
         rows = []
-        for name, jobs, extra in (
-            ("first", distinct, cache),
-            ("second", distinct, cache),
-            ("dup40", dups, []),
-        ):
+        runs = [("first", distinct, cache), ("second", distinct, cache), ("dup40", dups, [])]
+        if opts.only:
+            runs = [r for r in runs if (r[0] == "dup40") == (opts.only == "dup40")]
+        for name, jobs, extra in runs:
             before = calls()
             seconds, cpu = run([str(jobs), "-o", str(d / f"{name}.jsonl"), *common, *extra], d)
             rows.append((name, seconds, cpu, calls() - before))
@@ -107,17 +110,23 @@ def main() -> None:
         print(f"{'run':8} {'wall s':>8} {'CPU s':>8} {'backend calls':>14}")
         for name, seconds, cpu, sent in rows:
             print(f"{name:8} {seconds:8.2f} {cpu:8.2f} {sent:14d}")
-        first, second = rows[0], rows[1]
-        print(
-            f"second run / first run: wall {second[1] / first[1]:.2f}, CPU {second[2] / first[2]:.2f}"
-        )
+        report({name: row for name, *row in rows}, unique)
+
+
+def report(rows: dict[str, list[float]], unique: int) -> None:
+    """The targets, from rows of (wall s, CPU s, backend calls) by run name."""
+    if "second" in rows:
+        (wall1, cpu1, _), (wall2, cpu2, sent2) = rows["first"], rows["second"]
+        print(f"second run / first run: wall {wall2 / wall1:.2f}, CPU {cpu2 / cpu1:.2f}")
         # On a shared machine the wall time is mostly waiting for a core; the CPU time is what
-        # the run itself costs, and what it would take on 2 idle cores.
-        print(f"target second run: 0 calls -> {'met' if second[3] == 0 else 'NOT met'}; "
-              f"< 2 s wall -> {'met' if second[1] < 2 else 'NOT met'}; "
-              f"< 2 s CPU -> {'met' if second[2] < 2 else 'NOT met'}")  # fmt: skip
+        # the run itself costs, and about what it takes on 2 idle cores.
+        print(f"target second run: 0 calls -> {'met' if sent2 == 0 else 'NOT met'}; "
+              f"< 2 s wall -> {'met' if wall2 < 2 else 'NOT met'}; "
+              f"< 2 s CPU -> {'met' if cpu2 < 2 else 'NOT met'}")  # fmt: skip
+    if "dup40" in rows:
+        sent = rows["dup40"][2]
         print(f"target dup40: calls = unique jobs ({unique}) -> "
-              f"{'met' if rows[2][3] == unique else 'NOT met'}")  # fmt: skip
+              f"{'met' if sent == unique else 'NOT met'}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -334,8 +334,9 @@ class DedupConfig(_Strict):
     # Share answers of sampled jobs too (temperature > 0, or unset: the backend's default,
     # 1.0 on OpenAI): off, since two samples are meant to differ.
     sampled: bool = False
-    # Finished answers kept in memory for duplicates further down the file (an LRU bound).
-    keep: Annotated[int, Field(ge=0)] = 4096
+    # Finished answers kept in memory for duplicates further down the file (an LRU bound):
+    # memory is about keep x (answer size + 0.5 KiB) at most (docs/cache.md).
+    keep: Annotated[int, Field(ge=0)] = 65_536
 
 
 class CacheConfig(_Strict):
