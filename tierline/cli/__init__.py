@@ -67,7 +67,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 # Help and usage errors are rich panels for a person at a terminal, plain text in a pipe or a
 # log; Typer's rich formatting costs more to import than the rest of `--help`.
-MARKUP: Any = "rich" if sys.stdout.isatty() or sys.stderr.isatty() else None
+def _tty(stream: Any) -> bool:
+    # A stream closed by the shell (`>&-`) is None: no terminal, and no crash before main()
+    # can report it.
+    return stream is not None and stream.isatty()
+
+
+MARKUP: Any = "rich" if _tty(sys.stdout) or _tty(sys.stderr) else None
 
 
 @contextlib.contextmanager
