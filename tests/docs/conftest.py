@@ -117,8 +117,10 @@ def script_env(**extra: str) -> dict[str, str]:
 
 
 def run_script(
-    args: list[str], cwd: Path, timeout: float = 60, **env: str
+    args: list[str], cwd: Path, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess[str]:
+    # The timeout only stops a hung script: the pipelines script starts ~40 tierline processes,
+    # which took 85 s on 2 cores with four other test runs beside it (15 s of CPU).
     return subprocess.run(
         args, cwd=cwd, env=script_env(**env), capture_output=True, text=True, timeout=timeout
     )

@@ -141,7 +141,7 @@ def test_pipelines_script(workdir: Path, fakes: FakeStack, tmp_path: Path) -> No
         "TIERLINE_CONFIG": str(fakes.config("hybrid.toml")),
         "TIERLINE_HOME": str(tmp_path / "home"),
     }
-    done = run_script(["bash", "pipelines.sh", "small.jsonl"], workdir, timeout=90, **env)
+    done = run_script(["bash", "pipelines.sh", "small.jsonl"], workdir, **env)
     assert done.returncode == 0, done.stderr
     out = workdir / "out" / "pipelines"
     jobs = len(SYNC_IDS)
