@@ -7,11 +7,15 @@ Measured, each against a baseline taken in the same run (this machine is shared 
 the ratios are what to compare; docs/local.md has the table and the targets):
 
 * `build`: the installed llama-cpp-python build alone, in this process: prompt processing of a
-  400-token prompt (tokens/s, after a warm-up) and single-stream generation (`Llama.__call__`,
-  64 tokens at temperature 0), with the instruction sets the build was compiled for;
+  400-token prompt (tokens/s, after a warm-up) and single-stream generation (64 tokens at
+  temperature 0), with the instruction sets the build was compiled for;
 * `throughput`: generated tokens/s of `tierline run` on 32 short jobs with the embedded default
-  config (the whole command: start-up, model load, tiering, results, ledger) against a raw
-  `Llama.__call__` loop over the same 32 prompts (model load excluded: the raw side's favour);
+  config (the whole command: start-up, model load, tiering, results, ledger) against raw
+  single-stream llama-cpp-python over the same 32 prompts (`create_chat_completion`: the chat
+  template, then `Llama.__call__`'s loop; model load not timed: the raw side's favour); also CPU
+  milliseconds per generated token on both sides (tierline's parent and workers together),
+  which a busy machine disturbs far less than wall time; `--parallel N` adds runs at other
+  `parallel` values;
 * `readme`: wall time of the README's first command, `tierline run examples/jobs.jsonl -o
   out.jsonl` (target < 60 s);
 * `overhead`: a 1-token job through the worker process against the same job in process
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The workers run with OMP_WAIT_POLICY=PASSIVE (docs/local.md); the in-process baselines get the
+# same, unless the caller sets it (OMP_WAIT_POLICY=ACTIVE measures spinning threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 N_JOBS = 32
 MAX_TOKENS = 64
 THREADS = os.cpu_count() or 1
@@ -115,17 +123,13 @@ def bench_build() -> dict[str, Any]:
         started = time.perf_counter()
         llama.eval(tokens)
         pp.append(len(tokens) / (time.perf_counter() - started))
-    llama(short_prompts(1)[0], max_tokens=8, temperature=0.0)  # warm-up
     tg = []
-    for prompt in short_prompts(3):
+    for prompt in short_prompts(4):
         llama.reset()
-        out = llama(prompt, max_tokens=MAX_TOKENS, temperature=0.0)
-        n = out["usage"]["completion_tokens"]
-        llama.reset()
-        llama.eval(llama.tokenize(prompt.encode()))
         started = time.perf_counter()
-        llama(prompt, max_tokens=n, temperature=0.0)  # the prompt is cached: generation only
-        tg.append(n / (time.perf_counter() - started))
+        out = chat(llama, prompt, MAX_TOKENS)
+        tg.append(out["usage"]["completion_tokens"] / (time.perf_counter() - started))
+    tg = tg[1:]  # the first call warmed up
     llama.close()
     return {
         "build": build_info(),
@@ -136,8 +140,17 @@ def bench_build() -> dict[str, Any]:
     }
 
 
+def chat(llama: Any, prompt: str, max_tokens: int) -> Any:
+    """One single-stream call on the chat-templated prompt, as the old in-process backend made
+    it (`create_chat_completion`: the template, then `Llama.__call__`'s generation loop).
+    Temperature 0, so the worker and this generate the same tokens."""
+    return llama.create_chat_completion(
+        messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0
+    )
+
+
 def raw_loop(prompts: list[str]) -> dict[str, Any]:
-    """`Llama.__call__` over the prompts, one after the other (model load not timed)."""
+    """Single-stream llama-cpp-python over the prompts, one after the other (load not timed)."""
     from llama_cpp import Llama
 
     llama = Llama(
@@ -148,17 +161,17 @@ def raw_loop(prompts: list[str]) -> dict[str, Any]:
         verbose=False,
         seed=0,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     generated = 0
     for prompt in prompts:
-        out = llama(prompt, max_tokens=MAX_TOKENS, temperature=0.0)
-        generated += out["usage"]["completion_tokens"]
-    seconds = time.perf_counter() - started
+        generated += chat(llama, prompt, MAX_TOKENS)["usage"]["completion_tokens"]
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     llama.close()
     return {
         "generated": generated,
         "seconds": round(seconds, 2),
         "tok_s": round(generated / seconds, 1),
+        "cpu_ms_per_token": round(cpu * 1000 / generated, 1),
     }
 
 
@@ -217,12 +230,15 @@ def tierline_run(jobs: Path, workdir: Path, config: str | None = None) -> dict[s
         (workdir / "bench.toml").write_text(config)
         cmd += ["--config", str(workdir / "bench.toml")]
     env = {**os.environ, "TIERLINE_HOME": str(workdir)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=workdir, stderr=subprocess.PIPE, text=True)
     rss = TreeRSS(proc.pid)
     _, err = proc.communicate()
     seconds = time.perf_counter() - started
     rss.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # tierline and its workers, reaped
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     results = [json.loads(line) for line in out.read_text().splitlines()]
     generated = sum((r.get("usage") or {}).get("output_tokens", 0) for r in results)
     ok = sum(r["status"] == "ok" for r in results)
@@ -234,6 +250,7 @@ def tierline_run(jobs: Path, workdir: Path, config: str | None = None) -> dict[s
         "generated": generated,
         "seconds": round(seconds, 2),
         "tok_s": round(generated / seconds, 1),
+        "cpu_ms_per_token": round(cpu * 1000 / max(generated, 1), 1),
         "peak_rss_mb": round(rss.peak / 1024),
         "per_process_peak_mb": sorted(round(v / 1024) for v in rss.per_process.values()),
     }
@@ -255,6 +272,9 @@ def bench_throughput(workdir: Path, parallel: list[int]) -> dict[str, Any]:
         "tierline_default": tierline_run(jobs, workdir),
     }
     out["ratio_default"] = round(out["tierline_default"]["tok_s"] / raw["tok_s"], 2)
+    out["cpu_ratio_default"] = round(
+        raw["cpu_ms_per_token"] / out["tierline_default"]["cpu_ms_per_token"], 2
+    )
     for p in parallel:
         config = (
             '[backends.local]\nkind = "llamacpp"\nmax_tokens = 256\n'
@@ -349,7 +369,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     chosen = args.only or ["build", "throughput", "readme", "overhead", "rss"]
-    report: dict[str, Any] = {"threads": THREADS}
+    report: dict[str, Any] = {"threads": THREADS, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         workdir = Path(tmp)
         for name in chosen:
