@@ -136,4 +136,4 @@ def test_run_on_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[s
         .fetchall()
     )
     assert rows == [("b", "ok", 0), ("q", "ok", 0), ("x", "ok", 0)]
-    assert "embedded default" in err and "4 job(s)" in err and "1 failed" in err
+    assert "embedded default" in err and "4 job(s)" in err and "1 invalid" in err

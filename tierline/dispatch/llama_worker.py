@@ -13,14 +13,15 @@ sequence id. Each sequence has its own sampler chain (grammar, temperature, seed
 sequence), which is cleared when it ends.
 
 Protocol: JSON lines (orjson) on stdin (jobs) and on the original stdout (answers); fd 1 is
-pointed at stderr first so that nothing llama.cpp prints can corrupt the channel.
+pointed at stderr first so that nothing llama.cpp prints can corrupt the channel. When stdin
+closes (the parent is done, or died) the worker exits at once.
 
     parent -> worker  {"op": "job", "id", "messages", "max_tokens", "temperature", "stop",
                        "response_format", "seed"}
     worker -> parent  {"op": "ready", "n_ctx", "parallel", "threads", "system_info"}
                       {"op": "fatal", "error"}            then exit 3 (nothing loaded)
                       {"op": "done", "id", "text", "finish_reason", "prompt_tokens",
-                       "completion_tokens"}
+                       "completion_tokens", "worker_s"}
                       {"op": "error", "id", "error"}      that job failed, the worker goes on
 
 llama-cpp-python is imported only here, inside the worker, and only when the worker starts.
@@ -35,6 +36,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -170,6 +172,7 @@ class Sequence:
     last: int = -1  # the token sampled last, to be decoded next
     out: bytearray = field(default_factory=bytearray)
     n_out: int = 0
+    received: float = 0.0  # when the job arrived (perf_counter)
 
     @property
     def prefilling(self) -> bool:
@@ -297,7 +300,9 @@ class Engine:
             int(job.get("seed") or 0),
         )
         max_tokens = min(int(job["max_tokens"]), self.n_ctx - len(prompt))
-        return Sequence(int(job["id"]), slot, prompt, max_tokens, stops, sampler)
+        seq = Sequence(int(job["id"]), slot, prompt, max_tokens, stops, sampler)
+        seq.received = float(job.get("received", time.perf_counter()))
+        return seq
 
     def release(self, seq: Sequence) -> None:
         self.ll.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
@@ -408,8 +413,13 @@ class Channel:
 def _reader(inbox: queue.Queue[dict[str, Any] | None]) -> None:
     for line in sys.stdin.buffer:
         if line.strip():
-            inbox.put(orjson.loads(line))
-    inbox.put(None)  # the parent closed stdin: finish and exit
+            job = orjson.loads(line)
+            job["received"] = time.perf_counter()  # for worker_s in its answer
+            inbox.put(job)
+    # The parent closed stdin: it is done with this worker, or it died. Nobody will read what
+    # is still being decoded, so stop now rather than burn the CPU on it (the main thread may
+    # be inside llama_decode; the process holds nothing worth saving).
+    os._exit(0)
 
 
 def serve(engine: Engine, channel: Channel, inbox: queue.Queue[dict[str, Any] | None]) -> None:
@@ -417,19 +427,14 @@ def serve(engine: Engine, channel: Channel, inbox: queue.Queue[dict[str, Any] | 
     free = list(range(engine.s.parallel))[::-1]
     active: list[Sequence] = []
     waiting: list[dict[str, Any]] = []
-    closing = False
-    while active or waiting or not closing:
-        if not closing:
-            try:  # block only when there is nothing to decode
-                msg = inbox.get(block=not (active or waiting))
-                while True:
-                    if msg is None:
-                        closing = True
-                        break
-                    waiting.append(msg)
-                    msg = inbox.get_nowait()
-            except queue.Empty:
-                pass
+    while True:
+        try:  # block only when there is nothing to decode
+            msg = inbox.get(block=not (active or waiting))
+            while msg is not None:
+                waiting.append(msg)
+                msg = inbox.get_nowait()
+        except queue.Empty:
+            pass
         while waiting and free:
             job = waiting.pop(0)
             slot = free.pop()
@@ -460,6 +465,8 @@ def serve(engine: Engine, channel: Channel, inbox: queue.Queue[dict[str, Any] | 
                 finish_reason=reason,
                 prompt_tokens=len(seq.prompt),
                 completion_tokens=seq.n_out,
+                # Time in the worker: the rest of a job's latency is the pipe, JSON, asyncio.
+                worker_s=time.perf_counter() - seq.received,
             )
             engine.release(seq)
             active.remove(seq)
@@ -506,9 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_reader, args=(inbox,), daemon=True).start()
-    serve(engine, channel, inbox)
-    with contextlib.suppress(Exception):
-        llama_cpp.llama_batch_free(engine.batch)
+    serve(engine, channel, inbox)  # returns only by the reader's exit
     return 0
 
 

@@ -197,7 +197,11 @@ class Worker:
 
     async def _read(self, stream: asyncio.StreamReader) -> None:
         async for line in stream:
-            msg = orjson.loads(line)
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:  # not the protocol: keep it for the death message
+                self._stderr.append(line.decode("utf-8", "replace").rstrip())
+                continue
             fut = self.pending.pop(msg.get("id", -1), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -231,7 +235,7 @@ class Worker:
         return await fut
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Close its stdin (it finishes its jobs and exits), then kill it if it lingers."""
+        """Close its stdin (it exits at once, dropping unfinished jobs), kill it if it lingers."""
         proc = self.proc
         if proc is None:
             return
@@ -346,6 +350,7 @@ class LlamaCppBackend(BaseBackend):
                 output_tokens=int(answer["completion_tokens"]),
             ),
             model=self.model,
+            extra={"worker_s": answer.get("worker_s")},
         )
 
     def worker_pids(self) -> list[int]:
