@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +19,7 @@ import pytest
 from tierline.config import LlamaCppBackendConfig, config_from_mapping
 from tierline.dispatch.base import Request
 from tierline.dispatch.llama_worker import PORTABLE_CMAKE_ARGS, build_problem
-from tierline.dispatch.llamacpp import LlamaCppBackend, crash_message
+from tierline.dispatch.llamacpp import LlamaCppBackend, Worker, _Settings, crash_message
 from tierline.dispatch.router import Router
 from tierline.errors import BackendUnavailable
 from tierline.jobs import Message
@@ -50,7 +51,9 @@ def ask(text: str, **fields: object) -> Request:
 
 
 def local(**fields: object) -> LlamaCppBackend:
-    return LlamaCppBackend("local", LlamaCppBackendConfig(kind="llamacpp", n_ctx=1024, **fields))  # type: ignore[arg-type]
+    fields.setdefault("workers", 1)
+    config = LlamaCppBackendConfig(kind="llamacpp", n_ctx=1024, **fields)  # type: ignore[arg-type]
+    return LlamaCppBackend("local", config)
 
 
 async def wait_for_jobs(backend: LlamaCppBackend, n: int) -> int:
@@ -205,6 +208,23 @@ async def test_a_model_file_that_is_not_gguf_is_a_clear_error(tmp_path: Path) ->
         finally:
             await backend.aclose()
         assert not row.usable and message in row.detail
+
+
+async def test_default_parallel_fits_the_kv_budget(smollm2: Path) -> None:
+    """Left to its default, `parallel` shrinks to what the KV budget holds for the model
+    loaded (a big model keeps one sequence); set explicitly, it is kept."""
+    settings = _Settings(str(smollm2), 1024, 8, 1, 0, kv_budget=1)
+    squeezed = Worker("local: worker 1", settings)
+    kept = Worker("local: worker 2", replace(settings, kv_budget=None))
+    try:
+        await squeezed.start()
+        await kept.start()
+    finally:
+        await squeezed.stop()
+        await kept.stop()
+    assert squeezed.info["parallel"] == 1 and kept.info["parallel"] == 8
+    backend = local()
+    assert backend._settings(8).kv_budget and not local(parallel=8)._settings(8).kv_budget
 
 
 async def test_check_loads_the_model_and_generates_a_token(smollm2: Path) -> None:

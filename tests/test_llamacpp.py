@@ -36,7 +36,9 @@ SCHEMA = {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def backend(smollm2: Path) -> AsyncIterator[LlamaCppBackend]:
-    b = LlamaCppBackend("local", LlamaCppBackendConfig(kind="llamacpp", n_ctx=1024, parallel=4))
+    b = LlamaCppBackend(
+        "local", LlamaCppBackendConfig(kind="llamacpp", n_ctx=1024, parallel=4, workers=1)
+    )
     yield b
     await b.aclose()
 

@@ -134,7 +134,7 @@ class LlamaCppBackendConfig(_BackendBase, _LocalPricing):
     n_threads: Annotated[int, Field(ge=1)] | None = None  # per worker; default: cores / workers
     n_gpu_layers: int = 0
     seed: int = 0
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    workers: Annotated[int, Field(ge=1, le=64)] | None = None  # default: auto_workers()
     parallel: Annotated[int, Field(ge=1, le=256)] | None = None  # default: auto_parallel()
     max_restarts: Annotated[int, Field(ge=0)] = 3  # worker restarts after crashes, per run
     # 0 (the default): every sequence of every worker, workers x parallel.
@@ -143,25 +143,41 @@ class LlamaCppBackendConfig(_BackendBase, _LocalPricing):
     @model_validator(mode="after")
     def _fill_concurrency(self) -> LlamaCppBackendConfig:
         if self.max_concurrency == 0:
-            object.__setattr__(self, "max_concurrency", self.workers * self.sequences)
+            object.__setattr__(self, "max_concurrency", self.processes * self.sequences)
         return self
+
+    @property
+    def processes(self) -> int:
+        """Worker processes: `workers`, or auto_workers()."""
+        return self.workers or auto_workers()
 
     @property
     def sequences(self) -> int:
         """Sequences each worker decodes together: `parallel`, or auto_parallel()."""
-        return self.parallel or auto_parallel(self.n_ctx, self.workers)
+        return self.parallel or auto_parallel(self.n_ctx, self.processes)
+
+
+def auto_workers() -> int:
+    """Default worker processes: one per core, at most 4.
+
+    Several single-threaded workers beat one multi-threaded worker on a small, busy machine:
+    ggml's threads meet at a barrier after every operation, and one thread descheduled by
+    another process stalls the rest (2 workers x 1 thread generated 1.4x the tokens/s of
+    1 worker x 2 threads on 2 shared cores; docs/local.md). The model file is memory-mapped,
+    so the workers share its weights; each has its own KV cache.
+    """
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def auto_parallel(n_ctx: int, workers: int = 1) -> int:
-    """Default sequences per worker: 8 per core, at most 16, and at most 16k KV cells in all.
+    """Default sequences per worker: 8 per core, at most 16, and at most 16k KV cells across
+    all workers (each worker also caps its KV cache at 512 MiB for the model it loads).
 
-    On a CPU, one decoded token costs about the same whether the batch holds 1 or 8 sequences
-    (the time goes into reading weights and synchronising threads, not into arithmetic), so
-    throughput grows with the batch until the cores are busy; the KV cache grows with
-    n_ctx x parallel, hence the cap (benchmarks/bench_local.py, docs/local.md).
+    Decoding several sequences in one batch reads the weights once per step and synchronises
+    the threads once per step instead of once per sequence (benchmarks/bench_local.py).
     """
     cores = max(1, (os.cpu_count() or 1) // workers)
-    return max(1, min(16, 8 * cores, 16384 // (n_ctx or 8192)))
+    return max(1, min(16, 8 * cores, 16384 // ((n_ctx or 8192) * workers)))
 
 
 class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):

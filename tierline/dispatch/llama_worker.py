@@ -155,6 +155,9 @@ class Settings:
     n_gpu_layers: int = 0
     n_batch: int = 512
     check_build: bool = True
+    # With `parallel` left to its default, fewer sequences if their KV cache would pass this
+    # (a 7B model's 2048 cells take 1 GiB: it keeps one sequence, as before batching).
+    kv_budget: int | None = None
 
 
 @dataclass(slots=True)
@@ -191,6 +194,11 @@ class Engine:
         if not self.model:
             raise LoadError(f"llama.cpp cannot load {os.path.basename(settings.model_path)}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        if settings.n_ctx <= 0:
+            settings.n_ctx = llama_cpp.llama_model_n_ctx_train(self.model)
+        if settings.kv_budget:
+            fit = settings.kv_budget // (settings.n_ctx * self.kv_bytes_per_cell())
+            settings.parallel = max(1, min(settings.parallel, fit))
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = settings.n_ctx * settings.parallel
         cparams.n_seq_max = settings.parallel
@@ -210,6 +218,12 @@ class Engine:
         self._piece = ctypes.create_string_buffer(256)
 
     # -- model facts -------------------------------------------------------------------
+
+    def kv_bytes_per_cell(self) -> int:
+        """Bytes of f16 K and V cache per token cell, all layers."""
+        ll, m = self.ll, self.model
+        head_dim = ll.llama_model_n_embd(m) // max(1, ll.llama_model_n_head(m))
+        return int(2 * 2 * ll.llama_model_n_layer(m) * head_dim * ll.llama_model_n_head_kv(m))
 
     def metadata(self) -> dict[str, str]:
         ll, out = self.ll, {}

@@ -118,6 +118,9 @@ def crash_message(returncode: int, stderr_tail: str = "") -> str:
     return f"the llama.cpp worker died of {name}{said}"
 
 
+KV_BUDGET = 512 * 1024 * 1024  # per worker, when `parallel` is left to its default
+
+
 @dataclass(frozen=True, slots=True)
 class _Settings:
     """What a worker is started with (llama_worker.Settings, as JSON on its command line)."""
@@ -127,6 +130,7 @@ class _Settings:
     parallel: int
     n_threads: int
     n_gpu_layers: int
+    kv_budget: int | None = None
 
 
 def _worker_env() -> dict[str, str]:
@@ -151,6 +155,7 @@ class Worker:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.info: dict[str, Any] = {}
         self.death: str | None = None  # set when the process ended
+        self.eof = False  # its answers' pipe closed
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL)
         self._tasks: list[asyncio.Task[None]] = []
         self._stderr_task: asyncio.Task[None] | None = None
@@ -162,7 +167,7 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.death is None
+        return self.proc is not None and self.death is None and not self.eof
 
     async def start(self) -> None:
         """Spawn the worker and wait until its model is loaded (or it fails to)."""
@@ -205,6 +210,7 @@ class Worker:
             fut = self.pending.pop(msg.get("id", -1), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        self.eof = True  # no new jobs from here on: it is dead or dying
         await self._reap()
         error = WorkerDied(f"{self.label}: {self.death}")
         for fut in self.pending.values():
@@ -223,7 +229,7 @@ class Worker:
     async def submit(self, job: dict[str, Any]) -> dict[str, Any]:
         """Send one job; its answer, or WorkerDied if the process ends first."""
         if not self.alive or self.proc is None or self.proc.stdin is None:
-            raise WorkerDied(f"{self.label}: {self.death or 'not started'}")
+            raise WorkerDied(f"{self.label}: {self.death or 'it is stopping'}")
         job_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[job_id] = fut
@@ -265,7 +271,7 @@ class LlamaCppBackend(BaseBackend):
         )
         self.n_ctx = config.n_ctx
         self.parallel = config.sequences
-        self.workers: list[Worker | None] = [None] * config.workers
+        self.workers: list[Worker | None] = [None] * config.processes
         self.restarts = 0  # restarts after crashes, across all workers
         self._fatal: BackendUnavailable | None = None  # a load failure: every job gets it
         self._starting: dict[int, asyncio.Task[Worker]] = {}
@@ -273,8 +279,11 @@ class LlamaCppBackend(BaseBackend):
     def _settings(self, parallel: int) -> _Settings:
         path = self._path or default_model_path()
         check_gguf(path)
-        threads = self.config.n_threads or max(1, (os.cpu_count() or 1) // self.config.workers)
-        return _Settings(str(path), self.config.n_ctx, parallel, threads, self.config.n_gpu_layers)
+        threads = self.config.n_threads or max(1, (os.cpu_count() or 1) // self.config.processes)
+        budget = None if self.config.parallel else KV_BUDGET
+        return _Settings(
+            str(path), self.config.n_ctx, parallel, threads, self.config.n_gpu_layers, budget
+        )
 
     async def _spawn(self, slot: int) -> Worker:
         worker = Worker(f"{self.name}: worker {slot + 1}", self._settings(self.parallel))
@@ -289,6 +298,7 @@ class LlamaCppBackend(BaseBackend):
         finally:
             self._starting.pop(slot, None)
         self.n_ctx = int(worker.info.get("n_ctx", self.n_ctx))
+        self.parallel = int(worker.info.get("parallel", self.parallel))
         self.workers[slot] = worker
         return worker
 
@@ -394,7 +404,7 @@ class LlamaCppBackend(BaseBackend):
         for task in list(self._starting.values()):
             with contextlib.suppress(BaseException):
                 await task
-        workers, self.workers = self.workers, [None] * self.config.workers
+        workers, self.workers = self.workers, [None] * self.config.processes
         await asyncio.gather(*(w.stop() for w in workers if w is not None))
 
 
