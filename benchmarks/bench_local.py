@@ -261,7 +261,7 @@ def tierline_run(jobs: Path, workdir: Path, config: str | None = None) -> dict[s
     }
 
 
-def bench_throughput(workdir: Path, parallel: list[int]) -> dict[str, Any]:
+def bench_throughput(workdir: Path, parallel: list[int], workers: list[int]) -> dict[str, Any]:
     prompts = short_prompts()
     jobs = workdir / "short.jsonl"
     jobs.write_text(
@@ -280,13 +280,17 @@ def bench_throughput(workdir: Path, parallel: list[int]) -> dict[str, Any]:
     out["cpu_ratio_default"] = round(
         raw["cpu_ms_per_token"] / out["tierline_default"]["cpu_ms_per_token"], 2
     )
-    for p in parallel:
+    # --parallel N: one worker of all the threads, N sequences; --workers N: N workers, default
+    # parallel.
+    settings = [("parallel", p, f"workers = 1\nparallel = {p}") for p in parallel]
+    settings += [("workers", w, f"workers = {w}") for w in workers]
+    for key, value, lines in settings:
         config = (
-            '[backends.local]\nkind = "llamacpp"\nmax_tokens = 256\n'
-            f'parallel = {p}\n[routes]\n1 = ["local"]\n2 = ["local"]\n3 = ["local"]\n'
+            f'[backends.local]\nkind = "llamacpp"\nmax_tokens = 256\n{lines}\n'
+            '[routes]\n1 = ["local"]\n2 = ["local"]\n3 = ["local"]\n'
         )
         run = tierline_run(jobs, workdir, config)
-        out[f"tierline_parallel_{p}"] = {**run, "ratio": round(run["tok_s"] / raw["tok_s"], 2)}
+        out[f"tierline_{key}_{value}"] = {**run, "ratio": round(run["tok_s"] / raw["tok_s"], 2)}
     return out
 
 
@@ -328,7 +332,7 @@ def bench_readme(workdir: Path) -> dict[str, Any]:
 def bench_rss(workdir: Path) -> dict[str, Any]:
     jobs = workdir / "short.jsonl"
     if not jobs.exists():
-        bench_throughput(workdir, [])
+        bench_throughput(workdir, [], [])
     config = (
         '[backends.local]\nkind = "llamacpp"\nmax_tokens = 256\nworkers = 2\n'
         '[routes]\n1 = ["local"]\n2 = ["local"]\n3 = ["local"]\n'
@@ -349,7 +353,14 @@ def main() -> None:
         type=int,
         action="append",
         default=[],
-        help="also run the 32 jobs with this `parallel` (repeatable)",
+        help="also run the 32 jobs on 1 worker with this `parallel` (repeatable)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        default=[],
+        help="also run the 32 jobs with this many workers (repeatable)",
     )
     parser.add_argument("--model", help="a GGUF file for `build` (default: the embedded model)")
     args = parser.parse_args()
@@ -364,7 +375,7 @@ def main() -> None:
             if name == "build":
                 report["build"] = bench_build()
             elif name == "throughput":
-                report["throughput"] = bench_throughput(workdir, args.parallel)
+                report["throughput"] = bench_throughput(workdir, args.parallel, args.workers)
             elif name == "readme":
                 report["readme"] = bench_readme(workdir)
             elif name == "overhead":
