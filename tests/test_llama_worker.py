@@ -280,7 +280,7 @@ def test_run_goes_on_after_the_worker_dies(tmp_path: Path) -> None:
     the worker held fail naming SIGILL, every other job is answered, exit code 1."""
     config = tmp_path / "tierline.toml"
     config.write_text(
-        '[backends.local]\nkind = "llamacpp"\nn_ctx = 1024\nparallel = 3\n'
+        '[backends.local]\nkind = "llamacpp"\nn_ctx = 1024\nworkers = 1\nparallel = 3\n'
         '[routes]\n1 = ["local"]\n2 = ["local"]\n3 = ["local"]\n'
     )
     jobs = write_jsonl(
