@@ -4,6 +4,7 @@ job to the next one in its chain. Every hop is recorded, so nothing is silently 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -155,7 +156,13 @@ class Router:
 
     def backend(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = create_backend(name, self.config.backends[name])
+            # Creating a backend imports its SDK (seconds under load) and blocks the event loop:
+            # the calls in flight on other backends are not billed busy time for that (a
+            # fallback created mid-run; warm() creates the route heads before the first send).
+            with contextlib.ExitStack() as stack:
+                for gate in self.gates.values():
+                    stack.enter_context(gate.busy.paused())
+                self._backends[name] = create_backend(name, self.config.backends[name])
         return self._backends[name]
 
     def warm(self) -> None:

@@ -18,7 +18,8 @@ answer (or error) arrives, so network time to a remote server counts as busy tim
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 __all__ = ["BusyMeter", "BusySpan"]
@@ -45,6 +46,17 @@ class BusyMeter:
             self.busy_s += now - self._last
         self._last = now
         return self._virtual
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time inside is not busy time: tierline's own blocking work on the event loop (a
+        backend's SDK imported on its first use) leaves answers unread, it does not keep the
+        server busy, so the calls in flight are not billed for it."""
+        self._advance()
+        try:
+            yield
+        finally:
+            self._last = self._clock()
 
     def span(self) -> BusySpan:
         """A span accumulating one call's share across its attempts."""
