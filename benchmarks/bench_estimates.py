@@ -10,7 +10,9 @@ ledger, and compares per job what the plan estimated with what the model reporte
 * the estimate table of docs/costs.md ("How good the estimates are") and README's "within X%
   (input) and Y% (output)";
 * the busy-time figures of docs/costs.md ("Self-hosted models: busy time"): the calls' busy
-  shares against the run's duration, and their latencies (queueing for the model included).
+  shares against the run's duration, and their latencies (queueing for the model included);
+* with `--corpus FILE...` (JSONL with a `prompt` each, e.g. tierline/tiering/data/*.jsonl), the
+  text-only estimate against SmolLM2's own tokenizer, prompt by prompt, next to chars/4.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tierline.config import embedded_default
 from tierline.jobs import Job, read_jobs
-from tierline.ledger.estimate import estimate_input_tokens, estimate_output_tokens
+from tierline.ledger.estimate import (
+    estimate_input_tokens,
+    estimate_output_tokens,
+    estimate_text_tokens,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,8 +57,34 @@ def estimates(path: Path) -> dict[str, dict[str, float]]:
             "input": estimate_input_tokens(item, "llamacpp"),
             "chars4": sum(len(t) for t in text) / 4,
             "output": estimate_output_tokens(item, item.max_tokens or defaults.max_tokens),
+            "max": item.max_tokens or defaults.max_tokens,
+            "task": item.task or "-",
         }
     return out
+
+
+def corpus_lines(paths: list[str]) -> list[str]:
+    """The corpus comparison: word-piece estimate and chars/4 against SmolLM2's tokenizer."""
+    import llama_cpp
+
+    from tierline.dispatch.llamacpp import default_model_path
+
+    vocab = llama_cpp.Llama(str(default_model_path()), vocab_only=True, verbose=False)
+    prompts = [
+        json.loads(line)["prompt"]
+        for path in paths
+        for line in Path(path).read_bytes().splitlines()
+        if line.strip()
+    ]
+    real = [len(vocab.tokenize(p.encode(), add_bos=False, special=False)) for p in prompts]
+    est = [estimate_text_tokens(p) for p in prompts]
+    c4 = [len(p) / 4 for p in prompts]
+    pairs, pairs4 = list(zip(est, real, strict=True)), list(zip(c4, real, strict=True))
+    return [
+        f"corpus: {len(prompts):,} prompts (SmolLM2's tokenizer, text only): word-piece "
+        f"{error(sum(est), sum(real)):+.1f}% in total, median per prompt {per_job(pairs)[0]:.0f}%; "
+        f"chars/4 {error(sum(c4), sum(real)):+.1f}%, median {per_job(pairs4)[0]:.0f}%",
+    ]
 
 
 def error(est: float, act: float) -> float:
@@ -65,10 +98,16 @@ def per_job(pairs: list[tuple[float, float]]) -> tuple[float, float, int]:
     return statistics.median(errors), errors[worst], worst
 
 
+def ratio(ids: list[str], est: dict[str, Any], actual: dict[str, Any], task: str) -> float:
+    mine = [i for i in ids if est[i]["task"] == task]
+    return sum(actual[i][2] for i in mine) / sum(est[i]["max"] for i in mine)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("jobs", nargs="?", default=str(ROOT / "examples" / "jobs.jsonl"))
     parser.add_argument("--markdown", action="store_true", help="print the docs' tables only")
+    parser.add_argument("--corpus", nargs="+", default=[], help="JSONL files of prompts")
     args = parser.parse_args()
     jobs = Path(args.jobs)
     plan = json.loads(tierline("plan", str(jobs), "--json").stdout)["totals"]
@@ -80,7 +119,7 @@ def main() -> None:
         )
         with sqlite3.connect(ledger) as db:
             calls = db.execute(
-                "SELECT job_id, input_tokens, output_tokens, busy_s, latency_s, baseline_micros "
+                "SELECT job_id, input_tokens, output_tokens, busy_s, latency_s, baseline_nanos "
                 "FROM calls"
             ).fetchall()
             started, finished = db.execute("SELECT started_at, finished_at FROM runs").fetchone()
@@ -92,7 +131,7 @@ def main() -> None:
     med_in, worst_in, worst_i = per_job([(est[i]["input"], actual[i][1]) for i in ids])
     med_c4, _, _ = per_job([(est[i]["chars4"], actual[i][1]) for i in ids])
     med_out, _, _ = per_job([(est[i]["output"], actual[i][2]) for i in ids])
-    baseline = sum(c[5] or 0 for c in calls) / 1e6
+    baseline = sum(c[5] or 0 for c in calls) / 1e9
     run_s = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
     busy, latency = sum(c[3] or 0 for c in calls), sum(c[4] for c in calls)
     lines = [
@@ -111,11 +150,19 @@ def main() -> None:
         f"${plan['baseline_micros'] / 1e6:.4f} | ${baseline:.4f} | "
         f"{error(plan['baseline_micros'] / 1e6, baseline):+.1f}% |",
         "",
-        f"README: within {abs(error(est_in, act_in)):.0f}% (input) and "
-        f"{abs(error(est_out, act_out)):.0f}% (output)",
+        f"README: within {abs(error(est_in, act_in)):.1f}% (input) and "
+        f"{abs(error(est_out, act_out)):.1f}% (output)",
+        "",
+        f"output: ran to max_tokens on {sum(actual[i][2] >= est[i]['max'] for i in ids)} of "
+        f"{len(ids)} jobs; actual/max by task: "
+        + ", ".join(
+            f"{task} {ratio(ids, est, actual, task):.2f}"
+            for task in sorted({est[i]["task"] for i in ids})
+        ),
         "",
         f"busy time: the {len(calls)} calls' shares sum to {busy:.1f} s for a {run_s:.1f} s run, "
         f"while their latencies (queueing included) sum to {latency:.1f} s",
+        *(["", *corpus_lines(args.corpus)] if args.corpus else []),
     ]
     if not args.markdown:
         print(f"jobs: {jobs}")
