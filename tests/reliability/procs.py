@@ -12,6 +12,11 @@ from pathlib import Path
 
 from tierline.testing.servers import FakeVLLM
 
+# How long a subprocess or a wait may take before the test calls it a hang. Generous on purpose:
+# on a loaded machine starting `tierline run` alone can take many seconds, and these bounds
+# assert nothing about speed.
+HANG_GUARD = 180.0
+
 
 def vllm_config(path: Path, server: FakeVLLM, *, max_concurrency: int = 8, extra: str = "") -> Path:
     """Every tier on one openai-compatible backend served by `server`."""
@@ -45,7 +50,7 @@ def start_run(args: list[str], home: Path, **env: str) -> subprocess.Popen[bytes
 
 
 def wait_for_lines(
-    path: Path, count: int, proc: subprocess.Popen[bytes], timeout: float = 60
+    path: Path, count: int, proc: subprocess.Popen[bytes], timeout: float = HANG_GUARD
 ) -> int:
     """Wait until `path` has at least `count` complete lines (bounded in time)."""
     deadline = time.monotonic() + timeout
@@ -58,7 +63,7 @@ def wait_for_lines(
     raise AssertionError(f"{path} never reached {count} lines")
 
 
-def wait_for_requests(server: FakeVLLM, count: int, timeout: float = 60) -> None:
+def wait_for_requests(server: FakeVLLM, count: int, timeout: float = HANG_GUARD) -> None:
     """Wait until `server` has received `count` requests; fail when the deadline passes (it only
     guards against a hang: nothing is asserted about how long it took)."""
     deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ from tierline.testing.servers import FakeVLLM
 
 from .conftest import jobs_file, read_results
 from .procs import (
+    HANG_GUARD,
     complete_results,
     requested_ids,
     start_run,
@@ -50,14 +51,14 @@ def test_kill_9_then_resume(tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[st
     proc = start_run(args, tmp_path / "home")
     wait_for_lines(partial, JOBS // 3, proc)
     proc.kill()
-    proc.communicate(timeout=10)
+    proc.communicate(timeout=HANG_GUARD)
     assert not out.exists()
     first = requested_ids(vllm)
     saved = {r["id"] for r in complete_results(partial)}
     vllm.requests.clear()
 
     proc = start_run(args, tmp_path / "home")
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0, err.decode()
     ids = [r["id"] for r in read_results(out)]
     assert len(ids) == JOBS and set(ids) == {f"j{i}" for i in range(JOBS)}
@@ -80,14 +81,14 @@ def test_kill_9_then_edit_input_and_partial_then_resume(
     proc = start_run(args, tmp_path / "home")
     wait_for_lines(partial, JOBS // 3, proc)
     proc.kill()
-    proc.communicate(timeout=10)
+    proc.communicate(timeout=HANG_GUARD)
     lines = [x for x in partial.read_bytes().splitlines(keepends=True) if x.endswith(b"\n")]
     partial.write_bytes(b"".join(lines) + b"".join(lines[:20]))  # 20 results twice
     new = jobs_file(tmp_path / "new.jsonl", 5, start=JOBS).read_bytes()
     jobs.write_bytes(new + jobs.read_bytes())
 
     proc = start_run(args, tmp_path / "home")
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0, err.decode()
     results = read_results(out)
     ids = [r["id"] for r in results]
@@ -106,7 +107,7 @@ def test_signal_flushes_and_hints(
     proc = start_run(args, tmp_path / "home")
     wait_for_lines(partial, 50, proc)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == code, err.decode()
     assert "rerun the same command to resume" in err.decode() and err.decode().count("\n") == 1
     saved = complete_results(partial)
@@ -114,7 +115,7 @@ def test_signal_flushes_and_hints(
     assert sum(requested_ids(vllm).values()) == len(saved) < JOBS and not out.exists()
 
     proc = start_run(args, tmp_path / "home")
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0 and len({r["id"] for r in read_results(out)}) == JOBS
 
 
@@ -133,13 +134,13 @@ def test_grace_expiry_cancels_slow_calls(tmp_path: Path, vllm: FakeVLLM) -> None
     wait_for_requests(vllm, 4)
     proc.send_signal(signal.SIGTERM)
     # Without the cancel this would wait an hour for the replies (the timeout only stops a hang).
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 143, err.decode()
     assert out.with_name(out.name + ".partial").read_bytes() == b""
 
     vllm.latency = 0.0
     proc = start_run(args, tmp_path / "h")
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 0, err.decode()
     assert {r["id"] for r in read_results(out)} == {f"j{i}" for i in range(20)}
 
@@ -159,7 +160,7 @@ def test_second_signal_cancels_at_once(tmp_path: Path, vllm: FakeVLLM) -> None:
     # run handles first is up to the kernel; the exit code must follow that one.
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)  # without the cancel: an hour
+    _, err = proc.communicate(timeout=HANG_GUARD)  # without the cancel: an hour
     first = "SIGINT" if "interrupted by SIGINT" in err.decode() else "SIGTERM"
     assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[first], err.decode()
     assert f"interrupted by {first};" in err.decode() and "rerun the same command" in err.decode()
@@ -170,18 +171,18 @@ def test_second_run_on_same_output_is_locked(
     tmp_path: Path, vllm: FakeVLLM, setup: tuple[list[str], Path]
 ) -> None:
     """While one run writes out.jsonl a second exits 5 at once, naming the holder."""
-    vllm.latency = 1.0
+    vllm.latency = HANG  # the first run holds the lock until it is stopped
     args, _out = setup
     first = start_run(args, tmp_path / "home")
     try:
         wait_for_requests(vllm, 1)  # the first run holds the lock from before its first call
         second = start_run(args, tmp_path / "home")
-        _, err = second.communicate(timeout=20)
+        _, err = second.communicate(timeout=HANG_GUARD)
         assert second.returncode == 5
         assert "being written by another tierline run (pid" in err.decode()
     finally:
         first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=30)
+        first.communicate(timeout=HANG_GUARD)
 
 
 def test_stdout_redirected_to_a_file_is_locked_too(tmp_path: Path, vllm: FakeVLLM) -> None:
@@ -189,7 +190,7 @@ def test_stdout_redirected_to_a_file_is_locked_too(tmp_path: Path, vllm: FakeVLL
     import subprocess
     import sys
 
-    vllm.latency = 1.0
+    vllm.latency = HANG  # the first run holds the lock until it is stopped
     jobs = jobs_file(tmp_path / "jobs.jsonl", 50)
     config = vllm_config(tmp_path / "tierline.toml", vllm)
     env_home = tmp_path / "home"
@@ -206,10 +207,10 @@ def test_stdout_redirected_to_a_file_is_locked_too(tmp_path: Path, vllm: FakeVLL
                 [sys.executable, "-m", "tierline", "run", str(jobs), "-c", str(config)],
                 stdout=sink,
                 stderr=subprocess.PIPE,
-                timeout=20,
+                timeout=HANG_GUARD,
                 env={**__import__("os").environ, "TIERLINE_HOME": str(env_home)},
             )
             assert second.returncode == 5 and b"another tierline run" in second.stderr
         finally:
             first.send_signal(signal.SIGTERM)
-            first.communicate(timeout=30)
+            first.communicate(timeout=HANG_GUARD)

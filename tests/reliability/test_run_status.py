@@ -12,7 +12,7 @@ import pytest
 from tierline.testing.servers import FakeVLLM
 
 from .conftest import jobs_file
-from .procs import start_run, vllm_config, wait_for_requests
+from .procs import HANG_GUARD, start_run, vllm_config, wait_for_requests
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_ledger_status_and_lock_file_after_the_run(
             wait_for_requests(vllm, 1)
             assert out.with_name("out.jsonl.lock").exists()  # held while the run lasts
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == code, err.decode()
     [(status, jobs_seen, finished)] = run_rows(ledger)
     assert status == ("interrupted" if sig else "ok") and finished == 1
