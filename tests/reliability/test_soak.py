@@ -49,7 +49,9 @@ FAULTS = [
     Fault(status=529, headers=SHORT),
     Fault(status=503, headers=SHORT),
     Fault(kind="reset", weight=0.5),
-    Fault(kind="slow", delay=0.5, weight=0.5),  # longer than timeout_s: a client timeout
+    # Far longer than timeout_s: a client timeout. timeout_s itself is generous, so that a busy
+    # machine's slow answers are not mistaken for faults (the soak asserts no speed).
+    Fault(kind="slow", delay=120, weight=0.5),
 ]
 
 
@@ -62,7 +64,7 @@ base_url = "{url}"
 model = "m"
 max_concurrency = {concurrency}
 max_attempts = 6
-timeout_s = 0.3
+timeout_s = 10
 circuit_failures = 20
 circuit_reset_s = 60
 """
