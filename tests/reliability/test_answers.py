@@ -96,6 +96,28 @@ class TestDedup:
             assert r["output"] == first["output"] and r["status"] == "ok"
             assert r["cost_usd"] == 0 and r["attempts"] == 0 and r["route"] == []
 
+    def test_anything_sent_that_differs_is_sent_again(self, tmp_path: Path, vllm: FakeVLLM) -> None:
+        """Same prompt, but another system prompt, max_tokens, response_format or tier: each is
+        its own request. Only id and metadata may differ for two jobs to share an answer."""
+        config = vllm_config(tmp_path / "t.toml", vllm, extra=T0)
+        variants = [
+            {},
+            {"system": "Be terse."},
+            {"max_tokens": 7},
+            {"response_format": {"type": "json_object"}},
+            {"tier": 3},
+        ]
+        lines = [
+            json.dumps({"id": f"v{i}", "prompt": "Same?", **v}) for i, v in enumerate(variants)
+        ]
+        lines.append(json.dumps({"id": "copy", "prompt": "Same?", "metadata": {"x": 1}}))
+        jobs = tmp_path / "j.jsonl"
+        jobs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        assert tierline(tmp_path, jobs, "out.jsonl", config) == 0
+        assert len(chat_requests(vllm)) == len(variants)
+        copies = {r["id"]: r.get("dedup_of") for r in read_results(tmp_path / "out.jsonl")}
+        assert copies == {**{f"v{i}": None for i in range(5)}, "copy": "v0"}
+
     def test_sampled_jobs_are_sent_each_unless_the_config_says(
         self, tmp_path: Path, vllm: FakeVLLM
     ) -> None:
