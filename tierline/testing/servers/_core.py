@@ -247,6 +247,7 @@ class SlotPool:
         self.running = 0
         self.waiting: deque[asyncio.Future[None]] = deque()
         self.rejected = 0
+        self.peak = 0  # the most requests ever running at once (what tests assert on)
 
     @property
     def full(self) -> bool:
@@ -261,6 +262,7 @@ class SlotPool:
     async def slot(self) -> AsyncIterator[None]:
         if self.running < self.slots and not self.waiting:
             self.running += 1
+            self.peak = max(self.peak, self.running)
         else:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiting.append(future)
