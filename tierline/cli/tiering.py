@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["app"]
 
+T = TypeVar("T")
+
 app = typer.Typer(
     help="Train the tier classifier and measure tiering on labelled prompts.\n\n"
     'Labelled files are JSONL lines {"prompt", "tier": 1|2|3, "source"?, "category"?}.',
@@ -35,18 +38,23 @@ ModelOpt = Annotated[
 ]
 
 
-def _read(paths: list[Path]) -> list[LabelledPrompt]:
-    from ..tiering.train import read_labelled
-
-    rows: list[LabelledPrompt] = []
+def _read_all(paths: list[Path], reader: Callable[[Path], list[T]], what: str) -> list[T]:
+    """Every row of every file; a file that cannot be read, or no rows at all, is a usage error."""
+    rows: list[T] = []
     for path in paths:
         try:
-            rows.extend(read_labelled(path))
+            rows.extend(reader(path))
         except (OSError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     if not rows:
-        raise UsageError("no labelled prompts in " + ", ".join(map(str, paths)))
+        raise UsageError(f"no {what} in " + ", ".join(map(str, paths)))
     return rows
+
+
+def _read(paths: list[Path]) -> list[LabelledPrompt]:
+    from ..tiering.train import read_labelled
+
+    return _read_all(paths, read_labelled, "labelled prompts")
 
 
 OutcomesOpt = Annotated[
@@ -62,15 +70,7 @@ OutcomesOpt = Annotated[
 def _read_outcomes(paths: list[Path]) -> list[Outcome]:
     from ..tiering.outcomes import read_outcomes
 
-    rows: list[Outcome] = []
-    for path in paths:
-        try:
-            rows.extend(read_outcomes(path))
-        except (OSError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
-    if not rows:
-        raise UsageError("no outcomes in " + ", ".join(map(str, paths)))
-    return rows
+    return _read_all(paths, read_outcomes, "outcomes")
 
 
 @app.command()
