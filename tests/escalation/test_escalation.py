@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
+from tierline.cli.output import escalation_line
 from tierline.config import Config, config_from_mapping
 from tierline.dispatch.scheduler import RunSummary, run_jobs
+from tierline.errors import ConfigError
 from tierline.jobs import Result, jobs_from_lines
+from tierline.ledger.budget import Budget
 from tierline.ledger.store import Ledger
 from tierline.testing import FakeBackend, completion
 from tierline.testing.servers import FakeAnthropic, FakeVLLM
@@ -202,3 +205,42 @@ async def test_over_http_truncated_vllm_answer_goes_to_anthropic(
     assert result.route[0]["check"]["failed"] == "truncated"
     assert result.output == "Inflation, supply shocks and demand."
     assert vllm.request_count == 1 and claude.request_count == 1
+
+
+def test_section_defaults_and_bounds() -> None:
+    """An empty [escalation] means one hop and every check; more than two hops is refused."""
+    cfg = config({})
+    assert cfg.escalation is not None and cfg.escalation.max_hops == 1
+    assert cfg.escalation.checks_for(1) == ("empty", "refusal", "truncated", "json", "expect")
+    with pytest.raises(ConfigError, match="max_hops"):
+        config({"max_hops": 3})
+
+
+async def test_budget_stops_the_escalation_and_the_last_answer_stands() -> None:
+    """Under --max-cost each escalation is reserved like any call: refused, it is not sent."""
+    bad = "I'm sorry, but " + "x" * 1600  # about 400 output tokens: 800 micro-$ spent
+    results: list[Result] = []
+    backends = fakes([completion(bad)], [completion("fine")])
+    cfg = config({"max_hops": 1})
+    await run_jobs(
+        jobs_from_lines([line(max_tokens=500)]),  # worst case of one call: about 1,000 micro-$
+        config=cfg,
+        tierer=Tierer.from_config(cfg.tiering),
+        sink=results.append,
+        backends=backends,
+        budget=Budget(1_600),
+    )
+    [result] = results
+    assert result.status == "error" and result.error is not None
+    assert result.error["type"] == "check_failed" and result.output == bad
+    assert [h["backend"] for h in result.route] == ["small"] and backends["mid"].calls == []
+
+
+async def test_summary_line_gives_the_rates() -> None:
+    """The run summary's escalation line: per tier decided, and per backend that answered."""
+    lines = [line(id="a"), line(id="b"), line(id="c", tier=2)]
+    backends = fakes(["   ", "fine"], ["fine", "fine"])
+    _, summary = await run(config({"max_hops": 1}), lines, backends)
+    assert escalation_line(summary.tally) == (
+        "escalations: tier 1 1/2 (50%); answers failing checks: small 1/2 (50%)"
+    )
