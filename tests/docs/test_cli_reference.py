@@ -6,10 +6,12 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
 from tests.conftest import REPO
+from tierline.dispatch.scheduler import RunSummary, Tally
 from tierline.errors import ExitCode
 from tierline.jobs import Result
 from tierline.ledger.migrations import migrate
@@ -97,3 +99,19 @@ def test_readme_indexes_every_docs_page() -> None:
     index = readme.split("## Documentation\n", 1)[1].split("\n## ", 1)[0]
     missing = [p.name for p in DOCS.glob("*.md") if f"(docs/{p.name})" not in index]
     assert not missing, f"README's Documentation section lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [
+        ({"ok": 2}, ExitCode.OK),
+        ({"ok": 1, "error": 1}, ExitCode.JOBS_FAILED),
+        ({"error": 1, "pending": 1}, ExitCode.PENDING),
+        ({"error": 1, "pending": 1, "skipped_budget": 1}, ExitCode.BUDGET),
+    ],
+)
+def test_reference_exit_code_precedence(statuses: dict[str, int], code: ExitCode) -> None:
+    """docs/reference.md: a finished run reports the budget (3) over pending batches (4) over
+    failed jobs (1)."""
+    tally = Tally(jobs=sum(statuses.values()), by_status=Counter(statuses))
+    assert RunSummary(None, "test", tally, 0.0).exit_code == code
