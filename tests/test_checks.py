@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from tierline.dispatch.anthropic import parse_message
 from tierline.dispatch.checks import DEFAULT_CHECKS, run_checks
 from tierline.jobs import Job, jobs_from_lines
 from tierline.testing import completion
@@ -49,3 +50,15 @@ def test_schema_failure_says_where() -> None:
         job(response_format={"type": "json_object", "schema": SCHEMA}), completion('{"n": "x"}'), ["json"]
     )
     assert failure is not None and "at n" in failure.detail and "integer" in failure.detail
+
+
+def test_anthropic_refusal_stop_reason_fails_the_refusal_check() -> None:
+    """Anthropic's `stop_reason: "refusal"` reaches the check as a refusal, whatever the text."""
+    body = {
+        "content": [{"type": "text", "text": "Here is"}],
+        "stop_reason": "refusal",
+        "usage": {"input_tokens": 5, "output_tokens": 2},
+        "model": "claude-x",
+    }
+    failure = run_checks(job(), parse_message(body, "claude-x"), DEFAULT_CHECKS)
+    assert failure is not None and failure.check == "refusal"

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tierline.cli import main
 from tierline.cli.output import escalation_line
 from tierline.config import Config, config_from_mapping
 from tierline.dispatch.scheduler import RunSummary, run_jobs
@@ -244,3 +245,17 @@ async def test_summary_line_gives_the_rates() -> None:
     assert escalation_line(summary.tally) == (
         "escalations: tier 1 1/2 (50%); answers failing checks: small 1/2 (50%)"
     )
+
+
+async def test_ledger_summary_has_the_failed_checks_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ledger summary --by tier,backend`: failed checks as a count and a share of answers."""
+    bad, good = completion('{"n": "x"}'), completion('{"n": 7}')
+    with Ledger(tmp_path / "l.db") as ledger:
+        await run(config(), [line(**JSON_JOB)], fakes([bad], [good]), ledger)
+    capsys.readouterr()
+    code = main(["ledger", "summary", "--ledger", str(tmp_path / "l.db"), "--by", "tier,backend"])
+    header, *rows = [r.split("\t") for r in capsys.readouterr().out.splitlines()]
+    failed = {(r[0], r[1]): r[header.index("failed checks")] for r in rows}
+    assert code == 0 and failed[("1", "small")] == "1 (100%)" and failed[("2", "mid")] == ""
