@@ -191,3 +191,23 @@ def test_max_cost_bounds_batched_jobs(tmp_path: Path, oai: FakeOpenAI) -> None:
     assert statuses.count("pending") == 3 and statuses.count("skipped_budget") == 3
     [batch_id] = batch_ids([r for r in read_results(out) if r["status"] == "pending"])
     assert len(oai.batches.jobs) == 1 and batch_id.startswith("batch_")
+
+
+def test_batch_answers_are_not_checked_or_escalated(tmp_path: Path, oai: FakeOpenAI) -> None:
+    """docs/escalation.md: an answer that arrives through a provider batch is not checked, even
+    with [escalation] on and a tier 2 on another backend: it stands as the job's result."""
+    cfg = write_config(tmp_path / "t.toml", openai_url=oai.base_url)
+    text = cfg.read_text(encoding="utf-8").replace('2 = ["gpt"]', '2 = ["claude"]')
+    cfg.write_text(text + "\n[escalation]\nmax_hops = 1\n", encoding="utf-8")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        json.dumps({"id": "j", "prompt": "question about j", "tier": 1, "expect": ["zzz"]}) + "\n",
+        encoding="utf-8",
+    )
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    assert tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db) == ExitCode.PENDING
+    oai.complete_batch(batch_ids(read_results(out))[0])
+    assert tl("batch", "collect", "-c", cfg, "--ledger", db) == ExitCode.OK
+    [result] = read_results(out)
+    assert result["status"] == "ok" and result["escalations"] == 0 and "zzz" not in result["output"]
+    assert [hop["backend"] for hop in result["route"]] == ["gpt"]

@@ -130,6 +130,8 @@ def pending_stub(job: Job, vote: TierVote, backend: str, model: str) -> dict[str
         "latency_s": 0.0,
         "attempts": 0,
         "route": [_pending_hop(backend, model)],
+        # batch answers are not checked (docs/escalation.md); the field is on every result line
+        "escalations": 0,
         "error": None,
         "metadata": job.metadata,
     }
