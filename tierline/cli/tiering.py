@@ -15,6 +15,7 @@ from .options import ConfigPath, LedgerPath, MaxCost, Quiet
 from .output import err_console
 
 if TYPE_CHECKING:
+    from ..jobs import Job
     from ..tiering.outcomes import Outcome
     from ..tiering.pipeline import Tierer
     from ..tiering.train import LabelledPrompt
@@ -49,6 +50,21 @@ def _read_all(paths: list[Path], reader: Callable[[Path], list[T]], what: str) -
     if not rows:
         raise UsageError(f"no {what} in " + ", ".join(map(str, paths)))
     return rows
+
+
+def _valid_jobs(paths: list[str]) -> list[Job]:
+    """Every job of the files; an invalid line or no job at all is a usage error (a sample for
+    calibration or labelling must be what the user meant, not what survived)."""
+    from ..jobs import Job, read_jobs
+
+    valid: list[Job] = []
+    for item in read_jobs(paths):
+        if not isinstance(item, Job):
+            raise UsageError(f"{item.source}:{item.line}: {item.error}")
+        valid.append(item)
+    if not valid:
+        raise UsageError("no jobs in " + ", ".join(paths))
+    return valid
 
 
 def _read(paths: list[Path]) -> list[LabelledPrompt]:
@@ -135,18 +151,11 @@ def calibrate(
     probabilities for the other jobs. Point [tiering] model at OUTPUT to use them (explicit
     escalate_2 / escalate_3 in config still override).
     """
-    from ..jobs import Job, read_jobs
     from ..tiering.tune import calibrate as fit_calibration
 
     shares = _shares(share)
     tierer = _tierer(config, None, model)
-    valid: list[Job] = []
-    for item in read_jobs(jobs):
-        if not isinstance(item, Job):
-            raise UsageError(f"{item.source}:{item.line}: {item.error}")
-        valid.append(item)
-    if not valid:
-        raise UsageError("no jobs in " + ", ".join(jobs))
+    valid = _valid_jobs(jobs)
     try:
         weights, cal, got = fit_calibration(valid, tierer, shares)
     except ValueError as exc:
@@ -202,7 +211,6 @@ def label(
     from decimal import Decimal
 
     from ..interrupts import Stop
-    from ..jobs import Job, read_jobs
     from ..ledger.pricing import to_micros
     from ..ledger.store import ledger_path_for
     from ..tiering.label import Labeller, answer_lines, estimate, run_phase
@@ -210,13 +218,7 @@ def label(
     if weak_tier == strong_tier:
         raise UsageError("--weak-tier and --strong-tier must differ")
     cfg = load_config(config)
-    valid: list[Job] = []
-    for item in read_jobs(jobs):
-        if not isinstance(item, Job):
-            raise UsageError(f"{item.source}:{item.line}: {item.error}")
-        valid.append(item)
-    if not valid:
-        raise UsageError("no jobs in " + ", ".join(jobs))
+    valid = _valid_jobs(jobs)
     cap = None if max_cost is None else to_micros(Decimal(repr(max_cost)))
     ledger_path = ledger_path_for(ledger, cfg)
     stop = Stop()
