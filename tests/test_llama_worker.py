@@ -57,12 +57,21 @@ def local(**fields: object) -> LlamaCppBackend:
 
 
 async def wait_for_jobs(backend: LlamaCppBackend, n: int) -> int:
-    """The pid of the worker once it holds n jobs (no clock involved: it polls the state)."""
-    while True:
-        worker = next((w for w in backend.workers if w is not None and w.alive), None)
-        if worker is not None and len(worker.pending) >= n and worker.pid:
+    """The pid of the worker that holds n jobs, whichever of the backend's workers it is (the
+    router may give the job to any of them); fails, rather than hangs, if none ever does."""
+    for _ in range(12_000):  # a hang guard of about two minutes, not a speed limit
+        worker = next(
+            (
+                w
+                for w in backend.workers
+                if w is not None and w.alive and w.pid and len(w.pending) >= n
+            ),
+            None,
+        )
+        if worker is not None:
             return worker.pid
         await asyncio.sleep(0.01)
+    raise AssertionError(f"no worker of {backend.name} ever held {n} job(s)")
 
 
 async def test_batched_equals_unbatched_at_temperature_zero(smollm2: Path) -> None:
