@@ -4,7 +4,7 @@
     python benchmarks/bench_cache.py --jobs 2000
 
 Three `tierline run` processes (each its own fresh process, timed from outside, start-up
-included) against one fake vLLM server (tierline/testing/servers) on 127.0.0.1:
+included) against one fake vLLM server (tests/fakes) on 127.0.0.1:
 
 1. `first`: N distinct jobs with `--cache`: every job is sent, the cache is filled;
 2. `second`: the same command again (new output file): the target is 0 backend calls and
@@ -29,7 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tierline.testing.servers import FakeVLLM
+# The fakes live under tests/ (they do not ship in the wheel): import them from the repo root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.fakes import FakeVLLM
 
 CONFIG = """
 [backends.gpu]

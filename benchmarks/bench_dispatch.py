@@ -5,7 +5,7 @@
     python benchmarks/bench_dispatch.py --markdown      # docs/dispatch.md's table, as it is
 
 A fake OpenAI-compatible server with a fixed 50 ms latency runs in a separate process
-(`python -m tierline.testing.servers openai`). Each contender runs in its own fresh process, so its
+(`python -m tests.fakes openai`). Each contender runs in its own fresh process, so its
 CPU time and peak RSS are its own:
 
 * `raw-httpx`: `AsyncOpenAI` on the SDK's default HTTP client (pool sized to the concurrency);
@@ -135,7 +135,7 @@ def start_fake(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "tierline.testing.servers",
+            "tests.fakes",
             "openai",
             "--port",
             "0",
@@ -144,6 +144,7 @@ def start_fake(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=Path(__file__).resolve().parent.parent,  # `-m tests.fakes` imports from the repo root
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()

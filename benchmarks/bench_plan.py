@@ -35,7 +35,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tierline.testing.servers import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM, Reply
+# The fakes live under tests/ (they do not ship in the wheel): import them from the repo root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.fakes import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM, Reply
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-plan-0001"

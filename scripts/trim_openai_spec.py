@@ -2,7 +2,7 @@
 
     python scripts/trim_openai_spec.py PATH/TO/openai-openapi.yaml
 
-writes ``tierline/testing/servers/openapi/openai-openapi.yaml``: the ``paths`` below and every
+writes ``tests/fakes/openapi/openai-openapi.yaml``: the ``paths`` below and every
 ``components`` entry they or ``ROOT_SCHEMAS`` reach through ``$ref`` (nothing else), unchanged.
 The same input gives the same output byte for byte, so a newer spec is one command away. The
 ``LICENSE`` beside the output is OpenAI's, copied by hand once; ``README.md`` there says where the
@@ -18,9 +18,7 @@ from typing import Any
 
 import yaml
 
-OUT = (
-    Path(__file__).resolve().parent.parent / "tierline/testing/servers/openapi/openai-openapi.yaml"
-)
+OUT = Path(__file__).resolve().parent.parent / "tests/fakes/openapi/openai-openapi.yaml"
 # The endpoints tierline and its fakes speak (spec paths carry no /v1 prefix).
 PATHS = (
     "/chat/completions",
@@ -31,7 +29,7 @@ PATHS = (
     "/files/{file_id}",
     "/files/{file_id}/content",
 )
-# Schemas the tests name directly (tierline.testing.servers.spec.REQUEST_SCHEMAS and validate()).
+# Schemas the tests name directly (tests.fakes.spec.REQUEST_SCHEMAS and validate()).
 ROOT_SCHEMAS = (
     "CreateChatCompletionRequest",
     "CreateChatCompletionResponse",

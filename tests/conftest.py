@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tierline.cli
-from tierline.testing.servers.spec import ENV_VAR, OpenAISpec
+from tests.fakes.spec import ENV_VAR, OpenAISpec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from tests.fakes import FakeLlamaServer
 from tierline.config import LlamaCppBackendConfig, config_from_mapping
 from tierline.dispatch.base import Request
 from tierline.dispatch.llama_worker import PORTABLE_CMAKE_ARGS, build_problem
@@ -23,7 +24,6 @@ from tierline.dispatch.llamacpp import LlamaCppBackend, Worker, _Settings, crash
 from tierline.dispatch.router import Router
 from tierline.errors import BackendUnavailable
 from tierline.jobs import Message
-from tierline.testing.servers import FakeLlamaServer
 
 from .conftest import write_jsonl
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tests.fakes import FakeOpenAI
 from tierline.cli import batch as batch_cli
 from tierline.cli import main
 from tierline.cli.progress import run_progress
 from tierline.dispatch import batch as batches
 from tierline.jobs import Result
-from tierline.testing.servers import FakeOpenAI
 
 from .conftest import write_jsonl
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from tests.anthropic_shapes import check_sent
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.fakes.spec import OpenAISpec
 from tierline.cli import main
 from tierline.dispatch.batch import engine
-from tierline.testing.servers import FakeAnthropic, FakeOpenAI
-from tierline.testing.servers.spec import OpenAISpec
 
 KEY = "sk-test-batch-key-0001"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakeAnthropic, FakeOpenAI
 from tierline.errors import ExitCode
-from tierline.testing.servers import FakeAnthropic, FakeOpenAI
 
 from .conftest import batch_ids, read_results, tl, write_config, write_jobs
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakeAnthropic, FakeOpenAI
 from tierline.config import load_config
 from tierline.dispatch.batch import BatchOptions, Limits, providers
 from tierline.dispatch.batch.packing import pack
 from tierline.dispatch.scheduler import run_files
 from tierline.errors import ExitCode
 from tierline.jobs import ResultWriter
-from tierline.testing.servers import FakeAnthropic, FakeOpenAI
 
 from .conftest import batch_ids, read_results, tl, write_config, write_jobs
 
@@ -206,8 +206,8 @@ def test_collected_calls_are_in_the_ledger_before_their_results(
 ) -> None:
     """Write-ahead on collect too (issue 13): when a collected result leaves for the output,
     its call is already committed in the ledger (another connection sees it)."""
+    from tests.fakes import FakeAnthropic
     from tierline.dispatch.batch import collect
-    from tierline.testing.servers import FakeAnthropic
 
     with FakeAnthropic(api_key="sk-test-batch-key-0001") as ant:
         cfg = write_config(tmp_path / "t.toml", anthropic_url=ant.base_url, to="claude")

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from tests.anthropic_shapes import check_sent
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.fakes.spec import OpenAISpec
 from tierline.config import Config, config_from_mapping
-from tierline.testing.servers import FakeAnthropic, FakeOpenAI
-from tierline.testing.servers.spec import OpenAISpec
 
 KEY = "sk-test-0123456789abcdef"
 ANT_KEY = "sk-ant-test-0123456789abcdef"

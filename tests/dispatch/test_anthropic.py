@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fakes import FakeAnthropic
 from tierline.dispatch.anthropic import parse_message
-from tierline.testing.servers import FakeAnthropic
 
 from .conftest import ANT_KEY, make_config
 from .helpers import ask, request

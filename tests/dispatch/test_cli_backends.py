@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakeAnthropic, FakeOpenAI, FakeVLLM
 from tierline.cli import main
-from tierline.testing.servers import FakeAnthropic, FakeOpenAI, FakeVLLM
 
 from .conftest import ANT_KEY, KEY
 

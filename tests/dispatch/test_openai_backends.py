@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tierline.testing.servers import FakeLlamaCppPython, FakeLlamaServer, FakeOpenAI, FakeVLLM
-from tierline.testing.servers.spec import OpenAISpec
+from tests.fakes import FakeLlamaCppPython, FakeLlamaServer, FakeOpenAI, FakeVLLM
+from tests.fakes.spec import OpenAISpec
 
 from .conftest import KEY, make_config
 from .helpers import Sleeps, ask, request

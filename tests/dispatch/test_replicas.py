@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from tests.fakes import FakeLlamaCppPython, FakeLlamaServer, FakeVLLM
 from tierline.dispatch.replicas import KV_METRICS, WAITING_METRICS, Replica, parse_metrics
 from tierline.dispatch.router import Router
-from tierline.testing.servers import FakeLlamaCppPython, FakeLlamaServer, FakeVLLM
 
 from .conftest import make_config
 from .helpers import Sleeps, request, routed

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 
+from tests.fakes import FakeOpenAI
+from tests.fakes.spec import OpenAISpec
 from tierline.dispatch.scheduler import run_jobs
 from tierline.jobs import Result, jobs_from_lines
-from tierline.testing.servers import FakeOpenAI
-from tierline.testing.servers.spec import OpenAISpec
 from tierline.tiering.pipeline import Tierer
 
 from .conftest import KEY, make_config

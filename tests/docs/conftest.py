@@ -28,7 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from tests.conftest import EXAMPLES
-from tierline.testing.servers import (
+from tests.fakes import (
     FakeAnthropic,
     FakeLlamaServer,
     FakeOpenAI,

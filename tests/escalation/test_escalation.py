@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.fakes import FakeAnthropic, FakeVLLM
 from tierline.cli import main
 from tierline.cli.output import escalation_line
 from tierline.config import Config, config_from_mapping
@@ -20,7 +21,6 @@ from tierline.jobs import Result, jobs_from_lines
 from tierline.ledger.budget import Budget
 from tierline.ledger.store import Ledger
 from tierline.testing import FakeBackend, completion
-from tierline.testing.servers import FakeAnthropic, FakeVLLM
 from tierline.tiering.pipeline import Tierer
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}

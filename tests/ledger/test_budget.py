@@ -123,8 +123,8 @@ def test_extra_body_n_enters_the_worst_case(tmp_path: Path) -> None:
     """Issue 13: `extra_body = { n = 50 }` made every request bill 50 answers while the budget
     reserved one: $75.81 spent under --max-cost 10. Against a fake vLLM that honours `n`, the
     ledger's total stays under the cap, and the jobs that did not fit are skipped, unsent."""
+    from tests.fakes import FakeVLLM
     from tierline.cli import main
-    from tierline.testing.servers import FakeVLLM
 
     with FakeVLLM(model="m") as server:
         config = tmp_path / "tierline.toml"

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tierline.testing.servers import FakeVLLM
+from tests.fakes import FakeVLLM
 
 # How long a subprocess or a wait may take before the test calls it a hang. Generous on purpose:
 # on a loaded machine starting `tierline run` alone can take many seconds, and these bounds

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FakeVLLM
 from tierline.cli import main
 from tierline.config import embedded_default
 from tierline.dispatch.answers import AnswerCache, Answers
 from tierline.jobs import Result, jobs_from_lines
-from tierline.testing.servers import FakeVLLM
 
 from .conftest import read_results
 from .procs import vllm_config

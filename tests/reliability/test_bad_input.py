@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakeVLLM
 from tierline.cli import main
 from tierline.errors import ExitCode
 from tierline.resume import RunLock
-from tierline.testing.servers import FakeVLLM
 
 from .conftest import THREE_TIERS, Calls, jobs_file, read_results
 from .procs import requested_ids, start_run, vllm_config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tierline.testing.servers import FakeVLLM
+from tests.fakes import FakeVLLM
 
 from .conftest import jobs_file, read_results
 from .procs import (

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.fakes import FakeVLLM
 from tierline.jobs import Usage
 from tierline.ledger.store import CallRecord, Ledger
-from tierline.testing.servers import FakeVLLM
 
 from .conftest import jobs_file, read_results
 from .procs import complete_results, start_run, vllm_config, wait_for_lines

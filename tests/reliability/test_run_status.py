@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tierline.testing.servers import FakeVLLM
+from tests.fakes import FakeVLLM
 
 from .conftest import jobs_file
 from .procs import HANG_GUARD, start_run, vllm_config, wait_for_requests

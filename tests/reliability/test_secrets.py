@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tierline.testing.servers import FakeOpenAI
+from tests.fakes import FakeOpenAI
 
 from .conftest import jobs_file
 

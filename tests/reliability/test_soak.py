@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FakeVLLM, Fault
 from tierline.config import Config, config_from_toml
 from tierline.dispatch.base import Request
 from tierline.dispatch.scheduler import RunSummary, run_jobs
@@ -34,7 +35,6 @@ from tierline.errors import (
 from tierline.jobs import Result, jobs_from_lines
 from tierline.ledger.store import Ledger
 from tierline.testing import FunctionBackend
-from tierline.testing.servers import FakeVLLM, Fault
 from tierline.tiering.pipeline import Tierer
 
 pytestmark = pytest.mark.slow

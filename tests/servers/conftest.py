@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fakehelpers import KEY
 
-from tierline.testing.servers import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM
+from tests.fakes import FakeAnthropic, FakeLlamaServer, FakeOpenAI, FakeVLLM
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from anthropic.types.messages.batch_create_params import BatchCreateParams
 from fakehelpers import KEY, http
 
 from tests.anthropic_shapes import check_request, check_response
-from tierline.testing.servers import FakeAnthropic, FakeOpenAI, Reply
+from tests.fakes import FakeAnthropic, FakeOpenAI, Reply
 
 PROMPT = [{"role": "user", "content": "Write a haiku about the sea."}]
 

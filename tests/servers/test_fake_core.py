@@ -17,10 +17,10 @@ from fakehelpers import http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tierline.testing.servers import FAKES, FakeOpenAI, FakeVLLM, Reply, schema_instance
-from tierline.testing.servers._core import SlotPool, go_duration, rfc3339
-from tierline.testing.servers.loadgen import run_load
-from tierline.testing.servers.spec import ENV_VAR, OpenAISpec, SpecError, SpecMissing
+from tests.fakes import FAKES, FakeOpenAI, FakeVLLM, Reply, schema_instance
+from tests.fakes._core import SlotPool, go_duration, rfc3339
+from tests.fakes.loadgen import run_load
+from tests.fakes.spec import ENV_VAR, OpenAISpec, SpecError, SpecMissing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,12 +212,12 @@ class TestLifecycle:
         srv.stop()
 
     def test_separate_process(self) -> None:
-        """python -m tierline.testing.servers prints its base URL first and stops on SIGTERM."""
+        """python -m tests.fakes prints its base URL first and stops on SIGTERM."""
         with subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "tierline.testing.servers",
+                "tests.fakes",
                 "vllm",
                 "--model",
                 "m",

@@ -9,7 +9,7 @@ import openai
 import pytest
 from fakehelpers import KEY
 
-from tierline.testing.servers import FakeOpenAI, Reply
+from tests.fakes import FakeOpenAI, Reply
 
 URL = "/v1/chat/completions"
 

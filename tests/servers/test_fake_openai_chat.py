@@ -12,7 +12,7 @@ import openai
 import pytest
 from fakehelpers import KEY, http
 
-from tierline.testing.servers import FakeOpenAI, Fault, Reply
+from tests.fakes import FakeOpenAI, Fault, Reply
 
 GO_DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$|^0s$")
 MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in one line."}]

@@ -10,7 +10,7 @@ import openai
 import pytest
 from fakehelpers import KEY, http, parse_metrics
 
-from tierline.testing.servers import FakeLlamaCppPython, FakeLlamaServer, FakeVLLM
+from tests.fakes import FakeLlamaCppPython, FakeLlamaServer, FakeVLLM
 
 MESSAGES = [{"role": "user", "content": "Classify: the parcel arrived broken."}]
 SCHEMA = {

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FakeOpenAI
+from tests.fakes._content import Reply
 from tierline.cli import main
-from tierline.testing.servers import FakeOpenAI
-from tierline.testing.servers._content import Reply
 from tierline.tiering.label import JUDGE_RUBRIC, parse_verdict
 
 KEY = "sk-test-0123456789abcdef"

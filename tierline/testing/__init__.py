@@ -3,7 +3,8 @@
 `FakeBackend` answers from a queue of scripted replies and failures and records every request;
 `FunctionBackend` answers with a function of the request. Register either under a backend kind
 with `tierline.dispatch.registry.register` to drive a whole run, or use them directly. The fake
-HTTP servers for OpenAI, Anthropic, vLLM and llama.cpp live in `tierline.testing.servers`.
+HTTP servers for OpenAI, Anthropic, vLLM and llama.cpp are tierline's own test fixtures: they live
+in the repository's `tests/fakes/` and do not ship in the wheel.
 """
 
 from __future__ import annotations

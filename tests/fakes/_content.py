@@ -201,7 +201,7 @@ class _SchemaWalker:
         value = self.build_number(schema, path, integer=True)
         return int(value)
 
-    def build_number(self, schema: Mapping[str, JSON], path: str, integer: bool = False) -> JSON:  # noqa: ARG002 - hook signature
+    def build_number(self, schema: Mapping[str, JSON], path: str, integer: bool = False) -> JSON:
         lo = _bound(schema, "minimum", "exclusiveMinimum", +1, integer)
         hi = _bound(schema, "maximum", "exclusiveMaximum", -1, integer)
         step = schema.get("multipleOf")
@@ -218,10 +218,10 @@ class _SchemaWalker:
             )
         return int(value) if integer or (float(value).is_integer() and not step) else value
 
-    def build_boolean(self, schema: Mapping[str, JSON], path: str) -> JSON:  # noqa: ARG002 - hook signature
+    def build_boolean(self, schema: Mapping[str, JSON], path: str) -> JSON:
         return bool(int(digest(self.seed + path), 16) % 2)
 
-    def build_null(self, schema: Mapping[str, JSON], path: str) -> JSON:  # noqa: ARG002 - hook signature
+    def build_null(self, schema: Mapping[str, JSON], path: str) -> JSON:
         return None
 
 

@@ -8,7 +8,7 @@ The real API sends ``null`` for optional fields that the spec types as non-nulla
 ``*_at`` stamps, ``errors``, ...), so by default a ``null`` optional property passes;
 ``strict_nulls=True`` turns that off. Needs ``pyyaml``, ``jsonschema`` and ``referencing``.
 
-The spec ships with the package (``openapi/openai-openapi.yaml``, MIT, trimmed by
+The spec is in the repository beside this module (``openapi/openai-openapi.yaml``, MIT, trimmed by
 ``scripts/trim_openai_spec.py`` to the paths and schemas below), so every checkout can check.
 """
 
@@ -55,7 +55,7 @@ class SpecError(AssertionError):
 
 
 def default_spec_path() -> Path:
-    """``$TIERLINE_OPENAI_SPEC``, else the trimmed copy that ships beside this module."""
+    """``$TIERLINE_OPENAI_SPEC``, else the trimmed copy beside this module."""
     configured = os.environ.get(ENV_VAR)
     if configured:
         return Path(configured)

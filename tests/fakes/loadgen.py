@@ -1,6 +1,6 @@
 """A raw aiohttp load generator, to show a fake is not the bottleneck of a benchmark.
 
-``python -m tierline.testing.servers.loadgen --spawn openai --latency-ms 50 -n 5000 -c 256``
+``python -m tests.fakes.loadgen --spawn openai --latency-ms 50 -n 5000 -c 256`` (from the repo root)
 starts the fake in its own process, sends ``-n`` chat completions at concurrency ``-c`` from
 this one, and writes one JSON line: requests/s, latency percentiles, errors, CPU seconds.
 """
@@ -15,9 +15,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/fakes/ -> the checkout
 
 
 async def run_load(
@@ -70,12 +73,12 @@ async def run_load(
 def spawn(
     kind: str, latency_ms: float, extra: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start ``python -m tierline.testing.servers KIND`` and return it with its base URL."""
+    """Start ``python -m tests.fakes KIND`` and return it with its base URL."""
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tierline.testing.servers",
+            "tests.fakes",
             kind,
             "--latency-ms",
             str(latency_ms),
@@ -83,6 +86,7 @@ def spawn(
         ],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=REPO_ROOT,  # `-m tests.fakes` imports from the repo root
     )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
@@ -90,7 +94,7 @@ def spawn(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tierline.testing.servers.loadgen", description=__doc__
+        prog="python -m tests.fakes.loadgen", description=__doc__
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="base URL of a running fake (ending in /v1)")

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tierline.testing.servers._batches import (
+from tests.fakes._batches import (
     BatchBook,
     BatchJob,
     BatchLine,
@@ -18,8 +18,8 @@ from tierline.testing.servers._batches import (
     line_script,
     response_body,
 )
-from tierline.testing.servers._content import Completion, Reply, resolve_completion
-from tierline.testing.servers._core import FakeServer, Fault, RateLimits, Routes, new_id, rfc3339
+from tests.fakes._content import Completion, Reply, resolve_completion
+from tests.fakes._core import FakeServer, Fault, RateLimits, Routes, new_id, rfc3339
 
 __all__ = ["FakeAnthropic"]
 
@@ -136,8 +136,8 @@ class FakeAnthropic(FakeServer):
         message: str | None = None,
         *,
         error_type: str | None = None,
-        code: str | int | None = None,  # noqa: ARG002 - hook signature
-        param: str | None = None,  # noqa: ARG002 - hook signature
+        code: str | int | None = None,
+        param: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
         default_type, default_message = _ERROR_DEFAULTS.get(

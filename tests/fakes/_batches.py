@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tierline.testing.servers._content import Reply
-from tierline.testing.servers._core import Fault, dumps, loads
+from tests.fakes._content import Reply
+from tests.fakes._core import Fault, dumps, loads
 
 JSON = Any
 T = TypeVar("T")

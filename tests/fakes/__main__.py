@@ -1,4 +1,4 @@
-"""``python -m tierline.testing.servers KIND [options]``: serve one fake until SIGINT/SIGTERM.
+"""``python -m tests.fakes KIND [options]``: serve one fake until SIGINT/SIGTERM.
 
 The first line on stdout is the base URL to give the SDK (for a benchmark spawning the fake on
 another core); nothing is recorded unless ``--record`` is given.
@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from tierline.testing.servers import FAKES
+from tests.fakes import FAKES
 
 # Options that only some fakes take: option name -> kinds that accept it.
 _ONLY = {
@@ -27,7 +27,7 @@ _ONLY = {
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tierline.testing.servers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes", description=__doc__)
     parser.add_argument("kind", choices=sorted(FAKES))
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument(

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tierline.testing.servers._chat import ChatFake, Structured
-from tierline.testing.servers._content import Completion
-from tierline.testing.servers._core import STARTED, Routes, SlotPool, prometheus_text
+from tests.fakes._chat import ChatFake, Structured
+from tests.fakes._content import Completion
+from tests.fakes._core import STARTED, Routes, SlotPool, prometheus_text
 
 __all__ = ["FakeLlamaCppPython", "FakeLlamaServer"]
 
@@ -93,7 +93,7 @@ class FakeLlamaServer(ChatFake):
         *,
         error_type: str | None = None,
         code: str | int | None = None,
-        param: str | None = None,  # noqa: ARG002 - hook signature
+        param: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
         error = {
@@ -150,7 +150,7 @@ class FakeLlamaServer(ChatFake):
             self._task_ids += 1
             yield
 
-    def admit(self, body: Mapping[str, JSON], completion: Completion) -> web.Response | None:  # noqa: ARG002 - hook signature
+    def admit(self, body: Mapping[str, JSON], completion: Completion) -> web.Response | None:
         self.counters["prompt_tokens"] += completion.prompt_tokens
         self.counters["tokens_predicted"] += completion.completion_tokens
         self.counters["n_decode"] += max(completion.completion_tokens, 1)

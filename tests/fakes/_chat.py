@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tierline.testing.servers._content import Completion, Reply, resolve_completion
-from tierline.testing.servers._core import FakeServer, Routes, new_id
+from tests.fakes._content import Completion, Reply, resolve_completion
+from tests.fakes._core import FakeServer, Routes, new_id
 
 JSON = Any
 _NO_SLOT: contextlib.nullcontext[None] = contextlib.nullcontext()
@@ -92,7 +92,7 @@ class ChatFake(FakeServer):
             code="invalid_value",
         )
 
-    def admit(self, body: Mapping[str, JSON], completion: Completion) -> web.Response | None:  # noqa: ARG002 - hook signature
+    def admit(self, body: Mapping[str, JSON], completion: Completion) -> web.Response | None:
         """Refuse a valid request for capacity reasons (rate limits, a full queue), else None."""
         return None
 

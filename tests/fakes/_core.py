@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from aiohttp import web
 
-from tierline.testing.servers._content import Reply
+from tests.fakes._content import Reply
 
 _orjson: Any
 try:
@@ -457,7 +457,7 @@ class FakeServer:
     def add_routes(self, routes: Routes) -> None:
         raise NotImplementedError
 
-    def body_limit(self, path: str) -> int:  # noqa: ARG002 - hook signature
+    def body_limit(self, path: str) -> int:
         """Largest request body accepted on ``path``; larger ones get the fake's 413."""
         return 64 * 1024 * 1024
 
@@ -474,7 +474,7 @@ class FakeServer:
         """The fake's native error body for ``status``."""
         raise NotImplementedError
 
-    def gate(self, request: web.Request) -> web.Response | None:  # noqa: ARG002 - hook signature
+    def gate(self, request: web.Request) -> web.Response | None:
         """Refuse a request before routing (auth, loading); None lets it through."""
         return None
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tierline.testing.servers._batches import (
+from tests.fakes._batches import (
     BatchBook,
     BatchJob,
     BatchLine,
@@ -18,9 +18,9 @@ from tierline.testing.servers._batches import (
     line_script,
     response_body,
 )
-from tierline.testing.servers._chat import ChatFake
-from tierline.testing.servers._content import Completion, Reply
-from tierline.testing.servers._core import STARTED, Fault, RateLimits, Routes, go_duration, new_id
+from tests.fakes._chat import ChatFake
+from tests.fakes._content import Completion, Reply
+from tests.fakes._core import STARTED, Fault, RateLimits, Routes, go_duration, new_id
 
 __all__ = ["FakeOpenAI"]
 

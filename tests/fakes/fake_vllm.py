@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tierline.testing.servers._chat import ChatFake, Structured
-from tierline.testing.servers._content import Completion
-from tierline.testing.servers._core import Routes, SlotPool, prometheus_text
+from tests.fakes._chat import ChatFake, Structured
+from tests.fakes._content import Completion
+from tests.fakes._core import Routes, SlotPool, prometheus_text
 
 __all__ = ["FakeVLLM"]
 
@@ -131,7 +131,7 @@ class FakeVLLM(ChatFake):
                 return None, True
         return super().structured_output(body)
 
-    def admit(self, body: Mapping[str, JSON], completion: Completion) -> web.Response | None:  # noqa: ARG002 - hook signature
+    def admit(self, body: Mapping[str, JSON], completion: Completion) -> web.Response | None:
         if self.engine_dead:
             return self.error_response(
                 500, "EngineCore encountered an issue. See stack trace (above) for the root cause."

@@ -7,16 +7,18 @@ Each fake runs an aiohttp app on its own thread and event loop, records requests
         client = OpenAI(base_url=srv.base_url, api_key="sk-test", max_retries=0)
         srv.enqueue_fault(429, headers={"retry-after-ms": "100"})
 
-Run one as a separate process with ``python -m tierline.testing.servers openai --latency-ms 50``:
+They are tierline's test fixtures, not part of the wheel: import them as ``tests.fakes`` with the
+repository root on ``sys.path`` (pytest and ``python -m`` from the root do that). Run one as a
+separate process from the repository root with ``python -m tests.fakes openai --latency-ms 50``:
 it prints its base URL on the first line of stdout. The OpenAPI checker is in ``.spec``.
 """
 
-from tierline.testing.servers._content import Reply, schema_instance
-from tierline.testing.servers._core import FakeServer, Fault, RecordedRequest
-from tierline.testing.servers.fake_anthropic import FakeAnthropic
-from tierline.testing.servers.fake_llama import FakeLlamaCppPython, FakeLlamaServer
-from tierline.testing.servers.fake_openai import FakeOpenAI
-from tierline.testing.servers.fake_vllm import FakeVLLM
+from tests.fakes._content import Reply, schema_instance
+from tests.fakes._core import FakeServer, Fault, RecordedRequest
+from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.fakes.fake_llama import FakeLlamaCppPython, FakeLlamaServer
+from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.fake_vllm import FakeVLLM
 
 __all__ = [
     "FakeAnthropic",
