@@ -52,8 +52,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
         # ledger.plan prices a plan with the router's limits and the tierer: 15-A moves it to run/
         ("tierline.ledger.plan", "tierline.dispatch.limits"),
         ("tierline.ledger.plan", "tierline.tiering.pipeline"),
-        # the accountant takes the router's Hop: 15-C (neutral call facts)
-        ("tierline.ledger.accounting", "tierline.dispatch.router"),
         # the scheduler tiers jobs: 15-A moves it to run/
         ("tierline.dispatch.scheduler", "tierline.tiering.pipeline"),
         ("tierline.dispatch.scheduler", "tierline.tiering.vote"),

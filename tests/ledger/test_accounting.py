@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from tierline.dispatch.base import Completion
 from tierline.dispatch.scheduler import run_jobs
 from tierline.errors import BackendUnavailable
 from tierline.jobs import Result, Usage, jobs_from_lines
+from tierline.ledger.accounting import Accountant, CallFacts
 from tierline.ledger.busy import BusyMeter
 from tierline.ledger.store import Ledger
 from tierline.testing import FakeBackend
@@ -148,3 +150,56 @@ def test_busy_time_of_a_batching_server() -> None:
     for span, mark in zip(spans, marks, strict=True):
         span.seconds += meter._stop(mark)
     assert [s.seconds for s in spans] == [0.25] * 8 and meter.busy_s == 2.0
+
+
+async def test_ledger_rows_name_each_backends_endpoint(tmp_path: Path) -> None:
+    """The endpoint column (computed on the dispatch side since the ledger takes neutral call
+    facts): a configured base URL, else the API's own."""
+    cheap, dear, gpu = (
+        FakeBackend("cheap", "gpt-4o-mini"),
+        FakeBackend("dear", "claude-sonnet-4-5"),
+        FakeBackend("gpu", "qwen"),
+    )
+    with Ledger(tmp_path / "l.db") as ledger:
+        await run_with_ledger(ledger, cheap, dear, gpu)
+        rows = ledger.conn.execute("SELECT DISTINCT backend, endpoint FROM calls").fetchall()
+    assert dict(rows) == {
+        "cheap": "https://api.openai.com/v1",
+        "dear": "https://api.anthropic.com",
+        "gpu": "http://gpu/v1",
+    }
+
+
+def test_accountant_prices_and_records_neutral_call_facts(tmp_path: Path) -> None:
+    """What batch collection and the scheduler both hand the ledger: a batch call is priced at
+    the batch rate (half for gpt-4o-mini) and written to the run named; a call that sent
+    nothing costs nothing and is not written."""
+    config = make_config({"cheap": {"kind": "openai", "model": "gpt-4o-mini"}})
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    sent = CallFacts("cheap", "gpt-4o-mini", "ok", 1, 0.5, usage, endpoint="https://x/v1")
+    with Ledger(tmp_path / "l.db") as ledger:
+        first = ledger.start_run(command="test", config_origin="test", inputs=["x"])
+        later = ledger.start_run(command="collect", config_origin="test", inputs=["x"])
+        accountant = Accountant(config, ledger=ledger, run_id=later)
+        sync = accountant.record("j1", 1, [sent])
+        batch = accountant.record(
+            "j2",
+            1,
+            [
+                replace(sent, status="unavailable", attempts=0, usage=None),
+                replace(sent, batch=True),
+            ],
+            first_hop=3,
+            run_id=first,
+        )
+        ledger.flush()
+        rows = ledger.conn.execute(
+            "SELECT run_id, job_id, hop, batch, cost_nanos, endpoint FROM calls ORDER BY job_id"
+        ).fetchall()
+    assert sync.nanos is not None and sync.nanos > 0
+    assert batch.nanos is not None and batch.nanos * 2 == sync.nanos
+    assert rows == [
+        (later, "j1", 1, 0, sync.nanos, "https://x/v1"),
+        (first, "j2", 4, 1, batch.nanos, "https://x/v1"),
+    ]
+    assert accountant.cost_nanos == sync.nanos + batch.nanos

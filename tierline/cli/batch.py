@@ -21,7 +21,7 @@ from ..config import Config, load_config
 from ..dispatch import batch as batches
 from ..errors import ExitCode
 from ..jobs import dumps
-from ..ledger.store import default_ledger_path
+from ..ledger.store import ledger_path_for
 from .options import ConfigPath, Json, LedgerPath, Quiet
 from .output import err_console
 
@@ -54,10 +54,6 @@ RunIds = Annotated[
         help="Run ids (default: every run with batches still open).", show_default=False
     ),
 ]
-
-
-def _ledger(ledger: str | None, cfg: Config) -> Path:
-    return Path(ledger or cfg.ledger.path or default_ledger_path())
 
 
 @contextmanager
@@ -145,7 +141,7 @@ def status(
     Exit 0 when nothing is pending, 4 when some batch has jobs still pending.
     """
     cfg = load_config(config)
-    rows = asyncio.run(batches.batch_status(cfg, _ledger(ledger, cfg), everything=every))
+    rows = asyncio.run(batches.batch_status(cfg, ledger_path_for(ledger, cfg), everything=every))
     rows = [r for r in rows if not run_ids or r.batch.run_id in run_ids]
     for r in rows if as_json else []:
         record = {**dataclasses.asdict(r.batch), "live": r.live, "note": r.note}
@@ -193,7 +189,7 @@ def collect(
         report = asyncio.run(
             batches.collect(
                 cfg,
-                _ledger(ledger, cfg),
+                ledger_path_for(ledger, cfg),
                 run_ids or None,
                 wait=wait,
                 resubmit=resubmit,
@@ -212,5 +208,5 @@ def cancel(
 ) -> None:
     """Ask the providers to cancel open batches; what finished is kept (collect fetches it)."""
     cfg = load_config(config)
-    count = asyncio.run(batches.cancel_batches(cfg, _ledger(ledger, cfg), run_ids or []))
+    count = asyncio.run(batches.cancel_batches(cfg, ledger_path_for(ledger, cfg), run_ids or []))
     err_console.print(f"tierline: asked to cancel {count} batch(es)", markup=False)

@@ -17,7 +17,7 @@ from ..dispatch.scheduler import run_files
 from ..errors import ExitCode, UsageError
 from ..interrupts import DEFAULT_GRACE_S, Stop
 from ..ledger.pricing import to_micros
-from ..ledger.store import default_ledger_path
+from ..ledger.store import ledger_path_for
 from ..resume import Journal, RunLock
 from ..shard import Shard
 from . import batch
@@ -94,7 +94,7 @@ def run(
     141 when the reader of stdout went away, 74 when the results could not be written.
     """
     cfg = load_config(config)
-    ledger_path = Path(ledger or cfg.ledger.path or default_ledger_path())
+    ledger_path = ledger_path_for(ledger, cfg)
     part = Shard.parse(shard) if shard else None
     # Every path and stream is checked before anything is sent (cli/preflight.py); from here
     # on `output` is the real file (symlinks resolved) or None for stdout.

@@ -19,6 +19,7 @@ from ..errors import (
     TierlineError,
     redact,
 )
+from ..ledger.accounting import CallFacts
 from ..ledger.busy import BusyMeter, BusySpan
 from .base import Backend, Completion, Request
 from .checks import CheckFailure
@@ -27,6 +28,9 @@ from .registry import create_backend
 from .retry import Attempted, call_with_retry
 
 __all__ = ["Gate", "Hop", "Outcome", "Router"]
+
+# Where a backend without a base URL sends its calls, for the ledger's endpoint column.
+API_ENDPOINTS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 
 
 @dataclass(slots=True)
@@ -249,10 +253,31 @@ class Router:
             completion=completion,
         )
 
+    def call_facts(self, hop: Hop) -> CallFacts:
+        """The hop as the ledger prices and stores it (the ledger knows no dispatch types)."""
+        completion = hop.completion
+        return CallFacts(
+            backend=hop.backend,
+            model=hop.model,
+            status=hop.status,
+            attempts=hop.attempts,
+            latency_s=hop.latency_s,
+            usage=completion.usage if completion else None,
+            busy_s=hop.busy_s,
+            endpoint=_endpoint_of(self.config.backends[hop.backend]),
+            error=hop.error,
+            check_failed=hop.check.check if hop.check else None,
+        )
+
     async def aclose(self) -> None:
         backends, self._backends = list(self._backends.values()), {}
         for backend in backends:
             await backend.aclose()
+
+
+def _endpoint_of(config: Any) -> str:
+    urls = getattr(config, "base_urls", None) or [getattr(config, "base_url", None)]
+    return str(urls[0] or API_ENDPOINTS.get(config.kind, "in-process"))
 
 
 def _model_of(config: Any) -> str:

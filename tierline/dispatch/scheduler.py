@@ -208,7 +208,8 @@ class _Dispatcher:
             for hop in outcome.hops:
                 hop.tier = tier
             failure = self._check(job, tier, outcome)
-            cost = self.accountant.record(job, tier, outcome.hops, first_hop=first_hop)
+            calls = [self.router.call_facts(hop) for hop in outcome.hops]
+            cost = self.accountant.record(job.id, tier, calls, first_hop=first_hop)
         finally:
             self.accountant.settle(hold, cost)
         return outcome, cost, failure

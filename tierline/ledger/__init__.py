@@ -1,5 +1,5 @@
 """The cost ledger: SQLite store, migrations, pricing and reports."""
 
-from .store import CallRecord, Ledger, default_ledger_path
+from .store import CallRecord, Ledger, ledger_path_for
 
-__all__ = ["CallRecord", "Ledger", "default_ledger_path"]
+__all__ = ["CallRecord", "Ledger", "ledger_path_for"]

@@ -1,5 +1,9 @@
-"""The money side of a run, in one object the scheduler calls: price each hop of a job, write
-it to the ledger, keep the budget, and say what it all cost against the baseline."""
+"""The money side of a run, in one object the scheduler calls: price each call of a job, write
+it to the ledger, keep the budget, and say what it all cost against the baseline.
+
+The ledger sits below dispatch (docs/architecture.md): it takes `CallFacts`, neutral records of
+what each call did, which the dispatch side builds from its own types; nothing here knows a
+hop, a completion or a backend kind."""
 
 from __future__ import annotations
 
@@ -7,15 +11,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import Config
-from ..dispatch.router import Hop
 from ..jobs import Job, Result, Usage
 from .budget import Budget, Hold, Refusal, worst_case_micros
 from .pricing import CallPrice, Pricer, nanos_to_micros
 from .store import CallRecord, Ledger
 
-__all__ = ["Accountant", "JobCost", "skipped_result"]
+__all__ = ["Accountant", "CallFacts", "JobCost", "skipped_result"]
 
-API_ENDPOINTS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What one backend did for a job, as the ledger prices and stores it."""
+
+    backend: str  # the configured backend's name (the pricing key)
+    model: str
+    status: str  # "ok", "error", "unavailable"
+    attempts: int  # requests sent, retries included; 0 = nothing was sent, nothing is written
+    latency_s: float
+    usage: Usage | None = None  # None: no answer came back
+    batch: bool = False  # through a provider batch API: batch prices
+    busy_s: float = 0.0  # this call's share of a self-hosted backend's busy time (gpu_hour_usd)
+    endpoint: str | None = None  # where it was sent (a base URL, "in-process")
+    error: str | None = None
+    check_failed: str | None = None  # the answer check its answer failed (escalation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,34 +87,27 @@ class Accountant:
             spent = None if cost is None or cost.nanos is None else nanos_to_micros(cost.nanos)
             self.budget.settle(hold, spent)
 
-    def _price(self, hop: Hop) -> CallPrice:
-        completion = hop.completion
-        extra = completion.extra if completion else {}
-        batch = bool(extra.get("batch")) or extra.get("service_tier") == "batch"
-        return self.pricer.price(
-            hop.backend,
-            hop.model,
-            completion.usage if completion else None,
-            batch=batch,
-            busy_s=getattr(hop, "busy_s", 0.0),
-        )
+    def record(
+        self,
+        job_id: str,
+        tier: int | None,
+        calls: Sequence[CallFacts],
+        *,
+        first_hop: int = 1,
+        run_id: str | None = None,
+    ) -> JobCost:
+        """Price every call of a job and write each one that sent something to the ledger.
 
-    def _endpoint(self, hop: Hop) -> str:
-        extra = hop.completion.extra if hop.completion else {}
-        if isinstance(extra.get("endpoint"), str):
-            return str(extra["endpoint"])
-        bc = self.config.backends[hop.backend]
-        urls = getattr(bc, "base_urls", None) or [getattr(bc, "base_url", None)]
-        return urls[0] or API_ENDPOINTS.get(bc.kind, "in-process")
-
-    def record(self, job: Job, tier: int, hops: Sequence[Hop], *, first_hop: int = 1) -> JobCost:
-        """Price every hop of a job and write each one that made a call to the ledger.
-
-        `first_hop` numbers the hops on from earlier routes of the same job (escalation)."""
+        `first_hop` numbers the calls on from earlier routes of the same job (escalation, a
+        resubmitted batch); `run_id` defaults to this run's (batch collection records for the
+        run that submitted each batch)."""
+        run_id = run_id or self.run_id
         total: int | None = 0
         baseline = 0
-        for index, hop in enumerate(hops, start=first_hop):
-            price = self._price(hop)
+        for index, call in enumerate(calls, start=first_hop):
+            price = self.pricer.price(
+                call.backend, call.model, call.usage, batch=call.batch, busy_s=call.busy_s
+            )
             if price.nanos is None:
                 total = None
             elif total is not None:
@@ -105,38 +116,14 @@ class Accountant:
             if price.nanos is not None:
                 self.cost_nanos += price.nanos
                 self.baseline_nanos += price.baseline_nanos or 0
-            if self.ledger is not None and self.run_id is not None and hop.attempts:
-                self.ledger.record_call(self.run_id, self._call(job, tier, hop, index, price))
+            if self.ledger is not None and run_id is not None and call.attempts:
+                self.ledger.record_call(run_id, _row(job_id, tier, call, index, price))
         return JobCost(total, baseline)
 
     async def durable(self) -> None:
         """Return once every call recorded so far is committed to the ledger."""
         if self.ledger is not None:
             await self.ledger.durable()
-
-    def _call(self, job: Job, tier: int, hop: Hop, index: int, price: CallPrice) -> CallRecord:
-        completion = hop.completion
-        busy = getattr(hop, "busy_s", None)
-        return CallRecord(
-            job_id=job.id,
-            tier=tier,
-            backend=hop.backend,
-            model=hop.model,
-            status=hop.status,
-            usage=completion.usage if completion else Usage(),
-            cost_nanos=price.nanos,
-            price_source=price.source,
-            latency_s=hop.latency_s,
-            attempt=hop.attempts,
-            error=hop.error,
-            endpoint=self._endpoint(hop),
-            price_version=price.version,
-            batch=price.batch,
-            baseline_nanos=price.baseline_nanos,
-            busy_s=busy if busy else None,
-            hop=index,
-            check_failed=hop.check.check if hop.check else None,
-        )
 
     def notes(self) -> list[str]:
         """Lines for the run summary: unknown prices (loudly) and the savings."""
@@ -149,6 +136,29 @@ class Accountant:
                 f"${self.baseline_nanos / 1e9:,.6f} for the same tokens on {b}"
             )
         return lines
+
+
+def _row(job_id: str, tier: int | None, call: CallFacts, hop: int, price: CallPrice) -> CallRecord:
+    return CallRecord(
+        job_id=job_id,
+        tier=tier,
+        backend=call.backend,
+        model=call.model,
+        status=call.status,
+        usage=call.usage or Usage(),
+        cost_nanos=price.nanos,
+        price_source=price.source,
+        latency_s=call.latency_s,
+        attempt=call.attempts,
+        error=call.error,
+        endpoint=call.endpoint,
+        price_version=price.version,
+        batch=price.batch,
+        baseline_nanos=price.baseline_nanos,
+        busy_s=call.busy_s or None,
+        hop=hop,
+        check_failed=call.check_failed,
+    )
 
 
 def skipped_result(job: Job, tier: int, why: str, confidence: float, refusal: Refusal) -> Result:

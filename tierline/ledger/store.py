@@ -24,15 +24,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import TracebackType
 
 from ..config import Config, data_dir
 from ..jobs import Usage
+from .batches import SubmissionStore
 from .migrations import migrate, transaction
 
-__all__ = ["CallRecord", "Ledger", "default_ledger_path", "ledger_path_for"]
+__all__ = ["CallRecord", "Ledger", "RunRow", "ledger_path_for"]
 
 BUSY_TIMEOUT_MS = 30_000  # overlapping runs wait for each other's short write transactions
 FLUSH_EVERY = 256  # calls per write transaction
@@ -43,13 +45,10 @@ FLUSH_INTERVAL_S = 1.0  # ... or at least this often, so `tierline ledger` sees 
 GROUP_COMMIT_S = 0.002
 
 
-def default_ledger_path() -> Path:
-    return data_dir() / "ledger.db"
-
-
 def ledger_path_for(explicit: str | None, config: Config) -> Path:
-    """--ledger, else the config's [ledger] path, else the user data dir."""
-    return Path(explicit or config.ledger.path or default_ledger_path())
+    """The one rule for where the ledger is: --ledger, else the config's [ledger] path, else
+    ledger.db in the user data dir ($TIERLINE_HOME)."""
+    return Path(explicit or config.ledger.path or data_dir() / "ledger.db")
 
 
 def _tierline_version() -> str | None:
@@ -85,6 +84,15 @@ class CallRecord:
     busy_s: float | None = None
     hop: int = 1
     check_failed: str | None = None  # the answer check this call's answer failed (escalation)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """What a later process needs to know of an earlier run (batch collection)."""
+
+    id: str
+    config_origin: str  # the config file the run used, or "embedded default"
+    jobs: int
 
 
 _INSERT = """INSERT INTO calls (run_id, job_id, tier, backend, model, status, input_tokens,
@@ -154,6 +162,17 @@ class Ledger:
         self._buffer: list[tuple[object, ...]] = []
         self._flushed_at = time.monotonic()
         self._commit: asyncio.Task[None] | None = None  # the scheduled group commit
+
+    @cached_property
+    def batches(self) -> SubmissionStore:
+        """The provider-batch tables (submissions, batches, their jobs) of this ledger."""
+        return SubmissionStore(self.conn)
+
+    def run(self, run_id: str) -> RunRow | None:
+        row = self.conn.execute(
+            "SELECT id, config_origin, jobs FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        return None if row is None else RunRow(str(row[0]), str(row[1]), int(row[2]))
 
     def start_run(
         self,

@@ -151,7 +151,7 @@ def _for_output(
     if not os.path.exists(path):
         return [], None
     with Ledger(ledger_path) as ledger:
-        store = SubmissionStore(ledger.conn)
+        store = ledger.batches
         everything = [s for s in store.submissions(open_only=False) if s.output == path]
         mine = _same_command(store, [s for s in everything if s.state == "open"], inputs, output)
         if mine or fresh or os.path.exists(f"{path}.partial"):  # a partial file: resume it
@@ -167,10 +167,8 @@ def _for_output(
 
 def _origin(ledger: Ledger, submission: Submission) -> str | None:
     """The config the submitting run used (a path, or "embedded default")."""
-    row = ledger.conn.execute(
-        "SELECT config_origin FROM runs WHERE id = ?", (submission.run_id,)
-    ).fetchone()
-    return None if row is None else str(row[0])
+    run = ledger.run(submission.run_id)
+    return None if run is None else run.config_origin
 
 
 def _finished_report(config: Config, ledger_path: Path, run_id: str, output: str) -> CollectReport:
@@ -187,7 +185,7 @@ def supersede(ledger_path: Path, output: str, run_id: str) -> None:
     """A run has just written `output`: earlier submissions no longer own its lines, so "the
     same command again" must not take the file for theirs."""
     with Ledger(ledger_path) as ledger:
-        store = SubmissionStore(ledger.conn)
+        store = ledger.batches
         for s in store.submissions(open_only=False):
             if s.output == output and s.run_id != run_id and s.state != "replaced":
                 store.set_submission_state(s.run_id, "replaced")

@@ -25,9 +25,10 @@ from typing import Any
 from ...config import Config
 from ...errors import BackendError, ExitCode
 from ...jobs import Job, Usage, dumps
-from ...ledger.batches import BatchRow, JobRow, SubmissionStore
-from ...ledger.pricing import Pricer, nanos_to_usd
-from ...ledger.store import CallRecord, Ledger
+from ...ledger.accounting import Accountant, CallFacts
+from ...ledger.batches import BatchRow, JobRow
+from ...ledger.pricing import nanos_to_usd
+from ...ledger.store import Ledger
 from ...tiering.vote import TierVote
 from ..retry import Attempted, call_with_retry
 from .packing import Limits, Packer
@@ -172,10 +173,10 @@ class BatchEngine:
     ) -> None:
         self.config = config
         self.ledger = ledger
-        self.store = SubmissionStore(ledger.conn)
+        self.store = ledger.batches
         self.limits = dict(limits or {})
         self._providers: dict[str, BatchProvider] = {}
-        self._pricer: Pricer | None = None
+        self._accountant: Accountant | None = None
 
     def provider(self, backend: str) -> BatchProvider:
         """The batch provider of a configured backend (raises BackendUnavailable without a key)."""
@@ -298,29 +299,22 @@ class BatchEngine:
         ran = outcome.outcome != "unfinished"
         price_nanos: int | None = 0
         if ran:
-            model = completion.model if completion else batch.model
-            usage = completion.usage if completion else None
-            price = self.pricer.price(batch.backend, model, usage, batch=True)
-            price_nanos = price.nanos
-            self.ledger.record_call(
-                batch.run_id,
-                CallRecord(
-                    job_id=row.job_id,
-                    tier=row.stub.get("tier"),
-                    backend=batch.backend,
-                    model=model,
-                    status="ok" if completion else "error",
-                    usage=usage or Usage(),
-                    cost_nanos=price.nanos,
-                    price_source=price.source,
-                    latency_s=latency,
-                    error=(outcome.error or {}).get("message"),
-                    price_version=price.version,
-                    batch=True,
-                    baseline_nanos=price.baseline_nanos,
-                    hop=len(row.stub["route"]),
-                ),
+            call = CallFacts(
+                backend=batch.backend,
+                model=completion.model if completion else batch.model,
+                status="ok" if completion else "error",
+                attempts=1,
+                latency_s=latency,
+                usage=completion.usage if completion else None,
+                batch=True,
+                error=(outcome.error or {}).get("message"),
             )
+            hop = len(row.stub["route"])
+            tier = row.stub.get("tier")
+            cost = self.accountant.record(
+                row.job_id, tier, [call], first_hop=hop, run_id=batch.run_id
+            )
+            price_nanos = cost.nanos
         return self._final(
             render_pending(row.stub, batch.batch_id),
             completion,
@@ -332,10 +326,11 @@ class BatchEngine:
         )
 
     @property
-    def pricer(self) -> Pricer:
-        if self._pricer is None:
-            self._pricer = Pricer(self.config)
-        return self._pricer
+    def accountant(self) -> Accountant:
+        """Prices and records collected calls as a run's own calls are (made on first use)."""
+        if self._accountant is None:
+            self._accountant = Accountant(self.config, ledger=self.ledger)
+        return self._accountant
 
     @staticmethod
     def _final(
@@ -480,12 +475,12 @@ class BatchEngine:
         submission = self.store.submission(run_id)
         if submission is None:
             return
-        row = self.ledger.conn.execute("SELECT jobs FROM runs WHERE id = ?", (run_id,)).fetchone()
+        run = self.ledger.run(run_id)
         total_failed = submission.sync_failed + failed
         status = "pending" if pending else ("ok" if total_failed == 0 else "failed")
         self.ledger.finish_run(
             run_id,
-            jobs=int(row[0]) if row else 0,
+            jobs=run.jobs if run else 0,
             ok=submission.sync_ok + ok,
             failed=total_failed,
             status=status,
