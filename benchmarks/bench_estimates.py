@@ -54,7 +54,7 @@ def estimates(path: Path) -> dict[str, dict[str, float]]:
         text = [item.system] if item.system else []
         text += [m.content for m in item.messages]
         out[item.id] = {
-            "input": estimate_input_tokens(item, "llamacpp"),
+            "input": estimate_input_tokens(item, in_process=True),
             "chars4": sum(len(t) for t in text) / 4,
             "output": estimate_output_tokens(item, item.max_tokens or defaults.max_tokens),
             "max": item.max_tokens or defaults.max_tokens,

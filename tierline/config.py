@@ -12,13 +12,26 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,15 +39,19 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 __all__ = [
+    "KINDS",
     "AnthropicBackendConfig",
     "BackendConfig",
+    "BackendSettings",
     "BaselineConfig",
     "Config",
+    "Kind",
     "LlamaCppBackendConfig",
     "OpenAIBackendConfig",
     "OpenAICompatibleBackendConfig",
     "PriceConfig",
     "PricingConfig",
+    "PricingKey",
     "config_from_mapping",
     "config_from_toml",
     "data_dir",
@@ -95,7 +112,10 @@ def _plain_url(url: str | None) -> str | None:
     return url
 
 
-class _BackendBase(_Strict):
+class BackendSettings(_Strict):
+    """What every backend kind is configured with; `kind` picks the subclass (`KINDS`)."""
+
+    kind: str
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 16
     rpm: Annotated[int, Field(ge=1)] | None = None  # requests per minute
     tpm: Annotated[int, Field(ge=1)] | None = None  # tokens per minute (input + output)
@@ -107,6 +127,49 @@ class _BackendBase(_Strict):
     # circuit_reset_s one probe request may go through.
     circuit_failures: Annotated[int, Field(ge=1)] = 5
     circuit_reset_s: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> BackendSettings:
+        # Built directly (tests, library users), a settings class must still match its kind.
+        entry = KINDS.get(self.kind)
+        if entry is None or entry.config is not type(self):
+            raise ValueError(f"kind {self.kind!r} is not configured by {type(self).__name__}")
+        if getattr(self, "mode", "sync") == "batch" and entry.batch is None:
+            raise ValueError(f"mode = 'batch': kind {self.kind!r} has no provider batch API")
+        return self
+
+    @property
+    def entry(self) -> Kind:
+        """This backend's registry entry."""
+        return KINDS[self.kind]
+
+    @property
+    def display_model(self) -> str:
+        """The model name shown and recorded before the backend itself says which it is."""
+        return str(getattr(self, "model", None) or self.kind)
+
+    @property
+    def endpoint(self) -> str:
+        """Where calls go: the first base URL, else the kind's default API URL."""
+        urls = getattr(self, "base_urls", None) or [getattr(self, "base_url", None)]
+        return str(urls[0] or self.entry.endpoint or "in-process")
+
+    @property
+    def pricing_key(self) -> PricingKey:
+        """How the ledger finds this backend's list price (it never sees kind names)."""
+        entry = self.entry
+        if entry.in_process:
+            return PricingKey(free=True)
+        if entry.pricing == PRICE_BY_URL:
+            return PricingKey(api_url=self.endpoint)
+        return PricingKey(provider_id=entry.pricing)
+
+    @property
+    def output_copies(self) -> int:
+        """How many answers each request is billed for (`n`, `best_of` in extra_body)."""
+        from .extras import output_copies
+
+        return output_copies(getattr(self, "extra_body", {}))
 
 
 class _HTTPBackend(_Strict):
@@ -123,11 +186,10 @@ class _LocalPricing(_Strict):
     throughput: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
-class LlamaCppBackendConfig(_BackendBase, _LocalPricing):
+class LlamaCppBackendConfig(BackendSettings, _LocalPricing):
     """llama-cpp-python in worker processes (docs/local.md): a crash costs the jobs it held,
     not the run. Each worker decodes `parallel` sequences together in one context."""
 
-    kind: Literal["llamacpp"]
     model_path: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     model_name: str | None = None  # the name results and the ledger show; default: file stem
     n_ctx: Annotated[int, Field(ge=0)] = 2048  # per sequence; 0: the model's training context
@@ -145,6 +207,10 @@ class LlamaCppBackendConfig(_BackendBase, _LocalPricing):
         if self.max_concurrency == 0:
             object.__setattr__(self, "max_concurrency", self.processes * self.sequences)
         return self
+
+    @property
+    def display_model(self) -> str:
+        return self.model_name or self.kind
 
     @property
     def processes(self) -> int:
@@ -180,10 +246,9 @@ def auto_parallel(n_ctx: int, workers: int = 1) -> int:
     return max(1, min(16, 8 * cores, 16384 // ((n_ctx or 8192) * workers)))
 
 
-class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):
+class OpenAICompatibleBackendConfig(BackendSettings, _LocalPricing, _HTTPBackend):
     """vLLM, llama.cpp llama-server, python -m llama_cpp.server, or any OpenAI-compatible URL."""
 
-    kind: Literal["openai-compatible"]
     model: str
     base_urls: Annotated[list[str], Field(min_length=1)]
     flavor: Literal["vllm", "llama-server", "llama-cpp-python", "generic"] = "generic"
@@ -210,17 +275,10 @@ class OpenAICompatibleBackendConfig(_BackendBase, _LocalPricing, _HTTPBackend):
     @field_validator("extra_body")
     @classmethod
     def _billable_extras(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from .dispatch.extras import check_extra_body
+        from .extras import check_extra_body
 
         check_extra_body(value)
         return value
-
-    @property
-    def output_copies(self) -> int:
-        """How many answers each request is billed for (`n`, `best_of` in extra_body)."""
-        from .dispatch.extras import output_copies
-
-        return output_copies(self.extra_body)
 
     @model_validator(mode="before")
     @classmethod
@@ -239,8 +297,7 @@ class _ProviderBatchMode(_Strict):
     mode: Literal["sync", "batch"] = "sync"
 
 
-class OpenAIBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
-    kind: Literal["openai"]
+class OpenAIBackendConfig(BackendSettings, _HTTPBackend, _ProviderBatchMode):
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     base_url: str | None = None
@@ -250,8 +307,7 @@ class OpenAIBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
-class AnthropicBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
-    kind: Literal["anthropic"]
+class AnthropicBackendConfig(BackendSettings, _HTTPBackend, _ProviderBatchMode):
     model: str
     api_key_env: str = "ANTHROPIC_API_KEY"
     base_url: str | None = None
@@ -260,13 +316,91 @@ class AnthropicBackendConfig(_BackendBase, _HTTPBackend, _ProviderBatchMode):
     max_concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
-BackendConfig = Annotated[
-    LlamaCppBackendConfig
-    | OpenAICompatibleBackendConfig
-    | OpenAIBackendConfig
-    | AnthropicBackendConfig,
-    Field(discriminator="kind"),
-]
+PRICE_BY_URL = "url"  # `Kind.pricing`: genai-prices knows the API by its base URL
+
+
+@dataclass(frozen=True, slots=True)
+class PricingKey:
+    """A neutral fact for the ledger: where a backend's list price is looked up."""
+
+    provider_id: str | None = None  # a genai-prices provider id
+    api_url: str | None = None  # or an API URL genai-prices may know (Together, OpenRouter, ...)
+    free: bool = False  # runs on this machine: $0 unless priced (gpu_hour_usd, price)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One backend kind: every decision tierline makes by a backend's `kind` comes from here.
+
+    Layers (docs/architecture.md): this table is core, so it cannot import the dispatch layer
+    that implements a kind. It names the implementation instead, as ``"module:attribute"``
+    under ``tierline.dispatch``; `tierline.dispatch.registry` imports it on first use (which is
+    also what keeps a run from importing SDKs its config never uses). Adding a kind is one
+    module there plus one line in `KINDS`.
+    """
+
+    name: str
+    config: type[BackendSettings]  # its settings (the TOML table's keys)
+    factory: str  # (name, settings) -> Backend: the provider (client, auth, base URL) + codec
+    codec: str | None = None  # (settings) -> Codec: the pure request/response translation
+    batch: str | None = None  # (name, settings, limits) -> BatchProvider: a provider batch API
+    pricing: str | None = None  # genai-prices provider id, or PRICE_BY_URL
+    endpoint: str | None = None  # the API URL when the config sets none
+    # In this machine's worker processes: free unless priced, loaded on first use (not warmed),
+    # and prompts go through the model's own chat template (ledger/estimate.py).
+    in_process: bool = False
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind("llamacpp", LlamaCppBackendConfig, "llamacpp:LlamaCppBackend", in_process=True),
+        Kind(
+            "openai-compatible",
+            OpenAICompatibleBackendConfig,
+            "openai_chat:openai_compatible",
+            "openai_chat:chat_codec",
+            pricing=PRICE_BY_URL,
+        ),
+        Kind(
+            "openai",
+            OpenAIBackendConfig,
+            "openai_chat:openai_api",
+            "openai_chat:chat_codec",
+            "batch.providers:OpenAIBatches",
+            pricing="openai",
+            endpoint="https://api.openai.com/v1",
+        ),
+        Kind(
+            "anthropic",
+            AnthropicBackendConfig,
+            "anthropic:AnthropicBackend",
+            "anthropic:messages_codec",
+            "batch.providers:AnthropicBatches",
+            pricing="anthropic",
+            endpoint="https://api.anthropic.com",
+        ),
+    )
+}
+
+
+def _kind_tag(value: Any) -> str | None:
+    kind = value.get("kind") if isinstance(value, Mapping) else getattr(value, "kind", None)
+    return kind if isinstance(kind, str) and kind in KINDS else None
+
+
+if TYPE_CHECKING:
+    BackendConfig = BackendSettings
+else:
+    # The union of every kind's settings, tagged by `kind`: built from KINDS, never listed.
+    BackendConfig = Annotated[
+        Union[tuple(Annotated[k.config, Tag(k.name)] for k in KINDS.values())],  # noqa: UP007
+        Discriminator(
+            _kind_tag,
+            custom_error_type="backend_kind",
+            custom_error_message=f"'kind' must be one of: {', '.join(KINDS)}",
+        ),
+    ]
 
 
 class TieringRule(_Strict):
@@ -434,6 +568,16 @@ class Config(_Strict):
     def is_default(self) -> bool:
         return self.origin == "embedded default"
 
+    def route(self, tier: int) -> list[str]:
+        """The backends a tier's jobs try, in order (every tier has one: validated above)."""
+        return list(self.routes[cast(Tier, tier)])
+
+    def max_tokens_for(self, backend: str, job: Job | None = None) -> int:
+        """What a request to `backend` may generate: the job's own max_tokens, else the
+        backend's, else `[defaults]`. Routing, budgets, plans and batches all ask this."""
+        own = job.max_tokens if job is not None else None
+        return own or self.backends[backend].max_tokens or self.defaults.max_tokens
+
 
 def embedded_default() -> Config:
     """Every tier on the in-process embedded model: works with no key, no GPU, no network."""
@@ -456,9 +600,7 @@ def find_config_path(explicit: str | None = None) -> Path | None:
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     # pydantic puts the discriminator value in the path of union members; drop it.
-    parts = [
-        str(p) for p in loc if p not in ("llamacpp", "openai-compatible", "openai", "anthropic")
-    ]
+    parts = [str(p) for p in loc if p not in KINDS]
     return ".".join(parts) or "(top level)"
 
 

@@ -36,7 +36,7 @@ def test_limits_table_matches_the_config_defaults() -> None:
     assert llama.max_concurrency == 3 * 5  # "0", the default, means workers x parallel
     assert default(KINDS["llamacpp"], "max_concurrency") == 0
     assert table["`max_concurrency`"] == (
-        f"{default(cfg._BackendBase, 'max_concurrency')} (llamacpp "
+        f"{default(cfg.BackendSettings, 'max_concurrency')} (llamacpp "
         f"`workers` × `parallel`, openai-compatible "
         f"{default(KINDS['openai-compatible'], 'max_concurrency')}, openai/anthropic "
         f"{default(KINDS['openai'], 'max_concurrency')})"
@@ -47,17 +47,17 @@ def test_limits_table_matches_the_config_defaults() -> None:
     for key in ("rpm", "tpm"):
         assert table[f"`{key}`"] == "none"
         assert {default(m, key) for m in KINDS.values()} == {None}
-    timeout = default(cfg._BackendBase, "timeout_s")
+    timeout = default(cfg.BackendSettings, "timeout_s")
     assert table["`timeout_s`"] == f"{timeout:g}"
     assert f"per request (connect at most {sdk.CONNECT_TIMEOUT_S:g} s)" in DOC
-    assert table["`max_attempts`"] == str(default(cfg._BackendBase, "max_attempts"))
+    assert table["`max_attempts`"] == str(default(cfg.BackendSettings, "max_attempts"))
     failures, reset = (
-        default(cfg._BackendBase, k) for k in ("circuit_failures", "circuit_reset_s")
+        default(cfg.BackendSettings, k) for k in ("circuit_failures", "circuit_reset_s")
     )
     assert table["`circuit_failures`, `circuit_reset_s`"] == f"{failures}, {reset:g}"
     for model in KINDS.values():
         for key in ("timeout_s", "max_attempts", "circuit_failures", "circuit_reset_s"):
-            assert default(model, key) == default(cfg._BackendBase, key), (model, key)
+            assert default(model, key) == default(cfg.BackendSettings, key), (model, key)
 
 
 def test_replica_intervals_and_retry_numbers() -> None:

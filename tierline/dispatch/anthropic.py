@@ -8,28 +8,33 @@ A model that does not support it answers 400, which is reported, never retried.
 
 Usage: Anthropic's `input_tokens` excludes cache reads and writes; the adapter adds them back so
 that `Usage.input_tokens` is the whole prompt, as for every other provider.
+
+Two parts: `MessagesCodec`, the pure wire format (reused by the Message Batches provider), and
+`AnthropicBackend`, the provider (SDK client, key, base URL, health).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from ..config import AnthropicBackendConfig
-from ..errors import BackendStatusError
 from ..jobs import Usage
 from .base import BaseBackend, Completion, Request
-from .limits import pause_from_headers
-from .openai_chat import decode
-from .probe import CheckResult, check_endpoint
-from .sdk import api_key, http_client, import_sdk, map_sdk_error, post_json
+from .health import CheckResult, check_endpoint
+from .sdk import api_key, http_client, import_sdk, send
 
-__all__ = ["AnthropicBackend", "parse_message"]
+__all__ = [
+    "AnthropicBackend",
+    "MessagesCodec",
+    "anthropic_client",
+    "messages_codec",
+    "parse_message",
+]
 
 JSON = Any
-DEFAULT_URL = "https://api.anthropic.com"
 VERSION = "2023-06-01"  # for the plain GET of `check`; the SDK sends its own on messages
 
 # Anthropic's stop reasons in OpenAI's words (what results report across providers).
@@ -66,32 +71,15 @@ def parse_message(data: Mapping[str, JSON], fallback_model: str) -> Completion:
     )
 
 
-class AnthropicBackend(BaseBackend):
-    """Claude models through the Messages API."""
+@dataclass(frozen=True)
+class MessagesCodec:
+    """Anthropic Messages on the wire. Pure: no client, no network."""
 
-    def __init__(self, name: str, config: AnthropicBackendConfig) -> None:
-        self.name = name
-        self.model = config.model
-        self.config = config
-        self._sdk: ModuleType = import_sdk("anthropic", name, "anthropic")
-        key = api_key(name, config.api_key_env)
-        self._key = key
-        self._url = (config.base_url or DEFAULT_URL).rstrip("/")
-        self._http = http_client(
-            self._sdk,
-            config.http_client,
-            connections=config.max_concurrency,
-            timeout_s=config.timeout_s,
-        )
-        self._client = self._sdk.AsyncAnthropic(
-            api_key=key,
-            base_url=self._url,
-            max_retries=0,  # the one retry layer is tierline's (dispatch/retry.py)
-            timeout=config.timeout_s,
-            http_client=self._http,
-        )
+    model: str
+    path = "/v1/messages"
+    what = "a message"
 
-    def body(self, request: Request) -> dict[str, JSON]:
+    def encode(self, request: Request) -> dict[str, JSON]:
         """The JSON body of a Messages request."""
         # Messages takes the system prompt apart from the turns.
         system = [request.system] if request.system else []
@@ -117,21 +105,47 @@ class AnthropicBackend(BaseBackend):
             body["output_config"] = {"format": {"type": "json_schema", "schema": dict(schema)}}
         return body
 
+    def decode(self, body: Mapping[str, JSON]) -> Completion:
+        return parse_message(body, self.model)
+
+
+def messages_codec(config: AnthropicBackendConfig) -> MessagesCodec:
+    return MessagesCodec(config.model)
+
+
+def anthropic_client(sdk: ModuleType, config: Any, *, key: str | None, http: Any) -> Any:
+    """An `AsyncAnthropic` on the backend's URL; the SDK's retries off (the one retry layer
+    is tierline's, dispatch/retry.py)."""
+    return sdk.AsyncAnthropic(
+        api_key=key,
+        base_url=config.endpoint.rstrip("/"),
+        max_retries=0,
+        timeout=config.timeout_s,
+        http_client=http,
+    )
+
+
+class AnthropicBackend(BaseBackend):
+    """Claude models through the Messages API."""
+
+    def __init__(self, name: str, config: AnthropicBackendConfig) -> None:
+        self.name = name
+        self.model = config.model
+        self.config = config
+        self.codec = messages_codec(config)
+        self._sdk: ModuleType = import_sdk("anthropic", name, "anthropic")
+        self._key = api_key(name, config.api_key_env)
+        self._url = config.endpoint.rstrip("/")
+        self._http = http_client(
+            self._sdk,
+            config.http_client,
+            connections=config.max_concurrency,
+            timeout_s=config.timeout_s,
+        )
+        self._client = anthropic_client(self._sdk, config, key=self._key, http=self._http)
+
     async def complete(self, request: Request) -> Completion:
-        body = self.body(request)
-        try:
-            content, headers = await post_json(self._client, "/v1/messages", body)
-            data = decode(content, self.name)
-            try:
-                completion = parse_message(data, self.model)
-            except (KeyError, TypeError, AttributeError, ValueError):
-                raise BackendStatusError(
-                    f"{self.name}: response is not a message", status_code=502
-                ) from None
-        except Exception as exc:
-            raise map_sdk_error(exc, self._sdk, self.name) from None
-        pause = pause_from_headers(headers)
-        return replace(completion, pause_s=pause) if pause else completion
+        return await send(self._client, self.codec, request, sdk=self._sdk, backend=self.name)
 
     async def check(self) -> list[CheckResult]:
         """GET /v1/models/{model}: reachable, key accepted, model known (aliases resolve)."""
@@ -141,7 +155,7 @@ class AnthropicBackend(BaseBackend):
             response = await self._http.get(url, headers=headers, timeout=10.0)
             return int(response.status_code), str(response.text)
 
-        base = CheckResult(self.name, "anthropic", self._url, self.model, False)
+        base = CheckResult(self.name, self.config.kind, self._url, self.model, False)
         result = await check_endpoint(
             base,
             get,

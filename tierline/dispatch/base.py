@@ -1,8 +1,13 @@
-"""The one small backend protocol every backend implements.
+"""The one small backend protocol every backend implements, and the codec protocol under it.
 
 A backend takes a `Request` and returns a `Completion` carrying normalised `Usage`; it never
 returns raw SDK objects, and it raises only `tierline.errors.BackendError` subclasses, so the
-router and the single retry layer can treat every provider alike.
+router and the single retry layer can treat every provider alike. It also reports its own
+health (`check`), so `backends check` needs no per-kind code.
+
+An HTTP backend is two parts: a `Codec`, pure functions between a `Request` and a provider's
+wire JSON (tested on recorded bodies, no network), and a provider around it that owns the
+client, the key and the base URL. The provider batch APIs reuse the same codecs.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 from typing_extensions import Self
 
 from ..jobs import Job, Message, Usage, schema_of
+from .health import CheckResult
 
-__all__ = ["Backend", "BaseBackend", "Completion", "Request", "request_for"]
+__all__ = ["Backend", "BaseBackend", "CheckResult", "Codec", "Completion", "Request", "request_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,22 @@ class Completion:
     pause_s: float = 0.0
 
 
+class Codec(Protocol):
+    """A wire format: a Request as a provider's JSON body, and its response body as a
+    Completion. Pure: no client, no key, no network (tests feed it recorded bodies)."""
+
+    path: str  # where bodies are POSTed, relative to the provider's base URL
+    what: str  # what a response is, for errors: "a chat completion"
+
+    def encode(self, request: Request) -> dict[str, Any]:
+        """The JSON body for a request."""
+        ...
+
+    def decode(self, body: Mapping[str, Any]) -> Completion:
+        """A response body as a Completion; raises KeyError/TypeError/... on a foreign shape."""
+        ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """One configured destination for requests (an in-process model, a server, an API)."""
@@ -69,6 +91,10 @@ class Backend(Protocol):
 
     async def complete(self, request: Request) -> Completion:
         """Answer one request or raise a BackendError."""
+        ...
+
+    async def check(self) -> list[CheckResult]:
+        """Health, one row per endpoint: reachable, key accepted, model served."""
         ...
 
     async def aclose(self) -> None:
@@ -103,6 +129,10 @@ class BaseBackend:
 
     name: str
     model: str
+
+    async def check(self) -> list[CheckResult]:
+        """Without a way to ask, a backend that could be built counts as usable."""
+        return [CheckResult(self.name, "", "-", self.model, True)]
 
     async def aclose(self) -> None:
         return None

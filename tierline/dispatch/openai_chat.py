@@ -7,7 +7,10 @@ One adapter serves two kinds:
   `base_urls` are replicas, balanced by `ReplicaPool`.
 * `openai`: the OpenAI API itself (one endpoint, `max_completion_tokens`, no health probes).
 
-Requests go through the SDK client's `post()` (see `sdk.post_json`): the SDK sends the request
+Two parts: `ChatCodec`, the pure wire format (a Request as a body in the server's dialect, a
+response body as a Completion), which the OpenAI Batch provider reuses; and
+`ChatCompletionsBackend`, the provider (SDK clients per replica, key, base URLs, health).
+Requests go through the SDK client's `post()` (see `sdk.send`): the SDK sends the request
 (auth, headers, timeouts; its retries are off, ours are the only ones); the raw response gives
 the rate-limit headers and a body decoded once with orjson.
 """
@@ -16,22 +19,29 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
 import orjson
 
 from ..config import OpenAIBackendConfig, OpenAICompatibleBackendConfig
-from ..errors import BackendError, BackendStatusError
+from ..errors import BackendError
 from ..jobs import Usage, schema_of
 from .base import BaseBackend, Completion, Request
-from .limits import pause_from_headers
-from .probe import CheckResult, check_endpoint
+from .health import CheckResult, check_endpoint
 from .replicas import PROBE_TIMEOUT_S, Backpressure, Replica, ReplicaPool
-from .sdk import api_key, http_client, import_sdk, map_sdk_error, post_json, root_url
+from .sdk import api_key, decode_json, http_client, import_sdk, root_url, send
 
-__all__ = ["DIALECTS", "ChatCompletionsBackend", "Dialect", "parse_chat_completion"]
+__all__ = [
+    "DIALECTS",
+    "ChatCodec",
+    "ChatCompletionsBackend",
+    "Dialect",
+    "chat_codec",
+    "openai_client",
+    "parse_chat_completion",
+]
 
 INSTALL = "openai[aiohttp]"
 JSON = Any
@@ -115,15 +125,58 @@ def parse_chat_completion(data: Mapping[str, JSON], fallback_model: str) -> Comp
     )
 
 
-def decode(content: bytes, backend: str) -> Mapping[str, JSON]:
-    """The body as a JSON object, or a retryable 502 for a body that is not one."""
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, Mapping):
-        raise BackendStatusError(f"{backend}: malformed response body", status_code=502)
-    return data
+decode = decode_json  # the name other adapters import
+
+
+@dataclass(frozen=True)
+class ChatCodec:
+    """Chat Completions on the wire, in one server dialect. Pure: no client, no network."""
+
+    model: str
+    dialect: Dialect
+    extra_body: Mapping[str, JSON] = field(default_factory=dict)
+    path = "/chat/completions"
+    what = "a chat completion"
+
+    def encode(self, request: Request) -> dict[str, JSON]:
+        """The JSON body of a request, in this server's dialect."""
+        body: dict[str, JSON] = {
+            "model": self.model,
+            "messages": request.openai_messages(),
+            self.dialect.tokens_field: request.max_tokens,
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.response_format:
+            body["response_format"] = self.dialect.response_format(request.response_format)
+        if self.extra_body:
+            body.update(self.extra_body)  # vLLM's extras (top_k, chat_template_kwargs, ...)
+        return body
+
+    def decode(self, body: Mapping[str, JSON]) -> Completion:
+        return parse_chat_completion(body, self.model)
+
+
+def chat_codec(config: OpenAICompatibleBackendConfig | OpenAIBackendConfig) -> ChatCodec:
+    """The codec of an `openai-compatible` (its flavor's dialect) or `openai` backend."""
+    if isinstance(config, OpenAICompatibleBackendConfig):
+        return ChatCodec(config.model, DIALECTS[config.flavor], dict(config.extra_body))
+    return ChatCodec(config.model, DIALECTS["openai"])
+
+
+def openai_client(sdk: ModuleType, config: Any, *, url: str, key: str | None, http: Any) -> Any:
+    """An `AsyncOpenAI` for one base URL: the SDK's retries off (the one retry layer is
+    tierline's, dispatch/retry.py); servers without auth still need a non-empty key."""
+    return sdk.AsyncOpenAI(
+        api_key=key or "unused",
+        base_url=url,
+        organization=getattr(config, "organization", None),
+        max_retries=0,
+        timeout=config.timeout_s,
+        http_client=http,
+    )
 
 
 class ChatCompletionsBackend(BaseBackend):
@@ -135,14 +188,13 @@ class ChatCompletionsBackend(BaseBackend):
         config: OpenAICompatibleBackendConfig | OpenAIBackendConfig,
         *,
         urls: Sequence[str],
-        dialect: Dialect,
         key: str | None,
-        organization: str | None = None,
     ) -> None:
         self.name = name
         self.model = config.model
         self.config = config
-        self.dialect = dialect
+        self.codec = chat_codec(config)
+        self.dialect = self.codec.dialect
         self._sdk: ModuleType = import_sdk("openai", name, INSTALL)
         self._http = http_client(
             self._sdk,
@@ -152,24 +204,10 @@ class ChatCompletionsBackend(BaseBackend):
         )
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
         replicas = [
-            Replica(
-                url,
-                self._sdk.AsyncOpenAI(
-                    # Servers without auth still need a non-empty key for the SDK.
-                    api_key=key or "unused",
-                    base_url=url,
-                    organization=organization,
-                    max_retries=0,  # the one retry layer is tierline's (dispatch/retry.py)
-                    timeout=config.timeout_s,
-                    http_client=self._http,
-                ),
-            )
+            Replica(url, openai_client(self._sdk, config, url=url, key=key, http=self._http))
             for url in urls
         ]
         self.pool = self._pool(config, replicas)
-        self._extra_body = (
-            dict(config.extra_body) if isinstance(config, OpenAICompatibleBackendConfig) else {}
-        )
 
     def _pool(
         self, config: OpenAICompatibleBackendConfig | OpenAIBackendConfig, replicas: list[Replica]
@@ -193,45 +231,16 @@ class ChatCompletionsBackend(BaseBackend):
             backpressure=backpressure,
         )
 
-    def body(self, request: Request) -> dict[str, JSON]:
-        """The JSON body of a request, in this server's dialect."""
-        body: dict[str, JSON] = {
-            "model": self.model,
-            "messages": request.openai_messages(),
-            self.dialect.tokens_field: request.max_tokens,
-        }
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.response_format:
-            body["response_format"] = self.dialect.response_format(request.response_format)
-        if self._extra_body:
-            body.update(self._extra_body)  # vLLM's extras (top_k, chat_template_kwargs, ...)
-        return body
-
     async def complete(self, request: Request) -> Completion:
-        body = self.body(request)
         replica = await self.pool.acquire()
         error: BackendError | None = None
         try:
-            content, headers = await post_json(replica.client, "/chat/completions", body)
-            data = decode(content, self.name)
-            try:
-                completion = parse_chat_completion(data, self.model)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-                raise BackendStatusError(
-                    f"{self.name}: response is not a chat completion", status_code=502
-                ) from None
-        except Exception as exc:
-            error = map_sdk_error(exc, self._sdk, self.name)
-            raise error from None
+            return await send(replica.client, self.codec, request, sdk=self._sdk, backend=self.name)
+        except BackendError as exc:
+            error = exc
+            raise
         finally:
             self.pool.release(replica, error)
-        pause = pause_from_headers(headers)
-        if pause:
-            return replace(completion, pause_s=pause)
-        return completion
 
     # --- health ----------------------------------------------------------------------------------
 
@@ -280,19 +289,9 @@ class ChatCompletionsBackend(BaseBackend):
 
 def openai_compatible(name: str, config: OpenAICompatibleBackendConfig) -> ChatCompletionsBackend:
     key = api_key(name, config.api_key_env)
-    return ChatCompletionsBackend(
-        name, config, urls=config.base_urls, dialect=DIALECTS[config.flavor], key=key
-    )
+    return ChatCompletionsBackend(name, config, urls=config.base_urls, key=key)
 
 
 def openai_api(name: str, config: OpenAIBackendConfig) -> ChatCompletionsBackend:
     key = api_key(name, config.api_key_env)
-    url = config.base_url or "https://api.openai.com/v1"
-    return ChatCompletionsBackend(
-        name,
-        config,
-        urls=[url],
-        dialect=DIALECTS["openai"],
-        key=key,
-        organization=config.organization,
-    )
+    return ChatCompletionsBackend(name, config, urls=[config.endpoint], key=key)

@@ -1,93 +1,35 @@
-"""`tierline backends check`: per backend (per replica), reachable, key accepted, model served."""
+"""`tierline backends check`: per backend (per replica), reachable, key accepted, model served.
+
+Each backend answers for itself (`Backend.check()`, part of the protocol); this module only
+builds the configured backends and gathers their rows."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
 
 from ..config import Config
-from ..errors import BackendUnavailable, redact
+from ..errors import BackendUnavailable
+from .health import CheckResult, check_endpoint
+from .registry import create_backend
 
 __all__ = ["CheckResult", "check_backends", "check_endpoint"]
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One endpoint's health: can it be reached, does the key work, is the model there."""
-
-    backend: str
-    kind: str
-    endpoint: str
-    model: str
-    reachable: bool
-    auth: bool | None = None  # None: not checked (no key needed, or unreachable)
-    model_present: bool | None = None  # None: the server does not list models
-    latency_s: float | None = None
-    detail: str = ""
-
-    @property
-    def usable(self) -> bool:
-        return self.reachable and self.auth is not False and self.model_present is not False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "usable": self.usable}
-
-
-Get = Callable[[str], Awaitable[tuple[int, str]]]
-
-
-async def check_endpoint(
-    base: CheckResult,
-    get: Get,
-    url: str,
-    *,
-    model_listed: Callable[[str], bool | None],
-    not_found_means_no_model: bool = False,
-) -> CheckResult:
-    """GET `url` (a model list or a model's own page) and judge the answer.
-
-    `model_listed(body)` says whether a 200 body shows the model; a 404 means "no such model"
-    for a per-model URL (`not_found_means_no_model`) and "no such endpoint" otherwise.
-    """
-    started = time.perf_counter()
-    try:
-        status, text = await get(url)
-    except Exception as exc:
-        return replace(
-            base, reachable=False, detail=redact(f"unreachable: {type(exc).__name__}: {exc}")
-        )
-    found = replace(base, reachable=True, latency_s=time.perf_counter() - started)
-    if status in (401, 403):
-        return replace(found, auth=False, detail=f"HTTP {status}: the key was refused")
-    if status == 404 and not_found_means_no_model:
-        return replace(found, auth=True, model_present=False, detail="model not found")
-    if status != 200:
-        return replace(found, detail=f"HTTP {status} from {url}")
-    present = model_listed(text)
-    detail = "" if present is not False else "the server does not serve this model"
-    return replace(found, auth=True, model_present=present, detail=detail)
-
-
 async def check_backends(config: Config, names: Sequence[str] | None = None) -> list[CheckResult]:
     """Check every configured backend (or `names`), concurrently; one row per endpoint."""
-    from .registry import create_backend
 
     async def one(name: str) -> list[CheckResult]:
         backend_config = config.backends[name]
-        model = str(getattr(backend_config, "model", None) or backend_config.kind)
+        kind = backend_config.kind
         try:
             backend = create_backend(name, backend_config)
         except BackendUnavailable as exc:
-            return [CheckResult(name, backend_config.kind, "-", model, False, detail=str(exc))]
+            model = backend_config.display_model
+            return [CheckResult(name, kind, "-", model, False, detail=str(exc))]
         async with backend:
-            check = getattr(backend, "check", None)
-            if check is None:
-                return [CheckResult(name, backend_config.kind, "-", backend.model, True)]
-            results: list[CheckResult] = await check()
-            return results
+            return [replace(row, kind=kind) for row in await backend.check()]
 
     chosen = list(names) if names is not None else list(config.backends)
     rows = await asyncio.gather(*(one(name) for name in chosen))

@@ -30,7 +30,6 @@ from .retry import Attempted, call_with_retry
 __all__ = ["Gate", "Hop", "Outcome", "Router"]
 
 # Where a backend without a base URL sends its calls, for the ledger's endpoint column.
-API_ENDPOINTS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 
 
 @dataclass(slots=True)
@@ -181,7 +180,7 @@ class Router:
             return
         self._warmed = True
         for name in sorted({chain[0] for chain in self.config.routes.values()}):
-            if self.config.backends[name].kind == "llamacpp":
+            if self.config.backends[name].entry.in_process:
                 continue
             try:
                 self.backend(name)
@@ -189,10 +188,11 @@ class Router:
                 continue
 
     def chain(self, tier: int) -> list[str]:
-        return list(self.config.routes[tier])  # type: ignore[index]
+        return self.config.route(tier)
 
     def max_tokens_for(self, name: str) -> int:
-        return self.config.backends[name].max_tokens or self.config.defaults.max_tokens
+        """A backend's max_tokens for jobs that set none (`Config.max_tokens_for`)."""
+        return self.config.max_tokens_for(name)
 
     async def dispatch(self, tier: int, build: Any) -> Outcome:
         """Send the request built by `build(max_tokens)` along the tier's chain."""
@@ -224,7 +224,12 @@ class Router:
                 )
         except BackendUnavailable as exc:
             return Hop(
-                name, _model_of(config), "unavailable", 0, time.perf_counter() - started, str(exc)
+                name,
+                config.display_model,
+                "unavailable",
+                0,
+                time.perf_counter() - started,
+                str(exc),
             )
         except Attempted as exc:
             # A backend that never answered (refused, reset, timed out) after every retry
@@ -238,7 +243,7 @@ class Router:
             refused = isinstance(exc.error, CircuitOpen)
             return Hop(
                 name,
-                _model_of(config),
+                config.display_model,
                 status,
                 exc.attempts - refused,
                 time.perf_counter() - started,
@@ -264,7 +269,7 @@ class Router:
             latency_s=hop.latency_s,
             usage=completion.usage if completion else None,
             busy_s=hop.busy_s,
-            endpoint=_endpoint_of(self.config.backends[hop.backend]),
+            endpoint=self.config.backends[hop.backend].endpoint,
             error=hop.error,
             check_failed=hop.check.check if hop.check else None,
         )
@@ -273,12 +278,3 @@ class Router:
         backends, self._backends = list(self._backends.values()), {}
         for backend in backends:
             await backend.aclose()
-
-
-def _endpoint_of(config: Any) -> str:
-    urls = getattr(config, "base_urls", None) or [getattr(config, "base_url", None)]
-    return str(urls[0] or API_ENDPOINTS.get(config.kind, "in-process"))
-
-
-def _model_of(config: Any) -> str:
-    return str(getattr(config, "model", None) or getattr(config, "model_name", None) or config.kind)

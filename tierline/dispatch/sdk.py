@@ -1,4 +1,5 @@
-"""What the OpenAI and Anthropic adapters share: SDK import, keys, HTTP client, error mapping.
+"""What the SDK-backed providers share: SDK import, keys, HTTP client, the codec round trip
+(`send`), error mapping.
 
 The two official SDKs are generated from the same template (Stainless), so their error classes,
 response objects and HTTP clients have the same shapes; one set of helpers serves both. The SDK
@@ -12,8 +13,11 @@ import importlib
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from ..errors import (
     BackendConnectionError,
@@ -22,15 +26,21 @@ from ..errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from .limits import pause_from_headers
+
+if TYPE_CHECKING:
+    from .base import Codec, Completion, Request
 
 __all__ = [
     "api_key",
+    "decode_json",
     "http_client",
     "import_sdk",
     "map_sdk_error",
     "post_json",
     "retry_after",
     "root_url",
+    "send",
 ]
 
 CONNECT_TIMEOUT_S = 5.0  # the SDKs' default connect timeout
@@ -88,6 +98,40 @@ async def post_json(client: Any, path: str, body: Mapping[str, Any]) -> tuple[by
 
     response = await client.post(path, body=body, cast_to=httpx2.Response)
     return await response.aread(), response.headers
+
+
+def decode_json(content: bytes, backend: str) -> Mapping[str, Any]:
+    """The body as a JSON object, or a retryable 502 for a body that is not one."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, Mapping):
+        raise BackendStatusError(f"{backend}: malformed response body", status_code=502)
+    return data
+
+
+async def send(
+    client: Any, codec: Codec, request: Request, *, sdk: ModuleType, backend: str
+) -> Completion:
+    """One request through an SDK client: encode, POST to the codec's path, decode.
+
+    Raises only BackendErrors: the SDK's own mapped (`map_sdk_error`), a foreign body as a
+    retryable 502. A rate-limit window the headers say is used up becomes `pause_s`."""
+    body = codec.encode(request)
+    try:
+        content, headers = await post_json(client, codec.path, body)
+        data = decode_json(content, backend)
+        try:
+            completion = codec.decode(data)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise BackendStatusError(
+                f"{backend}: response is not {codec.what}", status_code=502
+            ) from None
+    except Exception as exc:
+        raise map_sdk_error(exc, sdk, backend) from None
+    pause = pause_from_headers(headers)
+    return replace(completion, pause_s=pause) if pause else completion
 
 
 def root_url(base_url: str) -> str:

@@ -69,11 +69,12 @@ def _schema_text(job: Job) -> str:
     return json.dumps(schema) if schema else ""
 
 
-def estimate_input_tokens(job: Job, kind: str | None = None) -> int:
-    """Best-guess prompt tokens of a job on a backend of `kind`, template included."""
+def estimate_input_tokens(job: Job, *, in_process: bool = False) -> int:
+    """Best-guess prompt tokens of a job, template included: an in-process model's own chat
+    template (`Kind.in_process`), else an API's."""
     parts = _parts(job)
     text = sum(estimate_text_tokens(p) for p in parts)
-    if kind == "llamacpp":
+    if in_process:
         return text + LOCAL_TEMPLATE_TOKENS + TEMPLATE_TOKENS_PER_MESSAGE * (len(parts) - 1)
     return (
         text

@@ -30,7 +30,6 @@ from .throughput import Throughput, from_hint, learn
 
 __all__ = ["TOKEN_ESTIMATE_NOTE", "Plan", "PlanRow", "make_plan"]
 
-BATCH_KINDS = frozenset({"openai", "anthropic"})  # backends with a provider batch API
 TOKEN_ESTIMATE_NOTE = "estimated tokens (docs/costs.md: totals within ~5% on the examples)"
 
 
@@ -240,10 +239,6 @@ def make_plan(
     `ledger` (read only) is where the busy-time throughput of gpu_hour_usd backends is learned.
     """
     pricer = Pricer(config)
-
-    def max_tokens_for(name: str) -> int:  # as the router resolves it
-        return config.backends[name].max_tokens or config.defaults.max_tokens
-
     rows: dict[tuple[int, str], PlanRow] = {}
     plan = Plan(baseline_model=config.baseline.model, max_cost_micros=max_cost_micros)
     for item in items:
@@ -251,18 +246,18 @@ def make_plan(
             plan.invalid += 1
             continue
         tier = tierer(item).tier
-        chain = list(config.routes[tier])  # type: ignore[index]
+        chain = config.route(tier)
         backend = chain[0]
         bc = config.backends[backend]
         row = rows.get((tier, backend))
         if row is None:
             row = rows[(tier, backend)] = _new_row(tier, backend, config, pricer, ledger)
-        max_tokens = item.max_tokens or max_tokens_for(backend)
+        max_tokens = config.max_tokens_for(backend, item)
         usage = Usage(
-            input_tokens=estimate_input_tokens(item, bc.kind),
+            input_tokens=estimate_input_tokens(item, in_process=bc.entry.in_process),
             output_tokens=estimate_output_tokens(item, max_tokens),
         )
-        worst = worst_case_micros(pricer, item, chain, max_tokens_for)
+        worst = worst_case_micros(pricer, item, chain, config.max_tokens_for)
         row.add(
             usage=usage,
             max_tokens=max_tokens,
@@ -281,8 +276,8 @@ def _new_row(
     tier: int, backend: str, config: Config, pricer: Pricer, ledger: sqlite3.Connection | None
 ) -> PlanRow:
     bc = config.backends[backend]
-    model = str(getattr(bc, "model", None) or getattr(bc, "model_name", None) or bc.kind)
-    row = PlanRow(tier, backend, model, batch_api=bc.kind in BATCH_KINDS)
+    model = bc.display_model
+    row = PlanRow(tier, backend, model, batch_api=bc.entry.batch is not None)
     tariff = pricer.tariff(backend)
     if tariff is None:
         row.cost = row.batch_cost = None

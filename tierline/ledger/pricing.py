@@ -12,10 +12,12 @@ Where a price comes from, first match wins (docs/costs.md):
 2. ``backends.<name>.price``: per-million-token prices for that backend;
 3. ``backends.<name>.gpu_hour_usd`` (llamacpp, openai-compatible): the hardware's hourly price
    times the call's share of the backend's measured busy time (`tierline.ledger.busy`);
-4. genai-prices' bundled snapshot for the openai and anthropic backends, and for an
-   openai-compatible URL that genai-prices knows (Together, OpenRouter, ...). Never its
-   network updater: prices are those of the installed version, which the ledger records;
-5. the in-process llama.cpp backend with none of the above: $0 (it runs on this machine);
+4. genai-prices' bundled snapshot, looked up by the backend's pricing key (a neutral fact its
+   kind gives, `BackendSettings.pricing_key`): by provider id for the openai and anthropic
+   backends, by URL for an openai-compatible server genai-prices knows (Together, OpenRouter,
+   ...). Never its network updater: prices are those of the installed version, which the
+   ledger records;
+5. an in-process backend (llama.cpp) with none of the above: $0 (it runs on this machine);
 6. otherwise the price is unknown: ``nanos=None``, flagged loudly, never counted as free.
 
 Batch calls are billed at the provider's batch price (genai-prices' batch variant when it has
@@ -329,20 +331,17 @@ class Pricer:
         gpu_hour = getattr(bc, "gpu_hour_usd", None)
         if gpu_hour is not None:
             return GpuHourTariff(gpu_hour, f"gpu-hour:backends.{name}", self.config.origin)
-        if bc.kind in ("openai", "anthropic"):
-            return GenaiTariff.find(
-                model, provider_id=bc.kind, batch_discount=discount
-            ) or GenaiTariff.find(configured, provider_id=bc.kind, batch_discount=discount)
-        if bc.kind == "openai-compatible":
-            # A hosted OpenAI-compatible API genai-prices knows by its URL; a self-hosted
-            # server is unknown until the config prices it.
-            url = bc.base_urls[0]
-            return GenaiTariff.find(
-                model, provider_api_url=url, batch_discount=discount
-            ) or GenaiTariff.find(configured, provider_api_url=url, batch_discount=discount)
-        if bc.kind == "llamacpp":
+        key = bc.pricing_key
+        if key.free:
             return FreeTariff()
-        return None
+        if key.provider_id is None and key.api_url is None:
+            return None
+        # A hosted API genai-prices knows by provider or URL; a self-hosted server is unknown
+        # until the config prices it.
+        where = {"provider_id": key.provider_id, "provider_api_url": key.api_url}
+        return GenaiTariff.find(model, batch_discount=discount, **where) or GenaiTariff.find(
+            configured, batch_discount=discount, **where
+        )
 
     def price(
         self,
@@ -374,7 +373,7 @@ class Pricer:
         bc = self.config.backends[backend]
         # A busy-time price is bounded by how long the call may run: every attempt to timeout.
         seconds = bc.timeout_s * bc.max_attempts
-        # `n` / `best_of` in extra_body: every generated sequence is billed (dispatch/extras.py)
+        # `n` / `best_of` in extra_body: every generated sequence is billed (tierline/extras.py)
         copies = int(getattr(bc, "output_copies", 1))
         usd = tariff.worst_case(input_tokens, output_tokens * copies, seconds=seconds)
         return to_micros(usd, ceiling=True)
@@ -383,10 +382,15 @@ class Pricer:
         return [
             f"NO KNOWN PRICE for model {model!r} on backend {backend!r} ({n} call(s)): cost "
             f'recorded as NULL; set [pricing.models."{model}"] or backends.{backend}.price'
-            + (" / gpu_hour_usd" if self.config.backends[backend].kind != "openai" else "")
+            + (" / gpu_hour_usd" if _self_hosted(self.config.backends[backend]) else "")
             for (backend, model), n in sorted(self.unknown.items())
         ]
 
 
 def _configured_model(bc: Any) -> str:
-    return str(getattr(bc, "model", None) or getattr(bc, "model_name", None) or bc.kind)
+    return str(bc.display_model)
+
+
+def _self_hosted(bc: Any) -> bool:
+    """Whether the backend can be priced by its hardware's time (it has `gpu_hour_usd`)."""
+    return "gpu_hour_usd" in type(bc).model_fields

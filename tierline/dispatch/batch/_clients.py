@@ -1,6 +1,5 @@
-"""SDK clients for the batch APIs, built with the dispatch backends' helpers (`dispatch/sdk.py`):
-key from the environment, the SDKs' own retries off (tierline retries in one layer), SDK errors
-mapped onto tierline's error tree with keys scrubbed."""
+"""What the batch providers share with the dispatch backends (`dispatch/sdk.py`): SDK errors
+mapped onto tierline's error tree with keys scrubbed, and a small connection pool."""
 
 from __future__ import annotations
 
@@ -11,36 +10,18 @@ from typing import Any
 
 from ..sdk import api_key, http_client, import_sdk, map_sdk_error
 
-__all__ = ["client", "sdk_errors"]
+__all__ = ["CONNECTIONS", "sdk_and_http", "sdk_errors"]
 
 # A batch needs a handful of calls (upload, create, polls, downloads), never many at once.
 CONNECTIONS = 4
 
 
-def client(name: str, config: Any) -> tuple[ModuleType, Any]:
-    """(SDK module, async client) for an `openai` or `anthropic` backend config."""
-    module, install = (
-        ("openai", "openai[aiohttp]")
-        if config.kind == "openai"
-        else (
-            "anthropic",
-            "anthropic",
-        )
-    )
+def sdk_and_http(name: str, config: Any, module: str, install: str) -> tuple[ModuleType, Any, Any]:
+    """(SDK module, key, small HTTP client) for a batch provider's own SDK client: the key from
+    the environment, the transport the backend's config asks for."""
     sdk = import_sdk(module, name, install)
-    options: dict[str, Any] = {
-        "api_key": api_key(name, config.api_key_env),
-        "base_url": config.base_url,
-        "max_retries": 0,
-        "timeout": config.timeout_s,
-        "http_client": http_client(
-            sdk, config.http_client, connections=CONNECTIONS, timeout_s=config.timeout_s
-        ),
-    }
-    if config.kind == "openai":
-        options["organization"] = config.organization
-        return sdk, sdk.AsyncOpenAI(**options)
-    return sdk, sdk.AsyncAnthropic(**options)
+    http = http_client(sdk, config.http_client, connections=CONNECTIONS, timeout_s=config.timeout_s)
+    return sdk, api_key(name, config.api_key_env), http
 
 
 @contextmanager

@@ -46,8 +46,7 @@ def batch_backends(config: Config, provider_batch: bool) -> set[str]:
     return {
         name
         for name, b in config.backends.items()
-        if b.kind in ("openai", "anthropic")
-        and (provider_batch or getattr(b, "mode", "") == "batch")
+        if b.entry.batch is not None and (provider_batch or getattr(b, "mode", "") == "batch")
     }
 
 
@@ -110,7 +109,7 @@ class BatchDiverter:
 
     async def offer(self, job: Job, vote: TierVote) -> bool:
         """Take the job if its tier's route starts at a batch-mode backend that can serve."""
-        name = self.config.routes[vote.tier][0]  # type: ignore[index]
+        name = self.config.route(vote.tier)[0]
         if name not in self.backends or name in self.unavailable:
             return False
         try:
@@ -122,13 +121,14 @@ class BatchDiverter:
             return False
         self._open()
         backend = self.config.backends[name]
-        max_tokens = backend.max_tokens or self.config.defaults.max_tokens
         request = request_for(
-            job, max_tokens=max_tokens, temperature=self.config.defaults.temperature
+            job,
+            max_tokens=self.config.max_tokens_for(name, job),
+            temperature=self.config.defaults.temperature,
         )
         body = provider.encode(request)
         custom_id = provider.custom_id(job.id, self._used.setdefault(name, set()))
-        stub = pending_stub(job, vote, name, str(getattr(backend, "model", "")))
+        stub = pending_stub(job, vote, name, backend.display_model)
         packer = self._packers.setdefault(name, Packer(provider.limits, provider.overhead))
         closed = packer.add(
             Pending(custom_id, job.id, stub, body), len(provider.line(custom_id, body))

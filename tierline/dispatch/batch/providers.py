@@ -4,9 +4,11 @@
                error files, each line keyed by custom_id
     Anthropic  messages.batches.create(requests=[...]) -> poll -> results (JSONL, unordered)
 
-A provider turns a tierline `Request` into its wire form, submits a chunk, reports a batch's state
-and streams per-line outcomes keyed by `custom_id`. It never decides what happens to a job: that
-is `engine.py`'s work. SDKs are imported when a provider is built, never at module import.
+A provider turns a tierline `Request` into its wire form with the kind's own codec (the one the
+synchronous backend sends: `dispatch/registry.codec_for`), submits a chunk, reports a batch's
+state and streams per-line outcomes keyed by `custom_id`. It never decides what happens to a
+job: that is `engine.py`'s work. Which kinds have one is the kind table's `batch` entry
+(`tierline.config.KINDS`). SDKs are imported when a provider is built, never at module import.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ...config import AnthropicBackendConfig, OpenAIBackendConfig
+from ...config import BackendSettings
 from ...errors import ConfigError
 from ...jobs import dumps, loads
 from ..base import Completion, Request
-from ._clients import client, sdk_errors
+from ..registry import codec_for, implementation
+from ._clients import sdk_and_http, sdk_errors
 from .packing import ANTHROPIC_LIMITS, OPENAI_LIMITS, Limits
 
 __all__ = [
@@ -35,7 +38,6 @@ __all__ = [
 ]
 
 Outcome = Literal["ok", "error", "unfinished"]
-ENDPOINT = "/v1/chat/completions"
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -130,23 +132,25 @@ _OPENAI_ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
 
 
 class OpenAIBatches:
-    """OpenAI's Files + Batch API for chat completions.
+    """OpenAI's Files + Batch API, for any kind whose codec speaks an OpenAI endpoint.
 
-    Request bodies come from the sync `openai` backend (`ChatCompletionsBackend.body`) and output
-    lines are parsed by its `parse_chat_completion`, so a job asks the same thing either way.
+    Request bodies and output lines go through the kind's codec (`ChatCodec` for `openai`), the
+    same the synchronous backend uses, so a job asks the same thing either way.
     """
 
-    kind = "openai"
     overhead = 0
 
-    def __init__(self, name: str, config: OpenAIBackendConfig, limits: Limits | None) -> None:
-        from ..openai_chat import openai_api
+    def __init__(self, name: str, config: Any, limits: Limits | None) -> None:
+        from ..openai_chat import INSTALL, openai_client
 
         self.name = name
+        self.kind = config.kind
         self.model = config.model
         self.limits = limits or OPENAI_LIMITS
-        self._bodies = openai_api(name, config)
-        self._sdk, self.client = client(name, config)
+        self.codec = codec_for(config)
+        self.endpoint = "/v1" + self.codec.path  # the codec's path is under the SDK's /v1
+        self._sdk, key, http = sdk_and_http(name, config, "openai", INSTALL)
+        self.client = openai_client(self._sdk, config, url=config.endpoint, key=key, http=http)
 
     def custom_id(self, job_id: str, used: set[str]) -> str:
         # OpenAI takes any unique string, and job ids are already unique within a run.
@@ -154,10 +158,10 @@ class OpenAIBatches:
         return job_id
 
     def encode(self, request: Request) -> dict[str, Any]:
-        return self._bodies.body(request)
+        return self.codec.encode(request)
 
     def line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
-        row = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+        row = {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
         return dumps(row) + b"\n"
 
     async def submit(
@@ -175,7 +179,7 @@ class OpenAIBatches:
         with sdk_errors(self._sdk, f"{self.name}: batch creation"):
             batch = await self.client.batches.create(
                 input_file_id=upload.id,
-                endpoint=ENDPOINT,
+                endpoint=self.endpoint,
                 completion_window="24h",
                 metadata=dict(metadata),
             )
@@ -202,8 +206,6 @@ class OpenAIBatches:
                             yield self._outcome(loads(text))
 
     def _outcome(self, row: Mapping[str, Any]) -> LineOutcome:
-        from ..openai_chat import parse_chat_completion
-
         custom_id = str(row.get("custom_id"))
         response = row.get("response")
         if response is None:
@@ -215,7 +217,7 @@ class OpenAIBatches:
         status = int(response.get("status_code") or 0)
         body = response.get("body") or {}
         if 200 <= status < 300:
-            return LineOutcome(custom_id, "ok", parse_chat_completion(body, self.model))
+            return LineOutcome(custom_id, "ok", self.codec.decode(body))
         err = body.get("error")
         text = err.get("message") if isinstance(err, Mapping) else None
         message = f"{self.name}: HTTP {status}: {text or 'error'}"
@@ -227,7 +229,6 @@ class OpenAIBatches:
 
     async def aclose(self) -> None:
         await self.client.close()
-        await self._bodies.aclose()
 
 
 # --- Anthropic --------------------------------------------------------------------------------
@@ -236,28 +237,29 @@ class OpenAIBatches:
 class AnthropicBatches:
     """Anthropic's Message Batches API.
 
-    Params come from the sync `anthropic` backend (`AnthropicBackend.body`), results are parsed
-    by its `parse_message`. Job ids become safe custom_ids (`safe_custom_id`); the ledger keeps
-    the mapping, so results join back to jobs whatever order they come in.
+    Params and results go through the kind's codec (`MessagesCodec`), the same the synchronous
+    backend uses. Job ids become safe custom_ids (`safe_custom_id`); the ledger keeps the
+    mapping, so results join back to jobs whatever order they come in.
     """
 
-    kind = "anthropic"
     overhead = len(b'{"requests":[]}')
 
-    def __init__(self, name: str, config: AnthropicBackendConfig, limits: Limits | None) -> None:
-        from ..anthropic import AnthropicBackend
+    def __init__(self, name: str, config: Any, limits: Limits | None) -> None:
+        from ..anthropic import anthropic_client
 
         self.name = name
+        self.kind = config.kind
         self.model = config.model
         self.limits = limits or ANTHROPIC_LIMITS
-        self._bodies = AnthropicBackend(name, config)
-        self._sdk, self.client = client(name, config)
+        self.codec = codec_for(config)
+        self._sdk, key, http = sdk_and_http(name, config, "anthropic", "anthropic")
+        self.client = anthropic_client(self._sdk, config, key=key, http=http)
 
     def custom_id(self, job_id: str, used: set[str]) -> str:
         return safe_custom_id(job_id, used)
 
     def encode(self, request: Request) -> dict[str, Any]:
-        return self._bodies.body(request)
+        return self.codec.encode(request)
 
     def line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
         return dumps({"custom_id": custom_id, "params": body}) + b","  # one list element
@@ -285,12 +287,10 @@ class AnthropicBatches:
                 yield self._outcome(item)
 
     def _outcome(self, item: Any) -> LineOutcome:
-        from ..anthropic import parse_message
-
         result = item.result
         if result.type == "succeeded":
             message = result.message.model_dump(mode="json")
-            return LineOutcome(item.custom_id, "ok", parse_message(message, self.model))
+            return LineOutcome(item.custom_id, "ok", self.codec.decode(message))
         if result.type == "errored":
             inner = result.error.error
             message = f"{self.name}: {inner.type}: {inner.message}"
@@ -308,13 +308,14 @@ class AnthropicBatches:
 
     async def aclose(self) -> None:
         await self.client.close()
-        await self._bodies.aclose()
 
 
-def make_provider(name: str, config: Any, limits: Limits | None = None) -> BatchProvider:
-    """The batch provider for an `openai` or `anthropic` backend config."""
-    if isinstance(config, OpenAIBackendConfig):
-        return OpenAIBatches(name, config, limits)
-    if isinstance(config, AnthropicBackendConfig):
-        return AnthropicBatches(name, config, limits)
-    raise ConfigError(f"backends.{name}: kind {config.kind!r} has no provider batch API")
+def make_provider(
+    name: str, config: BackendSettings, limits: Limits | None = None
+) -> BatchProvider:
+    """The batch provider the kind table names for this backend's kind."""
+    ref = config.entry.batch
+    if ref is None:
+        raise ConfigError(f"backends.{name}: kind {config.kind!r} has no provider batch API")
+    provider: BatchProvider = implementation(ref)(name, config, limits)
+    return provider
