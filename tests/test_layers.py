@@ -44,8 +44,6 @@ EXEMPT = frozenset({PACKAGE})  # the root __init__ re-exports
 # (importer, imported) module pairs that break the layering today. Empty is the target.
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
-        # config validates extra_body with dispatch.extras: 15-B (the registry owns kinds)
-        ("tierline.config", "tierline.dispatch.extras"),
         # ledger.plan prices a plan with the router's limits and the tierer: 15-A moves it to run/
         ("tierline.ledger.plan", "tierline.dispatch.limits"),
         ("tierline.ledger.plan", "tierline.tiering.pipeline"),
@@ -66,20 +64,7 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
     }
 )
 # Import cycles (as the set of modules in one strongly connected component) allowed today.
-ALLOWED_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        # probe -> registry -> adapters -> probe: 15-B (health checks join the backend protocol)
-        frozenset(
-            {
-                "tierline.dispatch.anthropic",
-                "tierline.dispatch.llamacpp",
-                "tierline.dispatch.openai_chat",
-                "tierline.dispatch.probe",
-                "tierline.dispatch.registry",
-            }
-        ),
-    }
-)
+ALLOWED_CYCLES: frozenset[frozenset[str]] = frozenset()
 # Nothing in the product may import the test suite or a dev-only package.
 DEV_ONLY = ("tests", "pytest", "hypothesis", "yaml", "uvloop", "_pytest")
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Union, cast
 
 from pydantic import (
     BaseModel,
@@ -29,9 +29,6 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .jobs import Job
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -537,6 +534,13 @@ class EscalationConfig(_Strict):
         return tuple(per_tier.checks if per_tier is not None else self.checks)
 
 
+class _AsksTokens(Protocol):
+    """A job, as far as `Config.max_tokens_for` cares (config is below jobs in the layers)."""
+
+    @property
+    def max_tokens(self) -> int | None: ...
+
+
 class Config(_Strict):
     backends: dict[str, BackendConfig]
     routes: dict[Tier, Annotated[list[str], Field(min_length=1)]]
@@ -572,7 +576,7 @@ class Config(_Strict):
         """The backends a tier's jobs try, in order (every tier has one: validated above)."""
         return list(self.routes[cast(Tier, tier)])
 
-    def max_tokens_for(self, backend: str, job: Job | None = None) -> int:
+    def max_tokens_for(self, backend: str, job: _AsksTokens | None = None) -> int:
         """What a request to `backend` may generate: the job's own max_tokens, else the
         backend's, else `[defaults]`. Routing, budgets, plans and batches all ask this."""
         own = job.max_tokens if job is not None else None
