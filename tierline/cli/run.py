@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
@@ -13,9 +14,10 @@ import typer
 
 from ..config import Config, find_config_path, load_config
 from ..dispatch.batch import BatchOptions, supersede
-from ..dispatch.scheduler import run_files
+from ..dispatch.scheduler import RunSummary, run_files
 from ..errors import ExitCode, UsageError
 from ..interrupts import DEFAULT_GRACE_S, Stop
+from ..jobs import Result
 from ..ledger.pricing import to_micros
 from ..ledger.store import ledger_path_for
 from ..resume import Journal, RunLock
@@ -58,6 +60,34 @@ RetryFailed = Annotated[
         "(and those missing), keep the rest, replace PATH atomically.",
     ),
 ]
+Engine = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        metavar="local|ray",
+        help="Where jobs are dispatched: this process (local), or an actor pool on a Ray "
+        "cluster (ray; needs the `tierline[ray]` extra; docs/scale-out.md).",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="ADDR",
+        help="With --engine ray: the cluster to join (e.g. ray://head:10001 or auto); default: "
+        "$RAY_ADDRESS, else a Ray instance of this machine, started and stopped by the run.",
+    ),
+]
+RayActors = Annotated[
+    int | None,
+    typer.Option(
+        "--ray-actors",
+        min=1,
+        metavar="N",
+        help="With --engine ray: tierline dispatchers in the actor pool (default: one per CPU "
+        "of the cluster); backend limits are split evenly over them.",
+    ),
+]
 CachePath = Annotated[
     str | None,
     typer.Option(
@@ -83,6 +113,9 @@ def run(
     max_cost: MaxCost = None,
     retry_failed: RetryFailed = False,
     cache: CachePath = None,
+    engine: Engine = "local",
+    ray_address: RayAddress = None,
+    ray_actors: RayActors = None,
 ) -> None:
     """Tier each job, dispatch it along its tier's route, write one result line per job.
 
@@ -93,6 +126,7 @@ def run(
     provider batches (the same command again, or `tierline batch collect`, fetches them),
     141 when the reader of stdout went away, 74 when the results could not be written.
     """
+    on_ray = _check_engine(engine, ray_address, ray_actors, provider_batch or wait)
     cfg = load_config(config)
     ledger_path = ledger_path_for(ledger, cfg)
     part = Shard.parse(shard) if shard else None
@@ -141,7 +175,14 @@ def run(
                 max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
                 cache_path=cache,
             )
-            summary = asyncio.run(stop.guard(work))
+            if on_ray:  # the same run on a Ray cluster instead (tierline/ray/engine.py)
+                work.close()
+                summary = _run_on_ray(
+                    inputs, cfg, journal, ledger_path, advance, part, stop, max_cost,
+                    (ray_address, ray_actors), cache,
+                )  # fmt: skip
+            else:
+                summary = asyncio.run(stop.guard(work))
         if journal.error is not None:
             raise typer.Exit(_output_failed(journal, quiet=quiet))
         if stop.exit_code is not None:
@@ -160,6 +201,52 @@ def run(
         raise typer.Exit(int(summary.exit_code) if waited is None else waited)
     code = summary.exit_code
     raise typer.Exit(int(ExitCode.JOBS_FAILED if code == 0 and journal.kept_failed else code))
+
+
+def _check_engine(engine: str, address: str | None, actors: int | None, batches: bool) -> bool:
+    """True for --engine ray, once Ray is known to be installed (exit 2 before anything is
+    sent otherwise). Ray is imported only here, and only for --engine ray."""
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine!r}: expected local or ray")
+    if engine == "local":
+        if address is not None or actors is not None:
+            raise UsageError("--ray-address and --ray-actors need --engine ray")
+        return False
+    if batches:
+        raise UsageError("--engine ray does not send provider batches (--provider-batch, --wait)")
+    from ..ray.engine import require_ray
+
+    require_ray()
+    return True
+
+
+def _run_on_ray(
+    inputs: list[str],
+    cfg: Config,
+    journal: Journal,
+    ledger_path: Path,
+    advance: Callable[[Result], None],
+    part: Shard | None,
+    stop: Stop,
+    max_cost: float | None,
+    where: tuple[str | None, int | None],
+    cache: str | None,
+) -> RunSummary:
+    from ..ray.engine import RayOptions
+    from ..ray.engine import run_files as run_on_ray
+
+    return run_on_ray(
+        inputs,
+        config=cfg,
+        writer=journal,
+        ledger_path=ledger_path,
+        options=RayOptions(address=where[0] or os.environ.get("RAY_ADDRESS"), actors=where[1]),
+        on_result=advance,
+        select=lambda items: journal.select(part.select(items) if part else items),
+        stop=stop,
+        max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
+        cache_path=cache,
+    )
 
 
 def _check_retry(retry_failed: bool, output: str | None, fresh: bool) -> None:

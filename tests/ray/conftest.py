@@ -1,0 +1,107 @@
+"""A real local Ray cluster (no mocks of Ray), one per test module, kept small: 2 CPUs, no
+dashboard, a small object store. Ray is part of the `ray` extra, which CI installs: a missing
+Ray fails these tests (they never skip)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tierline.testing.servers import FakeVLLM
+
+MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
+DUPLICATES = 4
+EXTRA = DUPLICATES + 2  # lines of `jobs()` besides the N numbered jobs: copies, 2 bad lines
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 1024**2,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[FakeVLLM]]:
+    """Two fake vLLM replicas with seeded faults (429, 5xx, resets, malformed and slow
+    replies): retries absorb them, so every job ends ok on its first backend."""
+    with FakeVLLM(fault_rate=0.03, seed=1) as a, FakeVLLM(fault_rate=0.03, seed=2) as b:
+        yield [a, b]
+
+
+def vllm_config(path: Path, replicas: list[FakeVLLM], *, max_concurrency: int = 64) -> Path:
+    urls = ", ".join(f'"{r.base_url}"' for r in replicas)
+    path.write_text(
+        f"""
+[backends.gpu]
+kind = "openai-compatible"
+flavor = "vllm"
+model = "{MODEL}"
+base_urls = [{urls}]
+max_concurrency = {max_concurrency}
+max_attempts = 10
+circuit_failures = 100000
+metrics = false
+health_check = false
+price = {{ input_per_mtok = 2000, output_per_mtok = 4000 }}
+
+[routes]
+1 = ["gpu"]
+2 = ["gpu"]
+3 = ["gpu"]
+
+[defaults]
+max_tokens = 32
+"""
+    )
+    return path
+
+
+def jobs(path: Path, n: int) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(
+                json.dumps(
+                    {
+                        "id": f"j{i}",
+                        "prompt": f"Summarize ticket {i}: the printer on floor {i % 7} is out of toner.",
+                        "tier": 1 + i % 3,
+                    }
+                )
+                + "\n"
+            )
+        for i in range(DUPLICATES):  # identical jobs: one is sent, the others copy its answer
+            fh.write(
+                json.dumps({"id": f"d{i}", "prompt": "Same question?", "temperature": 0}) + "\n"
+            )
+        fh.write('{"id": "broken", "prompt": 3}\n{not json\n')
+    return path
+
+
+def content(path: Path) -> dict[str, dict[str, Any]]:
+    """Each result by id, without what differs from one execution to the next (time, retries)."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        for name in ("latency_s", "attempts"):
+            record.pop(name)
+        for hop in record.get("route", []):
+            hop.pop("latency_s", None)
+            hop.pop("attempts", None)
+        out[record["id"] or f"{record['source']}:{record['line']}"] = record
+    return out

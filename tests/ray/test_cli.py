@@ -1,0 +1,127 @@
+"""`tierline run --engine ray` from the command line: exit codes, the summary, the budget across
+actors, and the usage errors that come before anything is sent."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tierline.cli import main
+from tierline.testing.servers import FakeVLLM
+
+from .conftest import content, jobs, vllm_config
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray\\..*"),
+]
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["run", *args])
+    return code, capsys.readouterr().err
+
+
+def _timeless(summary: str) -> str:
+    summary = re.sub(r"\brun \S+", "run R", summary)
+    return re.sub(r"\d+(\.\d+)?\s*(s|ms|jobs/s)\b", "T", summary)
+
+
+def test_same_exit_code_and_summary_as_local(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad lines make both runs exit 1; the summary lines are the same but for timings."""
+    with FakeVLLM() as a, FakeVLLM() as b:
+        config = str(vllm_config(tmp_path / "t.toml", [a, b]))
+        inputs = str(jobs(tmp_path / "jobs.jsonl", 300))
+        code, local = run(capsys, inputs, "-c", config, "-o", "l.jsonl", "--ledger", "l.db")
+        code_ray, on_ray = run(
+            capsys, inputs, "-c", config, "-o", "r.jsonl", "--ledger", "r.db", "--engine", "ray"
+        )
+    assert code == code_ray == 1
+    assert local.strip() and _timeless(on_ray) == _timeless(local)
+    assert content(tmp_path / "r.jsonl") == content(tmp_path / "l.jsonl")
+
+
+def test_budget_holds_across_actors(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--max-cost is one budget for all actors: the ledger's spend stays under it, the jobs it
+    could not pay for are skipped_budget, and the run exits 3, as a local run does."""
+    cap = 12.0
+    with FakeVLLM(latency_ms=5) as a, FakeVLLM(latency_ms=5) as b:
+        config = str(vllm_config(tmp_path / "t.toml", [a, b], max_concurrency=16))
+        inputs = str(jobs(tmp_path / "jobs.jsonl", 400))
+        code, _ = run(
+            capsys, inputs, "-c", config, "-o", "r.jsonl", "--ledger", "r.db",
+            "--engine", "ray", "--ray-actors", "2", "--max-cost", str(cap),
+        )  # fmt: skip
+    assert code == 3
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        spent = db.execute("SELECT SUM(cost_nanos) FROM calls").fetchone()[0] / 1e9
+    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    statuses = {r["status"] for r in results}
+    assert {"ok", "skipped_budget"} <= statuses
+    assert 0 < spent <= cap
+    assert sum(r["cost_usd"] or 0 for r in results) == pytest.approx(spent)
+    # the headroom left is less than one more job's worst case: little stranded in leases
+    ok = sum(r["status"] == "ok" for r in results)
+    assert ok > 0.8 * cap / max(r["cost_usd"] for r in results if r["status"] == "ok")
+
+
+def test_missing_extra_is_a_usage_error_before_anything_is_sent(tmp_path: Path) -> None:
+    """Without Ray installed, --engine ray exits 2 naming the extra; nothing reaches a backend."""
+    with FakeVLLM() as srv:
+        config = vllm_config(tmp_path / "t.toml", [srv])
+        inputs = jobs(tmp_path / "jobs.jsonl", 3)
+        code = (
+            "import sys; sys.modules['ray'] = None; from tierline.cli import main; "
+            f"sys.exit(main(['run', {str(inputs)!r}, '-c', {str(config)!r}, '--engine', 'ray']))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        assert srv.request_count == 0
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'tierline[ray]'" in done.stderr
+
+
+def test_local_run_never_imports_ray(tmp_path: Path) -> None:
+    """`tierline run` without --engine ray does not import Ray (start-up cost, and the extra is
+    optional)."""
+    with FakeVLLM() as srv:
+        config = vllm_config(tmp_path / "t.toml", [srv])
+        inputs = jobs(tmp_path / "jobs.jsonl", 3)
+        code = (
+            "import sys; from tierline.cli import main; "
+            f"c = main(['run', {str(inputs)!r}, '-c', {str(config)!r}, '-o', 'o.jsonl', '-q']); "
+            "sys.exit(10 + c if 'ray' in sys.modules else c)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+    assert done.returncode == 1, done.stderr  # the two bad lines; 11 would mean ray was imported
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ray-address", "auto"], "need --engine ray"),
+        (["--engine", "spark"], "expected local or ray"),
+        (["--engine", "ray", "--provider-batch"], "provider batches"),
+    ],
+)
+def test_engine_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    inputs = jobs(tmp_path / "jobs.jsonl", 1)
+    code, err = run(capsys, str(inputs), *args)
+    assert code == 2 and message in err

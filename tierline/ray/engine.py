@@ -1,0 +1,404 @@
+"""`tierline run --engine ray`: the driver side of a run on a Ray cluster.
+
+The driver reads and validates the inputs exactly as a local run does (same line numbers,
+duplicate ids and invalid lines, same resume selection), so the results are the same lines.
+Valid jobs go to a Ray Dataset and through `map_batches` over a pool of `Dispatcher` actors
+(tierline/ray/worker.py); their results and ledger rows stream back here, where:
+
+* each result is written once, by its resume key (the first one wins; a second one, from a
+  block retried after an actor died, is dropped, its calls still recorded: they were paid);
+* each call goes into a *ledger fragment* beside the ledger, a real tierline ledger holding this
+  run alone, written ahead of the results (the journal syncs it before its own fsync);
+* at the end the fragment is merged into the ledger with `ledger merge` (idempotent), and
+  removed. A driver that dies leaves its fragment; the next Ray run on that ledger merges it
+  first, so no paid call is lost, and the rerun resumes from `-o PATH.partial` as a local run.
+
+Any job left without a result after the pass (an actor died after marking it answered, before
+its chunk reached the driver) is sent again in another pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..dispatch.answers import Answers
+from ..dispatch.scheduler import (
+    DEFAULT_NOTE,
+    RecordWriter,
+    RunSummary,
+    Tally,
+    _answers,
+    _reuse_notes,
+)
+from ..errors import UsageError
+from ..interrupts import Stop
+from ..jobs import InvalidLine, Job, Result, dumps, read_jobs
+from ..ledger.accounting import Accountant
+from ..ledger.merge import merge_ledgers
+from ..ledger.pricing import genai_prices_version
+from ..ledger.store import CallRecord, Ledger
+from ..resume import job_key, route_fingerprint
+from .limits import actors_for
+from .state import RunState
+from .worker import Dispatcher, calls_from_json, result_from_dict
+
+__all__ = ["RayOptions", "require_ray", "run_files"]
+
+Select = Callable[[Iterable[Job | InvalidLine]], Iterable[Job | InvalidLine]]
+PASSES = 3  # passes over jobs left without a result (each after actors died mid-chunk)
+LOCAL_OBJECT_STORE = 256 * 1024**2  # a cluster started here: jobs are small, keep Ray small
+
+
+def require_ray() -> Any:
+    """Import Ray, or fail as a usage error (exit 2) before anything is sent."""
+    try:
+        import ray
+        import ray.data  # the engine needs Ray Data, not just Ray core
+    except ImportError as exc:
+        raise UsageError(
+            f"--engine ray needs the optional extra: pip install 'tierline[ray]' ({exc})"
+        ) from None
+    return ray
+
+
+class RayOptions:
+    """Where and how wide: `address` (None: a cluster of this machine, started and stopped
+    here, unless Ray is already initialised), `actors` (None: one per CPU of the cluster)."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        actors: int | None = None,
+        batch_size: int | None = None,
+        on_started: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.actors = actors
+        self.batch_size = batch_size
+        self.on_started = on_started  # called with the RunState actor (tests kill actors)
+
+
+def check_config(config: Config) -> None:
+    """What a Ray run cannot do, refused before anything is sent."""
+    batched = [n for n, b in config.backends.items() if getattr(b, "mode", None) == "batch"]
+    if batched:
+        raise UsageError(
+            f"--engine ray does not send provider batches (backend(s) {', '.join(batched)} have "
+            'mode = "batch"); run those without --engine ray'
+        )
+
+
+@contextlib.contextmanager
+def _cluster(ray: Any, address: str | None) -> Iterator[None]:
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None:
+            kwargs["object_store_memory"] = LOCAL_OBJECT_STORE
+        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        started = True
+    # quiet on success: no progress bars, no execution plans (and no warning about either)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _Fragment:
+    """This run's ledger fragment: a tierline ledger beside the real one, locked while live."""
+
+    def __init__(self, ledger_path: Path) -> None:
+        self.path = ledger_path.with_name(f".{ledger_path.name}.ray-{uuid.uuid4().hex[:12]}.db")
+        self.ledger = Ledger(self.path)
+        self._lock = os.open(self.path, os.O_RDONLY)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+
+    def merge_into(self, ledger_path: Path) -> None:
+        self.ledger.close()
+        merge_ledgers([self.path], ledger_path)
+        _remove(self.path)
+        os.close(self._lock)
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+
+
+def merge_orphans(ledger_path: Path) -> int:
+    """Merge the fragments of Ray runs whose driver died (no one holds their lock)."""
+    merged = 0
+    for path in sorted(ledger_path.parent.glob(f".{ledger_path.name}.ray-*.db")):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live run's
+        try:
+            merge_ledgers([path], ledger_path)
+            _remove(path)
+            merged += 1
+        finally:
+            os.close(fd)
+    return merged
+
+
+class _Driver:
+    """Writes what the actors send back: results once per key, calls into the fragment."""
+
+    def __init__(
+        self,
+        config: Config,
+        writer: RecordWriter,
+        ledger: Ledger,
+        run_id: str,
+        on_result: Callable[[Result], None] | None,
+        answers: Answers | None,
+    ) -> None:
+        self.answers = answers  # dedup and the answer cache, here on the driver as in a local run
+        self.followers: dict[str, list[Job]] = {}  # answer key -> identical jobs waiting for it
+        self.answer_keys: dict[str, str] = {}  # resume key of a sent job -> its answer key
+        self.writer = writer
+        self.ledger = ledger
+        self.run_id = run_id
+        self.on_result = on_result
+        self.tally = Tally()
+        self.written: set[str] = set()
+        self.duplicates = 0
+        self.money = Accountant(config)  # only for the summary's price and savings notes
+
+    def result(self, result: Result, key: str | None = None) -> None:
+        if key is not None:
+            self.written.add(key)
+        self.tally.add(result)
+        self.writer.write(result.to_dict())
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def calls(self, calls: list[CallRecord]) -> None:
+        for call in calls:
+            self.ledger.record_call(self.run_id, call)
+            if call.cost_nanos is None:
+                unknown = self.money.pricer.unknown
+                unknown[(call.backend, call.model)] = unknown.get((call.backend, call.model), 0) + 1
+            else:
+                self.money.cost_nanos += call.cost_nanos
+                self.money.baseline_nanos += call.baseline_nanos or 0
+
+    def batch(self, table: Any) -> None:
+        columns = table.to_pydict()
+        for key, line, calls in zip(
+            columns["key"], columns["result"], columns["calls"], strict=True
+        ):
+            # A key seen twice is the same answer delivered twice (Ray replaying a retried
+            # block's output), not a second call: a job is marked answered before its result
+            # leaves the actor, so a retried block never sends it again (worker.py). Its calls
+            # are in the ledger already.
+            if key in self.written:
+                self.duplicates += 1
+                continue
+            self.calls(calls_from_json(calls))  # first: the ledger is written ahead
+            result = result_from_dict(_loads(line))
+            self.result(result, key)
+            self.copies(key, result)
+
+    def copies(self, key: str, result: Result) -> None:
+        """The identical jobs that waited for this one get a copy of its answer (dedup)."""
+        answer = self.answer_keys.pop(key, None)
+        if answer is None or self.answers is None:
+            return
+        self.answers.finish(answer, result)
+        for job in self.followers.pop(answer, []):
+            copy = self.answers.known(job, answer)
+            assert copy is not None  # just finished: it is the newest in the LRU
+            self.result(copy)
+
+
+def _loads(text: str) -> dict[str, Any]:
+    from ..jobs import loads
+
+    record = loads(text)
+    record.pop("key", None)
+    assert isinstance(record, dict)
+    return record
+
+
+def run_files(
+    inputs: list[str],
+    *,
+    config: Config,
+    writer: RecordWriter,
+    ledger_path: Path,
+    options: RayOptions | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    select: Select | None = None,
+    stop: Stop | None = None,
+    max_cost_micros: int | None = None,
+    cache_path: str | None = None,
+    command: str = "run",
+) -> RunSummary:
+    """A whole run on Ray: the same results, ledger and summary as `scheduler.run_files`."""
+    options = options or RayOptions()
+    ray = require_ray()
+    check_config(config)
+    started = time.perf_counter()
+    merge_orphans(ledger_path)
+    fragment = _Fragment(ledger_path)
+    run_id = fragment.ledger.start_run(
+        command=command,
+        config_origin=config.origin,
+        inputs=inputs,
+        baseline_model=config.baseline.model,
+        max_cost_micros=max_cost_micros,
+        price_version=genai_prices_version(),
+    )
+    if hasattr(writer, "before_sync"):  # resume.Journal: the ledger syncs before it does
+        setattr(writer, "before_sync", fragment.ledger.sync)  # noqa: B010
+    answers = _answers(config, cache_path, batches=False)
+    driver = _Driver(config, writer, fragment.ledger, run_id, on_result, answers)
+    interrupted = False
+    try:
+        with _interrupts(stop):
+            rows = _rows(inputs, config, select, driver)
+            if rows:
+                with _cluster(ray, options.address):
+                    _dispatch(ray, rows, config, run_id, driver, options, max_cost_micros)
+    except KeyboardInterrupt:
+        interrupted = True
+        if stop is not None and stop.signum is None:
+            stop.request(signal.SIGINT)
+    t = driver.tally
+    status = "interrupted" if interrupted else ("ok" if t.failed == 0 else "failed")
+    fragment.ledger.finish_run(
+        run_id,
+        jobs=t.jobs,
+        ok=t.by_status["ok"],
+        failed=t.failed,
+        status=status,
+        skipped_budget=t.by_status["skipped_budget"],
+    )
+    if hasattr(writer, "before_sync"):
+        setattr(writer, "before_sync", None)  # noqa: B010
+    fragment.merge_into(ledger_path)
+    if answers is not None and answers.cache is not None:
+        answers.cache.close()
+    notes = ([DEFAULT_NOTE] if config.is_default else []) + driver.money.notes()
+    notes += _reuse_notes(t, answers)
+    if driver.duplicates:
+        notes.append(
+            f"ray: {driver.duplicates} result(s) delivered twice after an actor was lost "
+            "(kept once)"
+        )
+    return RunSummary(run_id, config.origin, t, time.perf_counter() - started, notes)
+
+
+@contextlib.contextmanager
+def _interrupts(stop: Stop | None) -> Iterator[None]:
+    """SIGTERM stops the driver as Ctrl-C does (KeyboardInterrupt), so the run ends cleanly:
+    the fragment is merged and the partial output kept for the resume."""
+
+    def terminate(signum: int, _frame: Any) -> None:
+        if stop is not None:
+            stop.request(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _rows(
+    inputs: list[str], config: Config, select: Select | None, driver: _Driver
+) -> dict[str, dict[str, Any]]:
+    """The jobs to send, by resume key; invalid lines get their result here at once."""
+    route = route_fingerprint(config)
+    items: Iterable[Job | InvalidLine] = read_jobs(inputs)
+    rows: dict[str, dict[str, Any]] = {}
+    reuse = Answers.or_off(driver.answers, config)
+    for item in select(items) if select is not None else items:
+        answer, known = reuse.lookup(item)  # an invalid line, a cache hit
+        if known is not None:
+            driver.result(known)
+            continue
+        assert isinstance(item, Job)
+        if answer is not None and reuse.dedup:
+            if answer in driver.followers:  # an identical job is sent already: wait for it
+                driver.followers[answer].append(item)
+                continue
+            driver.followers[answer] = []
+        key = job_key(item, route)
+        if answer is not None:
+            driver.answer_keys[key] = answer
+        rows[key] = {
+            "key": key,
+            "line": item.line,
+            "source": item.source,
+            "job": dumps(dict(item.raw)).decode(),
+        }
+    return rows
+
+
+def _dispatch(
+    ray: Any,
+    rows: dict[str, dict[str, Any]],
+    config: Config,
+    run_id: str,
+    driver: _Driver,
+    options: RayOptions,
+    max_cost_micros: int | None,
+) -> None:
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = actors_for(config, options.actors or max(1, cpus))
+    state = ray.remote(RunState).options(num_cpus=0).remote(max_cost_micros)
+    if options.on_started is not None:
+        options.on_started(state)
+    lease = 0
+    if max_cost_micros is not None:
+        lease = max(1, max_cost_micros // (8 * actors))
+    todo = list(rows.values())
+    for _ in range(PASSES):
+        batch = options.batch_size or max(16, min(512, math.ceil(len(todo) / (4 * actors))))
+        blocks = max(1, math.ceil(len(todo) / batch))
+        ds = ray.data.from_items(todo, override_num_blocks=blocks)
+        out = ds.map_batches(
+            Dispatcher,
+            fn_constructor_kwargs={
+                "config": config,
+                "run_id": run_id,
+                "state": state,
+                "actors": actors,
+                "lease_micros": lease,
+            },
+            # limits are split by `actors` even when a last pass needs fewer of them
+            compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),
+            batch_size=batch,
+            batch_format="pyarrow",
+            num_cpus=min(1.0, cpus / actors),
+        )
+        for table in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            driver.batch(table)
+        todo = [row for key, row in rows.items() if key not in driver.written]
+        if not todo:
+            return
+        ray.get(state.forget.remote([row["key"] for row in todo]))
+    raise RuntimeError(f"{len(todo)} job(s) got no result after {PASSES} passes on Ray")

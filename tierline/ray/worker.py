@@ -1,0 +1,198 @@
+"""The actor side: one tierline dispatcher per Ray actor, fed by Ray Data's `map_batches`.
+
+`Dispatcher` is the callable class given to `map_batches` with an actor pool. Its `__call__` is
+an async generator, so Ray Data runs it on one event loop per actor (several batches at once on
+that loop): one router with the configured backends (their HTTP clients and replica state live
+as long as the actor), one in-flight window, the actor's share of the limits
+(tierline/ray/limits.py) and a lease on the run's budget (tierline/ray/state.py).
+
+Each output row is one job: its resume `key`, its result line (`result`, JSON) and the ledger
+rows of its calls (`calls`, JSON), so the driver writes the results and the one ledger (no file
+is shared between nodes). Rows leave in small chunks as jobs finish, each chunk's keys marked
+answered first: a block retried after the actor died skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from ..config import Config
+from ..dispatch.router import Router
+from ..dispatch.scheduler import _Dispatcher
+from ..errors import JobError
+from ..jobs import InvalidLine, Job, Result, parse_line
+from ..ledger.accounting import Accountant
+from ..ledger.store import CallRecord, Ledger
+from ..resume import job_key, route_fingerprint
+from ..tiering.pipeline import Tierer
+from .limits import split_limits
+from .state import LeasedBudget
+
+__all__ = ["CallCapture", "Dispatcher", "calls_from_json", "result_from_dict"]
+
+CHUNK = 64  # results per output chunk ...
+CHUNK_S = 0.5  # ... or this often, whichever first: the driver sees progress, a retry skips more
+COLUMNS = ("key", "id", "line", "source", "status", "output", "cost_usd", "result", "calls")
+
+
+class CallCapture(Ledger):
+    """A ledger that keeps each job's call rows in memory until its result leaves the actor.
+
+    The Accountant writes through `record_call` exactly as in a local run; the rows go to the
+    driver with the result instead of into a SQLite file on this node."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.by_job: dict[str | None, list[CallRecord]] = {}
+
+    def record_call(self, run_id: str, call: CallRecord) -> None:  # noqa: ARG002 - one run
+        self.by_job.setdefault(call.job_id, []).append(call)
+
+    async def durable(self) -> None:
+        return None  # durable on the driver, before the result is written (engine.py)
+
+    def take(self, job_id: str | None) -> list[CallRecord]:
+        return self.by_job.pop(job_id, [])
+
+
+def calls_to_json(calls: list[CallRecord]) -> str:
+    return orjson.dumps([dataclasses.asdict(c) for c in calls]).decode()
+
+
+def calls_from_json(text: str) -> list[CallRecord]:
+    from ..jobs import Usage
+
+    return [CallRecord(**{**row, "usage": Usage(**row["usage"])}) for row in orjson.loads(text)]
+
+
+def result_from_dict(record: Mapping[str, Any]) -> Result:
+    """The Result a result line was written from (`Result.to_dict` the other way)."""
+    from ..jobs import Usage
+
+    fields = {f.name for f in dataclasses.fields(Result)}
+    values = {k: v for k, v in record.items() if k in fields}
+    values["usage"] = Usage(**record.get("usage") or {})
+    return Result(**values)
+
+
+def _job_of(row: Mapping[str, Any]) -> Job | InvalidLine:
+    """A row of the CLI's dataset (`job`: the line's JSON, `line`, `source`) or a library user's
+    (the job's own fields, as `ray.data.read_json` gives them; nulls are absent fields)."""
+    line = int(row.get("line") or 0)
+    source = str(row.get("source") or "<ray>")
+    if "job" in row and isinstance(row["job"], str | bytes):
+        raw = row["job"] if isinstance(row["job"], bytes) else row["job"].encode()
+    else:
+        fields = {k: v for k, v in row.items() if v is not None and k not in ("line", "source")}
+        raw = orjson.dumps(fields)
+    try:
+        return parse_line(raw, line, source)
+    except JobError as exc:
+        return InvalidLine(line, source, str(exc), None, exc.kind)
+
+
+class Dispatcher:
+    """The `map_batches` callable class (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        run_id: str | None = None,
+        state: Any = None,
+        actors: int = 1,
+        window: int | None = None,
+        lease_micros: int = 0,
+    ) -> None:
+        self.config = split_limits(config, actors)
+        self.run_id = run_id or "ray"
+        self.state = state
+        self.route = route_fingerprint(config)  # of the run's config: the split is operational
+        self.window = window or min(
+            1024, 2 * sum(b.max_concurrency for b in self.config.backends.values())
+        )
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_micros = lease_micros
+        self._ready = False
+
+    def _start(self) -> None:
+        """Made on the actor's event loop, at its first batch (HTTP clients bind to a loop)."""
+        budget = None
+        if self.lease_micros and self.state is not None:
+            budget = LeasedBudget(self.state, self.name, chunk_micros=self.lease_micros)
+        self.budget = budget
+        self.capture = CallCapture()
+        self.router = Router(self.config)
+        accountant = Accountant(self.config, ledger=self.capture, run_id=self.run_id, budget=budget)
+        self.dispatcher = _Dispatcher(self.config, self.router, accountant)
+        self.tierer = Tierer.from_config(self.config.tiering)
+        self.slots = asyncio.Semaphore(self.window)
+        if self.state is not None:
+            import ray
+
+            self.state.register.remote(ray.get_runtime_context().current_actor)
+        self._ready = True
+
+    async def __call__(self, batch: Any) -> AsyncIterator[dict[str, list[Any]]]:
+        if not self._ready:
+            self._start()
+        rows = batch.to_pylist()
+        items = [_job_of(row) for row in rows]
+        keys = [
+            row.get("key") or job_key(item, self.route)
+            for row, item in zip(rows, items, strict=True)
+        ]
+        if self.state is not None:  # a retried block: skip what a dead actor already answered
+            done = await self.state.answered.remote(keys)
+            items = [i for i, d in zip(items, done, strict=True) if not d]
+            keys = [k for k, d in zip(keys, done, strict=True) if not d]
+        tasks = {
+            asyncio.ensure_future(self._one(item)): key
+            for item, key in zip(items, keys, strict=True)
+        }
+        pending = set(tasks)
+        try:
+            while pending:
+                chunk: list[tuple[str, Result]] = []
+                while pending and len(chunk) < CHUNK:
+                    done_now, pending = await asyncio.wait(
+                        pending, timeout=CHUNK_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    chunk += [(tasks[t], t.result()) for t in done_now]
+                    if not done_now:
+                        break
+                if chunk:
+                    yield await self._emit(chunk)
+        finally:
+            for task in pending:
+                task.cancel()
+            if self.budget is not None:
+                self.budget.give_back()
+
+    async def _one(self, item: Job | InvalidLine) -> Result:
+        if isinstance(item, InvalidLine):
+            return Result.invalid(item)
+        async with self.slots:
+            result = await self.dispatcher.send(item, self.tierer)
+        assert result is not None  # no provider batches on Ray (engine.py refuses them)
+        return result
+
+    async def _emit(self, chunk: list[tuple[str, Result]]) -> dict[str, list[Any]]:
+        keys = [key for key, _ in chunk]
+        if self.state is not None:
+            await self.state.mark.remote(keys)
+        out: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        for key, result in chunk:
+            record = {**result.to_dict(), "key": key}
+            for name in ("key", "id", "line", "source", "status", "output", "cost_usd"):
+                out[name].append(record[name])
+            out["result"].append(orjson.dumps(record).decode())
+            out["calls"].append(calls_to_json(self.capture.take(result.id)))
+        return out
