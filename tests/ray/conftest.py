@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tierline.testing.servers import FakeVLLM
+from tests.fakes import FakeVLLM
 
 MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 DUPLICATES = 4

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import FakeVLLM
 from tierline.cli import main
-from tierline.testing.servers import FakeVLLM
 
 from .conftest import content, jobs, vllm_config
 
