@@ -125,3 +125,20 @@ def test_engine_usage_errors(
     inputs = jobs(tmp_path / "jobs.jsonl", 1)
     code, err = run(capsys, str(inputs), *args)
     assert code == 2 and message in err
+
+
+def test_max_concurrency_holds_across_actors(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three actors share max_concurrency = 6: the replica never has more than 6 requests
+    running at once (each actor would allow 6 if limits were per actor)."""
+    with FakeVLLM(latency_ms=20) as srv:
+        config = str(vllm_config(tmp_path / "t.toml", [srv], max_concurrency=6))
+        inputs = str(jobs(tmp_path / "jobs.jsonl", 240))
+        code, _ = run(
+            capsys, inputs, "-c", config, "-o", "r.jsonl", "--ledger", "r.db",
+            "--engine", "ray", "--ray-actors", "3",
+        )  # fmt: skip
+        peak = srv.pool.peak
+    assert code == 1  # the two bad lines
+    assert 0 < peak <= 6

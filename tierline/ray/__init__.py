@@ -59,7 +59,7 @@ def dispatch(
             "config": config,
             "state": state,
             "actors": actors,
-            "lease_micros": 0 if cap is None else max(1, cap // (8 * actors)),
+            "cap_micros": cap,
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=batch_size,

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -113,9 +114,14 @@ def _cluster(ray: Any, address: str | None) -> Iterator[None]:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # Ray's driver prints cluster events ("(raylet) Task ... failed, will be retried") to
+    # sys.stdout, which carries the results: send them to stderr. The results journal keeps
+    # the real stdout it took when it was opened.
+    stdout, sys.stdout = sys.stdout, sys.stderr
     try:
         yield
     finally:
+        sys.stdout = stdout
         if started:
             ray.shutdown()
 
@@ -372,9 +378,6 @@ def _dispatch(
     state = ray.remote(RunState).options(num_cpus=0).remote(max_cost_micros)
     if options.on_started is not None:
         options.on_started(state)
-    lease = 0
-    if max_cost_micros is not None:
-        lease = max(1, max_cost_micros // (8 * actors))
     todo = list(rows.values())
     for _ in range(PASSES):
         batch = options.batch_size or max(16, min(512, math.ceil(len(todo) / (4 * actors))))
@@ -387,7 +390,7 @@ def _dispatch(
                 "run_id": run_id,
                 "state": state,
                 "actors": actors,
-                "lease_micros": lease,
+                "cap_micros": max_cost_micros,
             },
             # limits are split by `actors` even when a last pass needs fewer of them
             compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),

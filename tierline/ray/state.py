@@ -6,7 +6,8 @@ is not split up front (a split strands headroom in idle actors and would skip jo
 sends). Each actor keeps tierline's ordinary `Budget` (reserve the worst case, settle the real
 cost) against a *lease*: micro-dollars granted by this actor, in chunks, so most reservations
 cost no round trip. The leases granted never add up to more than the cap, and an actor never
-reserves past its lease, so spend stays under the cap across actors (tests/ray/test_budget.py).
+reserves past its lease, so spend stays under the cap across actors
+(tests/ray/test_cli.py::test_budget_holds_across_actors).
 An actor that cannot get enough waits for its own in-flight jobs to settle, or hands back what
 it holds and asks again; a job is refused (`skipped_budget`) only when it would not fit even
 with nothing in flight anywhere, as in a local run.
@@ -65,10 +66,6 @@ class RunState:
         self.spent[actor] = spent
         self.leased -= micros
 
-    def budget_state(self) -> tuple[int, int]:
-        """(leased, reported spend), for tests and the benchmark."""
-        return self.leased, sum(self.spent.values())
-
     # --- answered jobs -----------------------------------------------------------------------
 
     def answered(self, keys: list[str]) -> list[bool]:
@@ -94,15 +91,16 @@ class LeasedBudget(Budget):
     """An actor's `Budget` whose cap is the lease it holds from `RunState`; it asks for more
     when a reservation does not fit (see the module docstring)."""
 
-    def __init__(self, state: Any, actor: str, *, chunk_micros: int) -> None:
-        super().__init__(0)
+    def __init__(self, state: Any, actor: str, *, cap_micros: int, chunk_micros: int) -> None:
+        super().__init__(cap_micros)  # the run's cap, for messages; this actor spends its lease
+        self.lease_micros = 0
         self.state = state
         self.actor = actor
         self.chunk_micros = max(1, chunk_micros)
 
     @property
     def free_micros(self) -> int:
-        return self.cap_micros - self.spent_micros - self.reserved_micros
+        return self.lease_micros - self.spent_micros - self.reserved_micros
 
     async def reserve(self, micros: int) -> Hold | None:
         while micros > self.free_micros:
@@ -118,7 +116,7 @@ class LeasedBudget(Budget):
                 self.refused += 1
                 return None
             if granted > 0:
-                self.cap_micros += granted
+                self.lease_micros += granted
                 continue
             await self._wait()
         self.reserved_micros += micros
@@ -141,5 +139,5 @@ class LeasedBudget(Budget):
         calls to an actor in order, so a later grant sees it)."""
         free = self.free_micros
         if free > 0:
-            self.cap_micros -= free
+            self.lease_micros -= free
         self.state.give_back.remote(self.actor, max(free, 0), self.spent_micros)

@@ -109,9 +109,10 @@ class Dispatcher:
         state: Any = None,
         actors: int = 1,
         window: int | None = None,
-        lease_micros: int = 0,
+        cap_micros: int | None = None,
     ) -> None:
         self.config = split_limits(config, actors)
+        self.actors = actors
         self.run_id = run_id or "ray"
         self.state = state
         self.route = route_fingerprint(config)  # of the run's config: the split is operational
@@ -119,14 +120,19 @@ class Dispatcher:
             1024, 2 * sum(b.max_concurrency for b in self.config.backends.values())
         )
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.lease_micros = lease_micros
+        self.cap_micros = cap_micros  # --max-cost, leased from `state` in chunks
         self._ready = False
 
     def _start(self) -> None:
         """Made on the actor's event loop, at its first batch (HTTP clients bind to a loop)."""
         budget = None
-        if self.lease_micros and self.state is not None:
-            budget = LeasedBudget(self.state, self.name, chunk_micros=self.lease_micros)
+        if self.cap_micros is not None and self.state is not None:
+            # a lease chunk: an eighth of each actor's even share, so a reservation rarely
+            # waits for a round trip and little headroom is held by any one actor
+            chunk = self.cap_micros // (8 * max(1, self.actors))
+            budget = LeasedBudget(
+                self.state, self.name, cap_micros=self.cap_micros, chunk_micros=chunk
+            )
         self.budget = budget
         self.capture = CallCapture()
         self.router = Router(self.config)
