@@ -6,6 +6,7 @@ Low to high (a module imports its own layer or a lower one, never a higher one o
     ledger    storage and pricing; it takes neutral call facts, never a dispatch type
     dispatch  | tiering    siblings: neither imports the other (the run package joins them)
     testing   | run        testing: FakeBackend on the backend protocol; run: orchestration
+    ray       `--engine ray` and `tierline.ray`: the run on a Ray cluster (issue 17)
     cli       the commands, `tierline/__main__.py`
 
 `tierline/__init__.py` is exempt: the package root re-exports the public API. Every import
@@ -37,7 +38,8 @@ LAYERS: Mapping[str, int] = {
     "tiering": 2,
     "testing": 3,
     "run": 3,
-    "cli": 4,
+    "ray": 4,
+    "cli": 5,
 }
 EXEMPT = frozenset({PACKAGE})  # the root __init__ re-exports
 
