@@ -1,0 +1,71 @@
+"""`tierline.ray.dispatch` and `tierline.ray.classify` on a Ray Dataset (the library entry
+points), on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tierline.ray
+from tests.fakes import FakeVLLM
+from tierline.config import load_config
+
+from .conftest import vllm_config
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray\\..*"),
+]
+
+
+def rows(n: int) -> list[dict[str, Any]]:
+    """Jobs as `ray.data.read_json` gives them: the job's fields as columns (nulls where a row
+    lacks one)."""
+    return [
+        {"id": f"j{i}", "prompt": f"Summarize ticket {i}.", "task": "summarize" if i % 2 else None}
+        for i in range(n)
+    ]
+
+
+def test_dispatch_returns_one_result_row_per_job(ray_cluster: Any, tmp_path: Path) -> None:
+    ray = ray_cluster
+    with FakeVLLM() as srv:
+        config = load_config(str(vllm_config(tmp_path / "t.toml", [srv])))
+        out = tierline.ray.dispatch(ray.data.from_items(rows(40)), config, actors=2, batch_size=8)
+        got = out.take_all()
+        sent = srv.request_count
+    assert sorted(r["id"] for r in got) == sorted(f"j{i}" for i in range(40))
+    assert {r["status"] for r in got} == {"ok"} and sent >= 40
+    line = json.loads(got[0]["result"])
+    assert line["id"] == got[0]["id"] and line["output"] == got[0]["output"] and line["key"]
+    calls = json.loads(got[0]["calls"])
+    assert len(calls) == 1 and calls[0]["job_id"] == got[0]["id"] and calls[0]["cost_nanos"] > 0
+
+
+def test_dispatch_turns_a_bad_row_into_an_error_row(ray_cluster: Any, tmp_path: Path) -> None:
+    """A row that is not a valid job is an `invalid` result, as a bad line is; nothing is sent."""
+    ray = ray_cluster
+    with FakeVLLM() as srv:
+        config = load_config(str(vllm_config(tmp_path / "t.toml", [srv])))
+        bad = [{"id": "x", "prompt": "hi", "max_tokens": -1}]
+        got = tierline.ray.dispatch(ray.data.from_items(bad), config, actors=1).take_all()
+        assert srv.request_count == 0
+    assert [r["status"] for r in got] == ["invalid"]
+    assert "max_tokens" in json.loads(got[0]["result"])["error"]["message"]
+
+
+def test_classify_adds_tier_why_confidence(ray_cluster: Any, tmp_path: Path) -> None:
+    ray = ray_cluster
+    with FakeVLLM() as srv:
+        config = load_config(str(vllm_config(tmp_path / "t.toml", [srv])))
+        data = [{"id": "a", "prompt": "Summarize this ticket.", "tier": None},
+                {"id": "b", "prompt": "Prove it.", "tier": 3}]  # fmt: skip
+        got = {
+            r["id"]: r for r in tierline.ray.classify(ray.data.from_items(data), config).take_all()
+        }
+        assert srv.request_count == 0  # classify calls no backend
+    assert got["b"]["tier"] == 3 and "tier" in got["b"]["why"]
+    assert got["a"]["tier"] in (1, 2, 3) and got["a"]["why"] and 0 <= got["a"]["confidence"] <= 1
