@@ -22,6 +22,7 @@ OUT = Path(__file__).resolve().parent.parent / "tests/fakes/openapi/openai-opena
 # The endpoints tierline and its fakes speak (spec paths carry no /v1 prefix).
 PATHS = (
     "/chat/completions",
+    "/responses",
     "/batches",
     "/batches/{batch_id}",
     "/batches/{batch_id}/cancel",
@@ -33,6 +34,8 @@ PATHS = (
 ROOT_SCHEMAS = (
     "CreateChatCompletionRequest",
     "CreateChatCompletionResponse",
+    "CreateResponse",
+    "Response",
     "CreateBatchRequest",
     "Batch",
     "OpenAIFile",

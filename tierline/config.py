@@ -377,6 +377,14 @@ KINDS: dict[str, Kind] = {
             pricing="anthropic",
             endpoint="https://api.anthropic.com",
         ),
+        Kind(
+            "openai-responses",
+            OpenAIBackendConfig,
+            "openai_responses:backend",
+            "openai_responses:codec",
+            pricing="openai",
+            endpoint="https://api.openai.com/v1",
+        ),
     )
 }
 

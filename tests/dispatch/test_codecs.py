@@ -175,3 +175,112 @@ def test_batch_providers_send_what_the_codecs_encode(monkeypatch: pytest.MonkeyP
         assert provider.encode(REQUEST) == codec_for(settings).encode(REQUEST)
     line = make_provider("api", config.backends["api"]).line("j1", {"model": "gpt-4o"})
     assert b'"url":"/v1/chat/completions"' in line
+
+
+# Recorded from the OpenAI Responses API (`POST /v1/responses`, ids shortened): a reasoning
+# item, then the message; usage with cached and reasoning tokens.
+RESPONSE_BODY: dict[str, Any] = {
+    "id": "resp_67ccd2bed1ec8190b14f964abc054267",
+    "object": "response",
+    "created_at": 1741476542,
+    "status": "completed",
+    "error": None,
+    "incomplete_details": None,
+    "instructions": "Be brief.",
+    "max_output_tokens": 64,
+    "model": "gpt-4.1-2025-04-14",
+    "output": [
+        {"id": "rs_1", "type": "reasoning", "summary": []},
+        {
+            "type": "message",
+            "id": "msg_67ccd2bf17f0819081ff3bb2cf6508e6",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "4", "annotations": []}],
+        },
+    ],
+    "parallel_tool_calls": True,
+    "store": False,
+    "temperature": 1.0,
+    "text": {"format": {"type": "text"}},
+    "usage": {
+        "input_tokens": 36,
+        "input_tokens_details": {"cached_tokens": 20},
+        "output_tokens": 87,
+        "output_tokens_details": {"reasoning_tokens": 80},
+        "total_tokens": 123,
+    },
+}
+
+
+def test_responses_codec_encodes_instructions_input_and_text_format() -> None:
+    from tierline.dispatch.openai_responses import ResponsesCodec
+
+    request = Request(
+        messages=REQUEST.messages,
+        max_tokens=64,
+        system="Be brief.",
+        temperature=0.2,
+        response_format=REQUEST.response_format,
+    )
+    assert ResponsesCodec("gpt-4.1").encode(request) == {
+        "model": "gpt-4.1",
+        "input": [{"role": "user", "content": "What is 2+2?"}],
+        "instructions": "Be brief.",
+        "max_output_tokens": 64,
+        "temperature": 0.2,
+        "store": False,
+        "text": {"format": {"type": "json_schema", "name": "output", "schema": SCHEMA}},
+    }
+    plain = Request(
+        messages=REQUEST.messages, max_tokens=16, response_format={"type": "json_object"}
+    )
+    assert ResponsesCodec("m").encode(plain)["text"] == {"format": {"type": "json_object"}}
+
+
+def test_responses_codec_refuses_what_the_api_cannot_take() -> None:
+    """No `stop` in the Responses API, and max_output_tokens >= 16: refused before sending,
+    not silently ignored or raised past the job's budget."""
+    from tierline.dispatch.openai_responses import ResponsesCodec
+
+    with pytest.raises(ValueError, match="no stop sequences"):
+        ResponsesCodec("m").encode(REQUEST)
+    with pytest.raises(ValueError, match="max_tokens >= 16"):
+        ResponsesCodec("m").encode(Request(messages=REQUEST.messages, max_tokens=15))
+
+
+def test_responses_codec_decodes_a_recorded_answer() -> None:
+    from tierline.dispatch.openai_responses import ResponsesCodec
+
+    completion = ResponsesCodec("fallback").decode(RESPONSE_BODY)
+    assert (completion.text, completion.finish_reason) == ("4", "stop")
+    assert completion.model == "gpt-4.1-2025-04-14"
+    assert completion.request_id == "resp_67ccd2bed1ec8190b14f964abc054267"
+    usage = completion.usage
+    assert (usage.input_tokens, usage.cached_tokens) == (36, 20)
+    assert (usage.output_tokens, usage.reasoning_tokens) == (87, 80)
+
+
+def test_responses_codec_maps_incomplete_and_refusal() -> None:
+    from tierline.dispatch.openai_responses import ResponsesCodec
+
+    cut = {
+        **RESPONSE_BODY,
+        "status": "incomplete",
+        "incomplete_details": {"reason": "max_output_tokens"},
+    }
+    assert ResponsesCodec("m").decode(cut).finish_reason == "length"
+    refusal = {
+        **RESPONSE_BODY,
+        "output": [
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "refusal", "refusal": "I can't help with that."}],
+            }
+        ],
+    }
+    completion = ResponsesCodec("m").decode(refusal)
+    assert (completion.text, completion.finish_reason) == ("I can't help with that.", "refusal")
+    with pytest.raises(KeyError):
+        ResponsesCodec("m").decode(CHAT_BODY)  # a chat completion is not a response

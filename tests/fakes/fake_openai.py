@@ -1,4 +1,4 @@
-"""A fake of the OpenAI API: chat completions, models, files and the stateful Batch API."""
+"""A fake of the OpenAI API: chat completions, responses, models, files and the stateful Batch API."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ class FakeOpenAI(ChatFake):
     """
 
     name = "openai"
+    inference_paths = frozenset({"/v1/chat/completions", "/v1/responses"})
 
     def __init__(
         self,
@@ -115,6 +116,7 @@ class FakeOpenAI(ChatFake):
 
     def add_routes(self, routes: Routes) -> None:
         super().add_routes(routes)
+        routes.post("/v1/responses", self.handle_responses)
         routes.post("/v1/files", self.handle_upload)
         routes.get("/v1/files", self.handle_list_files)
         routes.get("/v1/files/{id}", self.handle_get_file)
@@ -219,6 +221,99 @@ class FakeOpenAI(ChatFake):
         payload["service_tier"] = "default"
         payload["system_fingerprint"] = "fp_fake0000"
         return payload
+
+    # --- responses -----------------------------------------------------------------------------
+
+    def as_chat(self, body: Mapping[str, JSON]) -> dict[str, JSON] | web.Response:
+        """A Responses request as the chat request it amounts to: one answer engine serves both
+        (``instructions`` first, then the ``input`` messages; ``text.format`` as response_format)."""
+        items = body.get("input")
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        if not isinstance(items, list):
+            return self.error_response(
+                400,
+                "Missing required parameter: 'input'.",
+                param="input",
+                code="missing_required_parameter",
+            )
+        instructions = body.get("instructions")
+        messages = [{"role": "system", "content": instructions}] if instructions else []
+        messages += [{"role": i.get("role"), "content": i.get("content")} for i in items]
+        chat: dict[str, JSON] = {"model": body.get("model"), "messages": messages}
+        if isinstance(body.get("max_output_tokens"), int):
+            chat["max_tokens"] = body["max_output_tokens"]
+        fmt = (body.get("text") or {}).get("format")
+        if isinstance(fmt, Mapping) and fmt.get("type") == "json_schema":
+            spec = {"name": fmt.get("name"), "schema": fmt.get("schema")}
+            chat["response_format"] = {"type": "json_schema", "json_schema": spec}
+        elif isinstance(fmt, Mapping):
+            chat["response_format"] = {"type": fmt.get("type")}
+        return chat
+
+    def response_payload(self, completion: Completion, body: Mapping[str, JSON]) -> dict[str, JSON]:
+        """A ``Response`` object (every field the spec requires)."""
+        cut = completion.finish_reason == "length"
+        part: dict[str, JSON] = (
+            {"type": "refusal", "refusal": completion.refusal}
+            if completion.refusal is not None
+            else {"type": "output_text", "text": completion.text, "annotations": [], "logprobs": []}
+        )
+        prompt, output = completion.prompt_tokens, completion.completion_tokens
+        return {
+            "id": new_id("resp_", 48),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "incomplete" if cut else "completed",
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": completion.model,
+            "output": [
+                {
+                    "type": "message",
+                    "id": new_id("msg_", 48),
+                    "status": "incomplete" if cut else "completed",
+                    "role": "assistant",
+                    "content": [part],
+                }
+            ],
+            "parallel_tool_calls": True,
+            "store": body.get("store", True),
+            "temperature": body.get("temperature", 1.0),
+            "top_p": 1.0,
+            "tool_choice": "auto",
+            "tools": [],
+            "metadata": {},
+            "text": body.get("text") or {"format": {"type": "text"}},
+            "usage": {
+                "input_tokens": prompt,
+                "input_tokens_details": {
+                    "cached_tokens": completion.cached_tokens,
+                    "cache_write_tokens": 0,
+                },
+                "output_tokens": output,
+                "output_tokens_details": {"reasoning_tokens": completion.reasoning_tokens},
+                "total_tokens": prompt + output,
+            },
+        }
+
+    async def handle_responses(self, request: web.Request) -> web.Response:
+        body = self.json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        chat = self.as_chat(body)
+        if isinstance(chat, web.Response):
+            return chat
+        completion = self.complete(chat)
+        if isinstance(completion, web.Response):
+            return completion
+        refused = self.admit(chat, completion)
+        if refused is not None:
+            return refused
+        await self.simulate_latency(completion.completion_tokens)
+        return self.json(self.response_payload(completion, body))
 
     # --- files ---------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ SPEC_URI = "urn:tierline:openai-openapi"
 # Request schema for each (method, path) tierline may send.
 REQUEST_SCHEMAS: Mapping[tuple[str, str], str] = {
     ("POST", "/v1/chat/completions"): "CreateChatCompletionRequest",
+    ("POST", "/v1/responses"): "CreateResponse",
     ("POST", "/v1/batches"): "CreateBatchRequest",
 }
 _CACHE: dict[Path, OpenAISpec] = {}

@@ -28,7 +28,7 @@ import orjson
 from ..config import OpenAIBackendConfig, OpenAICompatibleBackendConfig
 from ..errors import BackendError
 from ..jobs import Usage, schema_of
-from .base import BaseBackend, Completion, Request
+from .base import BaseBackend, Codec, Completion, Request
 from .health import CheckResult, check_endpoint
 from .replicas import PROBE_TIMEOUT_S, Backpressure, Replica, ReplicaPool
 from .sdk import api_key, decode_json, http_client, import_sdk, root_url, send
@@ -189,12 +189,15 @@ class ChatCompletionsBackend(BaseBackend):
         *,
         urls: Sequence[str],
         key: str | None,
+        codec: Codec | None = None,
     ) -> None:
+        """`codec`: another OpenAI API's wire format on the same provider (default: Chat
+        Completions in the config's dialect)."""
         self.name = name
         self.model = config.model
         self.config = config
-        self.codec = chat_codec(config)
-        self.dialect = self.codec.dialect
+        self.codec: Codec = codec or chat_codec(config)
+        self.dialect = chat_codec(config).dialect  # how the server shows its health
         self._sdk: ModuleType = import_sdk("openai", name, INSTALL)
         self._http = http_client(
             self._sdk,

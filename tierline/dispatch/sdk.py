@@ -118,7 +118,10 @@ async def send(
 
     Raises only BackendErrors: the SDK's own mapped (`map_sdk_error`), a foreign body as a
     retryable 502. A rate-limit window the headers say is used up becomes `pause_s`."""
-    body = codec.encode(request)
+    try:
+        body = codec.encode(request)
+    except ValueError as exc:  # a request this wire format cannot express: not worth a retry
+        raise BackendError(f"{backend}: {exc}") from None
     try:
         content, headers = await post_json(client, codec.path, body)
         data = decode_json(content, backend)
