@@ -52,7 +52,7 @@ def parse_response(data: Mapping[str, JSON], fallback_model: str) -> Completion:
     finish = "stop"
     if data.get("status") == "incomplete":
         reason = (data.get("incomplete_details") or {}).get("reason")
-        finish = INCOMPLETE.get(reason, "length")
+        finish = INCOMPLETE.get(str(reason), "length")
     if refusals and not texts:
         texts, finish = refusals, "refusal"
     usage = data.get("usage") or {}
