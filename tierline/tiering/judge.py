@@ -48,7 +48,7 @@ class LlamaJudge:
         """Load the configured GGUF (default: the embedded SmolLM2) with llama-cpp-python."""
         from pathlib import Path
 
-        from ..dispatch.llamacpp import default_model_path
+        from ..embedded import default_model_path
 
         try:
             from llama_cpp import Llama
