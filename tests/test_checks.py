@@ -30,8 +30,23 @@ def job(**fields: object) -> Job:
         ({}, "The answer is cut", "length", "truncated"),
         ({"response_format": {"type": "json_object"}}, '{"n": 1}', "stop", None),
         ({"response_format": {"type": "json_object"}}, '{"n": 1', "stop", "json"),
-        ({"response_format": {"type": "json_object", "schema": SCHEMA}}, '{"n": "one"}', "stop", "json"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": SCHEMA}}}, '{"n": 3}', "stop", None),
+        (
+            {"response_format": {"type": "json_object", "schema": SCHEMA}},
+            '{"n": "one"}',
+            "stop",
+            "json",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": SCHEMA},
+                }
+            },
+            '{"n": 3}',
+            "stop",
+            None,
+        ),
         ({"expect": ["positive", "negative"]}, " Negative.", "stop", None),
         ({"expect": ["positive", "negative"]}, "It is mixed", "stop", "expect"),
         ({"expect": r"^\d{4}-\d{2}-\d{2}$"}, "2024-09-17", "stop", None),
@@ -47,7 +62,9 @@ def test_checks(fields: dict[str, object], text: str, finish: str, failed: str |
 def test_schema_failure_says_where() -> None:
     """A schema mismatch names the path and the reason."""
     failure = run_checks(
-        job(response_format={"type": "json_object", "schema": SCHEMA}), completion('{"n": "x"}'), ["json"]
+        job(response_format={"type": "json_object", "schema": SCHEMA}),
+        completion('{"n": "x"}'),
+        ["json"],
     )
     assert failure is not None and "at n" in failure.detail and "integer" in failure.detail
 

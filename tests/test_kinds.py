@@ -3,6 +3,7 @@ the two rules (`Config.route`, `Config.max_tokens_for`) that used to be written 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -46,12 +47,13 @@ def test_a_settings_class_must_match_its_kind() -> None:
         openai(kind="anthropic", model="m")
 
 
-def test_batch_mode_needs_a_kind_with_a_batch_api() -> None:
-    plain = [name for name, kind in KINDS.items() if kind.batch is None]
-    for name in plain:
-        if "mode" in KINDS[name].config.model_fields:
-            with pytest.raises(ConfigError, match="has no provider batch API"):
-                config({"x": {"kind": name, "model": "m", "mode": "batch"}})
+def test_batch_mode_needs_a_kind_with_a_batch_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mode = "batch"` is refused for a kind whose entry names no batch provider."""
+    assert config({"x": {"kind": "openai-responses", "model": "m", "mode": "batch"}})
+    entry = dataclasses.replace(KINDS["openai-responses"], batch=None)
+    monkeypatch.setitem(KINDS, "openai-responses", entry)
+    with pytest.raises(ConfigError, match="has no provider batch API"):
+        config({"x": {"kind": "openai-responses", "model": "m", "mode": "batch"}})
 
 
 def test_facts_the_ledger_gets_name_no_kind() -> None:

@@ -382,6 +382,7 @@ KINDS: dict[str, Kind] = {
             OpenAIBackendConfig,
             "openai_responses:backend",
             "openai_responses:codec",
+            "batch.providers:OpenAIBatches",
             pricing="openai",
             endpoint="https://api.openai.com/v1",
         ),

@@ -211,3 +211,26 @@ def test_batch_answers_are_not_checked_or_escalated(tmp_path: Path, oai: FakeOpe
     [result] = read_results(out)
     assert result["status"] == "ok" and result["escalations"] == 0 and "zzz" not in result["output"]
     assert [hop["backend"] for hop in result["route"]] == ["gpt"]
+
+
+def test_openai_responses_kind_goes_through_the_batch_api(tmp_path: Path, oai: FakeOpenAI) -> None:
+    """A batch-mode `openai-responses` backend submits `/v1/responses` lines encoded by its
+    codec, and its output lines are decoded by the same codec: one answer per job."""
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(
+        '[backends.r]\nkind = "openai-responses"\nmodel = "gpt-4.1"\n'
+        f'base_url = "{oai.base_url}"\nmode = "batch"\nmax_attempts = 1\n'
+        '[tiering]\nclassifier = false\n[routes]\n1 = "r"\n2 = "r"\n3 = "r"\n',
+        encoding="utf-8",
+    )
+    jobs = write_jobs(tmp_path / "jobs.jsonl", IDS)
+    out, db = tmp_path / "out.jsonl", tmp_path / "l.db"
+    assert tl("run", jobs, "-o", out, "-c", cfg, "--ledger", db) == ExitCode.PENDING
+    [batch_id] = batch_ids(read_results(out))
+    assert oai.complete_batch(batch_id)["endpoint"] == "/v1/responses"
+    assert tl("batch", "collect", "-c", cfg, "--ledger", db) == ExitCode.OK
+    final = read_results(out)
+    assert sorted(r["id"] for r in final) == sorted(IDS)
+    for r in final:
+        assert r["status"] == "ok" and f"question about {r['id']}" in r["output"]
+        assert r["usage"]["input_tokens"] > 0 and r["cost_usd"] > 0  # batch-priced gpt-4.1

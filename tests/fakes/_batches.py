@@ -31,6 +31,7 @@ class BatchLine:
     body: Mapping[str, JSON]
     status: int | None = None
     response: JSON = None
+    url: str = "/v1/chat/completions"  # the batch's endpoint (OpenAI): which API answers
 
 
 @dataclass

@@ -691,7 +691,7 @@ class FakeOpenAI(ChatFake):
                 )
             else:
                 seen.add(custom_id)
-                lines.append(BatchLine(custom_id=custom_id, body=item["body"]))
+                lines.append(BatchLine(custom_id=custom_id, body=item["body"], url=endpoint))
         return lines, errors
 
     def _run_line(self, line: BatchLine, script: Reply | Fault | None) -> tuple[int, JSON]:
@@ -700,9 +700,15 @@ class FakeOpenAI(ChatFake):
                 script.status, script.message, error_type=script.error_type, code=script.code
             )
             return script.status, response_body(error)
-        completion = self.complete(line.body, script or Reply())
+        responses = line.url == "/v1/responses"
+        chat = self.as_chat(line.body) if responses else line.body
+        if isinstance(chat, web.Response):
+            return chat.status, response_body(chat)
+        completion = self.complete(chat, script or Reply())
         if isinstance(completion, web.Response):
             return completion.status, response_body(completion)
+        if responses:
+            return 200, self.response_payload(completion, line.body)
         return 200, self.chat_payload(completion)
 
     def _count(self, job: BatchJob) -> None:
@@ -765,15 +771,19 @@ def _usage(usages: Sequence[Mapping[str, JSON]]) -> dict[str, JSON]:
             return sum(int(u.get(key) or 0) for u in usages)
         return sum(int((u.get(detail) or {}).get(sub) or 0) for u in usages)
 
-    prompt, completion = total("prompt_tokens"), total("completion_tokens")
+    # Chat Completions lines count prompt/completion tokens, Responses lines input/output.
+    prompt = total("prompt_tokens") + total("input_tokens")
+    completion = total("completion_tokens") + total("output_tokens")
+    cached = total("", "prompt_tokens_details", "cached_tokens")
+    reasoning = total("", "completion_tokens_details", "reasoning_tokens")
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
-            "cached_tokens": total("", "prompt_tokens_details", "cached_tokens")
+            "cached_tokens": cached + total("", "input_tokens_details", "cached_tokens")
         },
         "output_tokens": completion,
         "output_tokens_details": {
-            "reasoning_tokens": total("", "completion_tokens_details", "reasoning_tokens")
+            "reasoning_tokens": reasoning + total("", "output_tokens_details", "reasoning_tokens")
         },
         "total_tokens": prompt + completion,
     }

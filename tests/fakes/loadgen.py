@@ -93,9 +93,7 @@ def spawn(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.fakes.loadgen", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.loadgen", description=__doc__)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="base URL of a running fake (ending in /v1)")
     target.add_argument("--spawn", metavar="KIND", help="start this fake in a subprocess")

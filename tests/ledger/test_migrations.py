@@ -163,9 +163,7 @@ def test_overlapping_processes_create_and_write_one_ledger(tmp_path: Path) -> No
             "FROM calls JOIN runs ON runs.id = calls.run_id"
         ).fetchall()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    expected = [
-        (f"w{w}", f"w{w}-{i}", w + 1, i) for w in range(WRITERS) for i in range(CALLS_EACH)
-    ]
+    expected = [(f"w{w}", f"w{w}-{i}", w + 1, i) for w in range(WRITERS) for i in range(CALLS_EACH)]
     assert sorted(calls) == sorted(expected)
 
 

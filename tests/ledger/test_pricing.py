@@ -176,7 +176,9 @@ def test_cheap_calls_keep_their_fraction_of_a_micro_dollar() -> None:
     13 out at $0.15 / $0.075 / $0.60 per Mtok: 4.05 + 0.075 + 7.8) sum to exactly 2,385
     micro-$, not 200 x 12 = 2,400."""
     pricer = Pricer(make_config({"gpt": {"kind": "openai", "model": "gpt-4o-mini"}}))
-    price = pricer.price("gpt", "gpt-4o-mini", Usage(input_tokens=28, output_tokens=13, cached_tokens=1))
+    price = pricer.price(
+        "gpt", "gpt-4o-mini", Usage(input_tokens=28, output_tokens=13, cached_tokens=1)
+    )
     assert price.nanos == 11_925
     assert sum(price.nanos for _ in range(200)) == 2_385_000
 

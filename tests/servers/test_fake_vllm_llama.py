@@ -163,7 +163,10 @@ class TestLlamaServer:
                 for _ in range(400):
                     await asyncio.sleep(0.005)
                     live = parse_metrics(http("GET", f"{srv.url}/metrics")[2].decode())
-                    if live["llamacpp:requests_processing"] + live["llamacpp:requests_deferred"] == 4:
+                    if (
+                        live["llamacpp:requests_processing"] + live["llamacpp:requests_deferred"]
+                        == 4
+                    ):
                         break
                 slots = json.loads(http("GET", f"{srv.url}/slots")[2])
                 busy = http("GET", f"{srv.url}/slots?fail_on_no_slot=1")[0]

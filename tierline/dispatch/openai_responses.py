@@ -2,7 +2,8 @@
 
 The whole kind is this module plus its line in `tierline.config.KINDS`: a pure codec, and the
 OpenAI SDK provider that `openai` uses (client, key, base URL, health by `/models`) around it.
-The same codec serves the Batch API (its endpoint is `/v1/responses`).
+The same codec serves OpenAI's Batch API (`OpenAIBatches`, endpoint `/v1/responses`), so
+`mode = "batch"` works as it does for `openai`.
 
 On the wire (OpenAI's OpenAPI spec, `CreateResponse` and `Response`):
 
