@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from tierline.config import TieringConfig, TieringRule
+from tierline.embedded import EMBEDDED_MODEL_FILE
 from tierline.jobs import InvalidLine, Job, Message
 from tierline.tiering.pipeline import Tierer, classify, override_rule, user_rule
 from tierline.tiering.vote import TierVote
@@ -126,3 +129,18 @@ def test_cli_import_does_not_load_numpy() -> None:
     code = "import sys, tierline.cli; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.llama
+def test_enabled_judge_loads_the_embedded_model_and_reviews() -> None:
+    """`[tiering.judge] enabled = true` with no model_path: the real SmolLM2 GGUF (found in
+    core, tierline/embedded.py, since tiering may not import dispatch) answers 1, 2 or 3 under
+    its grammar, and the judged vote says so."""
+    config = TieringConfig.model_validate({"judge": {"enabled": True, "n_ctx": 512}})
+    tierer = Tierer.from_config(config)
+    assert tierer.judge is not None
+    [vote] = tierer.judge.review(
+        ["Prove the Riemann hypothesis."], [TierVote(1, "c", 0.1, "classifier")]
+    )
+    assert vote.stage == "judge" and vote.tier in (1, 2, 3)
+    assert vote.why.startswith(f"judge {EMBEDDED_MODEL_FILE}: tier {vote.tier}")
