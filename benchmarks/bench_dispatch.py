@@ -68,8 +68,8 @@ async def tierline_run(
     url: str, jobs: int, concurrency: int, workdir: Path, classify: bool = False
 ) -> int:
     from tierline.config import config_from_mapping
-    from tierline.dispatch.scheduler import run_files
     from tierline.jobs import ResultWriter
+    from tierline.run import run_files
 
     inputs = workdir / "jobs.jsonl"
     with inputs.open("w", encoding="utf-8") as fh:

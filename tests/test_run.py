@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from tierline.config import config_from_mapping
-from tierline.dispatch.scheduler import run_jobs
 from tierline.errors import BackendConnectionError, BackendStatusError, BackendUnavailable
-from tierline.jobs import Result, jobs_from_lines
+from tierline.jobs import Job, Result, jobs_from_lines
 from tierline.ledger.store import Ledger
+from tierline.run import dispatch_chunk, run_jobs
+from tierline.run import loop as run_loop
 from tierline.testing import FakeBackend, FunctionBackend
 from tierline.tiering.pipeline import Tierer
+from tierline.tiering.vote import TierVote
 
 CONFIG = config_from_mapping(
     {
@@ -75,7 +81,7 @@ async def test_unavailable_backend_falls_back_and_says_so() -> None:
     results, summary = await run([LINES[1]], small, big)
     [result] = results
     assert result.status == "ok" and result.backend == "big"
-    assert [(h["backend"], h["status"]) for h in result.route] == [
+    assert [(h.backend, h.status) for h in result.route] == [
         ("small", "unavailable"),
         ("big", "ok"),
     ]
@@ -87,7 +93,7 @@ async def test_a_single_backend_route_has_no_fallbacks_to_report() -> None:
     the summary's "fallbacks: N moved to the next backend" does not count it (issue 13)."""
     small = FakeBackend("small").enqueue(BackendUnavailable("no key for small"))
     results, summary = await run([LINES[0]], small, FakeBackend("big"))
-    assert [h["status"] for h in results[0].route] == ["unavailable"]
+    assert [h.status for h in results[0].route] == ["unavailable"]
     assert summary.tally.fallbacks == 0  # type: ignore[attr-defined]
 
 
@@ -164,3 +170,80 @@ async def test_input_is_read_only_as_slots_free_up() -> None:
     )
     assert summary.tally.jobs == len(results) == 2000
     assert max(held) == window + 1, max(held)
+
+
+async def test_tiering_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow tierer (a judge, a large classifier) does not stall the calls in flight: tiering
+    job b blocks its thread until job a's answer is in, which only an event loop left free to
+    run a's call can deliver (tiering on the loop would wait out the timeout instead)."""
+    monkeypatch.setattr(run_loop, "TIER_CHUNK", 1)  # a and b in chunks of their own
+    a_answered = threading.Event()
+    waited: list[bool] = []
+
+    class SlowTierer(Tierer):
+        def tier_batch(self, jobs: Sequence[Job]) -> list[TierVote]:
+            if any(job.id == "b" for job in jobs):
+                waited.append(a_answered.wait(timeout=30))
+            return super().tier_batch(jobs)
+
+    def sink(result: Result) -> None:
+        results.append(result)
+        if result.id == "a":
+            a_answered.set()
+
+    results: list[Result] = []
+    lines = ['{"id": "a", "prompt": "Summarize: x", "tier": 1}', '{"id": "b", "prompt": "y"}']
+    await run_jobs(
+        jobs_from_lines(lines),
+        config=CONFIG,
+        tierer=SlowTierer.from_config(CONFIG.tiering),
+        sink=sink,
+        backends={"small": FakeBackend("small", delay_s=0.01), "big": FakeBackend("big")},
+    )
+    assert waited == [True]
+    assert [r.id for r in results] == ["a", "b"] and {r.status for r in results} == {"ok"}
+
+
+def test_the_run_package_exports_its_stable_api() -> None:
+    """`tierline.run` exports exactly the entry points other engines build on (the Ray engine
+    calls `dispatch_chunk`), each one importable by name."""
+    import tierline.run
+
+    assert set(tierline.run.__all__) == {
+        "dispatch_chunk",
+        "ResultSink",
+        "run_files",
+        "run_jobs",
+        "RunSummary",
+        "Sink",
+        "Tally",
+        "TIER_CHUNK",
+    }
+    for name in tierline.run.__all__:
+        assert getattr(tierline.run, name) is not None
+
+
+async def test_dispatch_chunk_yields_one_result_per_item() -> None:
+    """The chunk entry point yields a typed Result per input item (bad lines included) and
+    records the calls in the ledger it is given."""
+    small, big = FakeBackend("small"), FakeBackend("big")
+    with Ledger(Path(":memory:")) as ledger:
+        run_id = ledger.start_run(command="chunk", config_origin="test", inputs=["t"])
+        results = [
+            r
+            async for r in dispatch_chunk(
+                jobs_from_lines(LINES, source="t.jsonl"),
+                CONFIG,
+                ledger=ledger,
+                run_id=run_id,
+                backends={"small": small, "big": big},
+            )
+        ]
+        calls = ledger.conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    assert sorted(r.line for r in results) == [1, 2, 3, 4, 5]
+    assert {r.id: r.status for r in results if r.status == "ok"} == {
+        "a": "ok",
+        "b": "ok",
+        "c": "ok",
+    }
+    assert calls == 3 and len(small.calls) + len(big.calls) == 3

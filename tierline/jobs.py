@@ -21,10 +21,10 @@ import os
 import re
 import sys
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 import orjson
 
@@ -39,6 +39,8 @@ __all__ = [
     "Message",
     "Result",
     "ResultWriter",
+    "RouteHop",
+    "Tiered",
     "Usage",
     "dumps",
     "loads",
@@ -128,6 +130,7 @@ class Job:
     format: Literal["native", "openai-batch"] = "native"
     requested_model: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    key: str | None = field(default=None, compare=False)  # the resume key, once one is given
 
     @property
     def text(self) -> str:
@@ -164,6 +167,7 @@ class InvalidLine:
     error: str
     id: str | None = None
     kind: str = "invalid_job"
+    key: str | None = None  # the resume key, once one is given
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +208,86 @@ class Usage:
 Status = Literal["ok", "error", "invalid", "skipped_budget", "pending", "cancelled"]
 
 
+class Tiered(Protocol):
+    """A tiering decision as a result line records it (`tiering.vote.TierVote` is one)."""
+
+    @property
+    def tier(self) -> int: ...
+    @property
+    def why(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+
+
+@dataclass(slots=True)
+class RouteHop:
+    """One backend a job was sent to (or waits at), as its result line's `route` records it.
+
+    README "Result lines" documents the keys; the optional ones are written only when set.
+    """
+
+    backend: str
+    model: str
+    status: str  # "ok", "error", "unavailable", "pending"
+    attempts: int = 0
+    latency_s: float = 0.0
+    tier: int | None = None  # the tier whose route this hop ran on (after an escalation)
+    batch: bool = False  # a provider-batch hop: its `batch_id` is written even while None
+    batch_id: str | None = None
+    error: str | None = None
+    check: tuple[str, str] | None = None  # (check name, detail) of the answer check it failed
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "model": self.model,
+            "status": self.status,
+            "attempts": self.attempts,
+            "latency_s": round(self.latency_s, 4),
+        }
+        if self.tier is not None:
+            out["tier"] = self.tier
+        if self.batch:
+            out["batch_id"] = self.batch_id
+        if self.error:
+            out["error"] = self.error
+        if self.check is not None:
+            out["check"] = {"failed": self.check[0], "detail": self.check[1]}
+        if self.note is not None:
+            out["note"] = self.note
+        return out
+
+    @classmethod
+    def from_dict(cls, hop: Mapping[str, Any]) -> RouteHop:
+        check = hop.get("check")
+        return cls(
+            backend=hop["backend"],
+            model=hop["model"],
+            status=hop["status"],
+            attempts=int(hop.get("attempts", 0)),
+            latency_s=float(hop.get("latency_s", 0.0)),
+            tier=hop.get("tier"),
+            batch="batch_id" in hop,
+            batch_id=hop.get("batch_id"),
+            error=hop.get("error"),
+            check=(check["failed"], check["detail"]) if isinstance(check, Mapping) else None,
+            note=hop.get("note"),
+        )
+
+
+# Result fields written only when set (reused answers), so every other line stays as it was.
+_ONLY_WHEN_SET = {"only_when_set": True}
+
+
 @dataclass(slots=True)
 class Result:
-    """One output line per input job. README "Result lines" documents every field."""
+    """One output line per input job. README "Result lines" documents every field.
+
+    Build one with the constructor of its outcome (`answered`, `invalid`, `skipped`,
+    `pending`, `copied`, `from_cache`); `to_dict` is the one serialiser and `from_record` reads
+    a line back. A new field is one line here (and its row in the docs, which a test checks).
+    """
 
     id: str | None
     line: int
@@ -223,54 +304,134 @@ class Result:
     cost_usd: float | None = 0.0
     latency_s: float = 0.0
     attempts: int = 0
-    route: list[dict[str, Any]] = field(default_factory=list)
+    route: list[RouteHop] = field(default_factory=list)
     escalations: int = 0  # times a failed answer check moved the job up a tier
     error: dict[str, str] | None = None
     metadata: Mapping[str, Any] | None = None
-    dedup_of: str | None = None  # the id of the identical job whose answer this copies
-    cached: bool = False  # the answer came from the answer cache (docs/cache.md)
+    key: str | None = None  # the resume key of the job (resume.job_key), when it has one
+    dedup_of: str | None = field(default=None, metadata=_ONLY_WHEN_SET)  # copied from this id
+    cached: bool = field(default=False, metadata=_ONLY_WHEN_SET)  # from the answer cache
 
-    def to_dict(self) -> dict[str, Any]:
-        record = self._fields()
-        # Only on reused answers, so every other line stays as it was.
-        if self.dedup_of is not None:
-            record["dedup_of"] = self.dedup_of
-        if self.cached:
-            record["cached"] = True
-        return record
+    # --- constructors, one per outcome --------------------------------------------------------
 
-    def _fields(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "line": self.line,
-            "source": self.source,
-            "status": self.status,
-            "tier": self.tier,
-            "why": self.why,
-            "confidence": self.confidence,
-            "backend": self.backend,
-            "model": self.model,
-            "output": self.output,
-            "finish_reason": self.finish_reason,
-            "usage": self.usage.as_dict(),
-            "cost_usd": self.cost_usd,
-            "latency_s": round(self.latency_s, 4),
-            "attempts": self.attempts,
-            "route": self.route,
-            "escalations": self.escalations,
-            "error": self.error,
-            "metadata": self.metadata,
-        }
+    @classmethod
+    def _of(cls, job: Job, vote: Tiered, status: Status, **values: Any) -> Result:
+        """The fields every outcome of a tiered job shares."""
+        return cls(
+            id=job.id,
+            line=job.line,
+            source=job.source,
+            status=status,
+            tier=vote.tier,
+            why=vote.why,
+            confidence=round(vote.confidence, 3),
+            metadata=job.metadata,
+            key=job.key,
+            **values,
+        )
+
+    @classmethod
+    def answered(
+        cls,
+        job: Job,
+        vote: Tiered,
+        *,
+        error: dict[str, str] | None,
+        route: list[RouteHop],
+        **values: Any,
+    ) -> Result:
+        """A job that was sent: `ok`, or `error` when `error` says why not."""
+        status: Status = "ok" if error is None else "error"
+        return cls._of(job, vote, status, error=error, route=route, **values)
+
+    @classmethod
+    def skipped(cls, job: Job, vote: Tiered, reason: str) -> Result:
+        """A job the budget did not let through: never sent, so it cost nothing."""
+        return cls._of(job, vote, "skipped_budget", error={"type": "budget", "message": reason})
+
+    @classmethod
+    def pending(cls, job: Job, vote: Tiered, backend: str, model: str) -> Result:
+        """A job waiting in a provider batch; collection completes it. Batch answers are not
+        checked (docs/escalation.md), so `escalations` stays 0."""
+        hop = RouteHop(backend, model, "pending", batch=True)
+        return cls._of(job, vote, "pending", backend=backend, model=model, route=[hop])
 
     @classmethod
     def invalid(cls, bad: InvalidLine) -> Result:
+        """A line that is not a valid job (it still gets its one result line)."""
         return cls(
             id=bad.id,
             line=bad.line,
             source=bad.source,
             status="invalid",
             error={"type": bad.kind, "message": f"{bad.source}:{bad.line}: {bad.error}"},
+            key=bad.key,
         )
+
+    def copied(self, job: Job) -> Result:
+        """`job`'s own line with this answer (an identical job's): nothing was paid for it."""
+        return replace(
+            self,
+            id=job.id,
+            line=job.line,
+            source=job.source,
+            metadata=job.metadata,
+            key=job.key,
+            usage=Usage(),
+            cost_usd=0.0,
+            latency_s=0.0,
+            attempts=0,
+            route=[],
+            dedup_of=self.id,
+            cached=False,
+        )
+
+    @classmethod
+    def from_cache(cls, answer: Mapping[str, Any], job: Job) -> Result:
+        """`job`'s line with an answer from the answer cache (`CACHED` fields): cost 0."""
+        kept: dict[str, Any] = {name: answer.get(name) for name in CACHED}
+        kept["escalations"] = int(kept["escalations"] or 0)
+        return cls(
+            id=job.id,
+            line=job.line,
+            source=job.source,
+            status="ok",
+            metadata=job.metadata,
+            key=job.key,
+            cached=True,
+            **kept,
+        )
+
+    # --- the codec ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result line as JSON-ready values, in field order."""
+        record: dict[str, Any] = {}
+        for name, only_when_set in _FIELDS:
+            value = getattr(self, name)
+            if only_when_set and not value:
+                continue
+            record[name] = _ENCODE[name](value) if name in _ENCODE else value
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Result:
+        """A result line read back (from the ledger's batch rows or a results file)."""
+        values = {k: v for k, v in record.items() if k in _NAMES}
+        values["usage"] = Usage(**record.get("usage") or {})
+        values["route"] = [RouteHop.from_dict(h) for h in record.get("route") or []]
+        return cls(**values)
+
+
+# What a cached answer keeps: everything that does not belong to one job or one call.
+CACHED = ("tier", "why", "confidence", "backend", "model", "output", "finish_reason", "escalations")
+_FIELDS = tuple((f.name, bool(f.metadata.get("only_when_set"))) for f in fields(Result))
+_NAMES = frozenset(name for name, _ in _FIELDS)
+_ENCODE: dict[str, Callable[[Any], Any]] = {
+    "usage": Usage.as_dict,
+    "latency_s": lambda v: round(v, 4),
+    "route": lambda hops: [h.to_dict() for h in hops],
+}
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -723,7 +884,10 @@ class ResultWriter:
             self._tmp = f"{path}.partial"
             self._stream = open(self._tmp, "wb")  # noqa: SIM115 - closed by commit()/close()
 
-    def write(self, record: Mapping[str, Any]) -> None:
+    def write(self, record: Result | Mapping[str, Any]) -> None:
+        """One line: a `Result`'s, or a record of its own (`tierline classify`'s jobs)."""
+        if isinstance(record, Result):
+            record = record.to_dict()
         self._stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         self.count += 1
         if self.flush_each:

@@ -20,16 +20,17 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
 from .config import Config, data_dir
 from .errors import LockedError, UsageError
-from .jobs import InvalidLine, Job
+from .jobs import InvalidLine, Job, Result
 
 __all__ = [
     "DONE_STATUSES",
@@ -258,7 +259,6 @@ class Journal:
         self._done: dict[int, int] = {}
         self._failed: set[int] = set()  # the kept results that are not "ok"
         self._moved: dict[int, tuple[str, int]] = {}  # kept results whose job moved: new place
-        self._keys: dict[tuple[str, int], str] = {}  # in flight: (source, line) -> key
         self._unsynced = 0
         self._synced_at = time.monotonic()
         self._tmp: str | None = None
@@ -334,7 +334,7 @@ class Journal:
         return dropped
 
     def select(self, items: Iterable[Job | InvalidLine]) -> Iterator[Job | InvalidLine]:
-        """Yield the items still to do; remember each one's key for `write`."""
+        """Yield the items still to do, each carrying its resume key (its result line's)."""
         for item in items:
             key = job_key(item, self.route)
             number = int(key, 16)
@@ -345,15 +345,13 @@ class Journal:
                 if place != _place(item.source, item.line):  # the input was edited: renumber
                     self._moved[number] = (item.source, item.line)
                 continue
-            self._keys[(item.source, item.line)] = key
-            yield item
+            yield replace(item, key=key)
 
-    def write(self, record: Mapping[str, Any]) -> None:
-        """Append one result line (with its key); fsync by the policy above."""
-        key = self._keys.pop((record["source"], record["line"]), None)
+    def write(self, result: Result) -> None:
+        """Append one result line (its key is the job's); fsync by the policy above."""
         if self.error is not None:
             return  # the output is gone: the run is stopping, and this line has nowhere to go
-        line = orjson.dumps({**record, "key": key}, option=orjson.OPT_APPEND_NEWLINE)
+        line = orjson.dumps(result.to_dict(), option=orjson.OPT_APPEND_NEWLINE)
         try:
             self._stream.write(line)
             self._stream.flush()  # one write(2) per result: a kill -9 loses nothing written

@@ -15,9 +15,9 @@ from tests.fakes import FakeAnthropic, FakeOpenAI
 from tierline.config import load_config
 from tierline.dispatch.batch import BatchOptions, Limits, providers
 from tierline.dispatch.batch.packing import pack
-from tierline.dispatch.scheduler import run_files
 from tierline.errors import ExitCode
-from tierline.jobs import ResultWriter
+from tierline.jobs import Result, ResultWriter
+from tierline.run import run_files
 
 from .conftest import batch_ids, read_results, tl, write_config, write_jobs
 
@@ -218,11 +218,11 @@ def test_collected_calls_are_in_the_ledger_before_their_results(
         ant.complete_batch(batch_ids(pending)[0])
         seen: list[tuple[str, int]] = []
 
-        def emit(result: dict[str, object]) -> None:
+        def emit(result: Result) -> None:
             conn = sqlite3.connect(db)
             try:
-                rows = conn.execute("SELECT COUNT(*) FROM calls WHERE job_id = ?", (result["id"],))
-                seen.append((str(result["id"]), int(rows.fetchone()[0])))
+                rows = conn.execute("SELECT COUNT(*) FROM calls WHERE job_id = ?", (result.id,))
+                seen.append((str(result.id), int(rows.fetchone()[0])))
             finally:
                 conn.close()
 

@@ -9,8 +9,8 @@ import pytest
 
 from tests.fakes import FakeOpenAI
 from tests.fakes.spec import OpenAISpec
-from tierline.dispatch.scheduler import run_jobs
 from tierline.jobs import Result, jobs_from_lines
+from tierline.run import run_jobs
 from tierline.tiering.pipeline import Tierer
 
 from .conftest import KEY, make_config
@@ -83,7 +83,7 @@ async def test_dead_primary_falls_back_and_the_summary_counts_it(
     )
     results, summary = await run(config, job_lines(12))
     assert all(r.status == "ok" and r.backend == "api" for r in results)
-    assert all([h["backend"] for h in r.route] == ["gpu", "api"] for r in results)
+    assert all([h.backend for h in r.route] == ["gpu", "api"] for r in results)
     assert summary.tally.fallbacks == 12  # type: ignore[attr-defined]
 
 
@@ -107,4 +107,4 @@ async def test_nothing_is_silently_downgraded(oai: FakeOpenAI, openai_key: str) 
         }
     )
     results, _ = await run(config, job_lines(1))
-    assert results[0].status == "error" and [h["backend"] for h in results[0].route] == ["first"]
+    assert results[0].status == "error" and [h.backend for h in results[0].route] == ["first"]

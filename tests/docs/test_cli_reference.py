@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 
 from tests.conftest import REPO
-from tierline.dispatch.scheduler import RunSummary, Tally
 from tierline.errors import ExitCode
 from tierline.jobs import Result
 from tierline.ledger.migrations import migrate
+from tierline.run import RunSummary, Tally
 
 DOCS = REPO / "docs"
 

@@ -15,11 +15,11 @@ from tests.fakes import FakeAnthropic, FakeVLLM
 from tierline.cli import main
 from tierline.cli.output import escalation_line
 from tierline.config import Config, config_from_mapping
-from tierline.dispatch.scheduler import RunSummary, run_jobs
 from tierline.errors import ConfigError
 from tierline.jobs import Result, jobs_from_lines
 from tierline.ledger.budget import Budget
 from tierline.ledger.store import Ledger
+from tierline.run import RunSummary, run_jobs
 from tierline.testing import FakeBackend, completion
 from tierline.tiering.pipeline import Tierer
 
@@ -92,8 +92,8 @@ async def test_failed_answer_moves_up_a_tier(fields: dict[str, Any], bad: Any, c
     [result], summary = await run(config(), [line(**fields)], fakes([bad], [good]))
     assert result.status == "ok" and result.backend == "mid" and result.escalations == 1
     assert result.tier == 1  # the tier tiering decided; the route shows where it ended up
-    assert [(h["backend"], h["tier"]) for h in result.route] == [("small", 1), ("mid", 2)]
-    assert result.route[0]["check"]["failed"] == check and "check" not in result.route[1]
+    assert [(h.backend, h.tier) for h in result.route] == [("small", 1), ("mid", 2)]
+    assert result.route[0].to_dict()["check"]["failed"] == check and "check" not in result.route[1].to_dict()
     assert summary.tally.escalated[1] == 1 and summary.tally.failed_checks["small"] == 1
 
 
@@ -157,7 +157,7 @@ async def test_same_backend_on_the_next_tier_is_skipped() -> None:
     """Re-sending to the backend that just failed would only pay twice: go to the next one."""
     cfg = config({"max_hops": 2}, routes={"1": ["small"], "2": ["small"], "3": ["big"]})
     [result], _ = await run(cfg, [line(**JSON_JOB)], fakes(["bad"], [], ['{"n": 3}']))
-    assert [h["backend"] for h in result.route] == ["small", "big"] and result.status == "ok"
+    assert [h.backend for h in result.route] == ["small", "big"] and result.status == "ok"
     cfg_all_same = config({"max_hops": 2}, routes={"1": ["small"], "2": ["small"], "3": ["small"]})
     [stuck], _ = await run(cfg_all_same, [line(**JSON_JOB)], fakes(["bad"]))
     assert stuck.status == "error" and stuck.escalations == 0 and len(stuck.route) == 1
@@ -203,7 +203,7 @@ async def test_over_http_truncated_vllm_answer_goes_to_anthropic(
         )
     [result] = results
     assert result.status == "ok" and result.backend == "claude" and result.escalations == 1
-    assert result.route[0]["check"]["failed"] == "truncated"
+    assert result.route[0].to_dict()["check"]["failed"] == "truncated"
     assert result.output == "Inflation, supply shocks and demand."
     assert vllm.request_count == 1 and claude.request_count == 1
 
@@ -234,7 +234,7 @@ async def test_budget_stops_the_escalation_and_the_last_answer_stands() -> None:
     [result] = results
     assert result.status == "error" and result.error is not None
     assert result.error["type"] == "check_failed" and result.output == bad
-    assert [h["backend"] for h in result.route] == ["small"] and backends["mid"].calls == []
+    assert [h.backend for h in result.route] == ["small"] and backends["mid"].calls == []
 
 
 async def test_summary_line_gives_the_rates() -> None:

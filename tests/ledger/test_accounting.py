@@ -6,12 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from tierline.dispatch.base import Completion
-from tierline.dispatch.scheduler import run_jobs
 from tierline.errors import BackendUnavailable
 from tierline.jobs import Result, Usage, jobs_from_lines
 from tierline.ledger.accounting import Accountant, CallFacts
 from tierline.ledger.busy import BusyMeter
 from tierline.ledger.store import Ledger
+from tierline.run import run_jobs
 from tierline.testing import FakeBackend
 from tierline.tiering.pipeline import Tierer
 

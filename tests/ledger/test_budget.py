@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tierline.dispatch.base import Completion, Request
-from tierline.dispatch.scheduler import run_jobs
 from tierline.jobs import Result, Usage, jobs_from_lines
 from tierline.ledger.budget import Budget
+from tierline.run import run_jobs
 from tierline.testing import FunctionBackend
 from tierline.tiering.pipeline import Tierer
 

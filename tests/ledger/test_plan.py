@@ -10,7 +10,7 @@ import pytest
 from tierline.cli import main
 from tierline.jobs import jobs_from_lines
 from tierline.ledger.estimate import estimate_text_tokens, input_token_bound
-from tierline.ledger.plan import make_plan
+from tierline.run.plan import make_plan
 from tierline.tiering.pipeline import Tierer
 
 from ..conftest import write_jsonl

@@ -13,10 +13,10 @@ import pytest
 from tests.fakes import FakeVLLM
 from tierline.cli import main
 from tierline.jobs import Usage, jobs_from_lines
-from tierline.ledger.plan import make_plan
-from tierline.ledger.projection import parse_tokens, project
 from tierline.ledger.store import CallRecord, Ledger
 from tierline.ledger.throughput import MIN_CALLS, learn, open_readonly
+from tierline.run.plan import make_plan
+from tierline.run.projection import parse_tokens, project
 from tierline.tiering.pipeline import Tierer
 
 from ..conftest import write_jsonl

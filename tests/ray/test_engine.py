@@ -14,10 +14,10 @@ import pytest
 from tests.fakes import FakeVLLM
 from tierline.cli import main
 from tierline.config import load_config
-from tierline.dispatch.scheduler import run_files as run_local
 from tierline.ray.engine import RayOptions
 from tierline.ray.engine import run_files as run_ray
 from tierline.resume import Journal
+from tierline.run import run_files as run_local
 
 from .conftest import DUPLICATES, EXTRA, content, jobs, vllm_config
 

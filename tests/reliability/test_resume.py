@@ -10,7 +10,7 @@ import pytest
 from tierline.cli import main
 from tierline.config import config_from_toml, embedded_default
 from tierline.dispatch import registry
-from tierline.jobs import jobs_from_lines
+from tierline.jobs import Result, jobs_from_lines
 from tierline.resume import OPERATIONAL, Journal, job_key, route_fingerprint
 from tierline.testing import FunctionBackend
 
@@ -175,7 +175,9 @@ class TestJournal:
         with Journal(str(out), cfg) as journal:
             for item in journal.select(items):
                 journal.write(
-                    {"source": item.source, "line": item.line, "id": item.id, "status": "ok"}
+                    Result(
+                        id=item.id, line=item.line, source=item.source, status="ok", key=item.key
+                    )
                 )
             journal.sync()
         good = partial_of(out).read_bytes().splitlines(keepends=True)

@@ -25,7 +25,6 @@ import pytest
 from tests.fakes import FakeVLLM, Fault
 from tierline.config import Config, config_from_toml
 from tierline.dispatch.base import Request
-from tierline.dispatch.scheduler import RunSummary, run_jobs
 from tierline.errors import (
     BackendConnectionError,
     BackendError,
@@ -34,6 +33,7 @@ from tierline.errors import (
 )
 from tierline.jobs import Result, jobs_from_lines
 from tierline.ledger.store import Ledger
+from tierline.run import RunSummary, run_jobs
 from tierline.testing import FunctionBackend
 from tierline.tiering.pipeline import Tierer
 
@@ -208,9 +208,9 @@ def check_ledger(path: Path, results: list[Result]) -> None:
             rows.setdefault(row[0], []).append(row[1:])
     for result in results:
         calls = rows.pop(str(result.id), [])
-        tried = [hop for hop in result.route if hop["attempts"]]
+        tried = [hop for hop in result.route if hop.attempts]
         assert [(c[0], c[1], c[2]) for c in calls] == [
-            (h["backend"], h["status"], h["attempts"]) for h in tried
+            (h.backend, h.status, h.attempts) for h in tried
         ], result.id
         assert sum(c[2] for c in calls) == result.attempts
         if result.status == "ok":

@@ -14,7 +14,7 @@ import pytest
 from tests.fakes import FakeOpenAI
 from tests.fakes._content import Reply
 from tierline.cli import main
-from tierline.tiering.label import JUDGE_RUBRIC, parse_verdict
+from tierline.run.label import JUDGE_RUBRIC, parse_verdict
 
 KEY = "sk-test-0123456789abcdef"
 WEAK, STRONG = "gpt-4o-mini", "gpt-4.1"

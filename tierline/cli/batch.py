@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..config import Config, load_config
 from ..dispatch import batch as batches
 from ..errors import ExitCode
-from ..jobs import dumps
+from ..jobs import Result, dumps
 from ..ledger.store import ledger_path_for
 from .options import ConfigPath, Json, LedgerPath, Quiet
 from .output import err_console
@@ -83,8 +83,8 @@ def batch_progress(*, quiet: bool) -> Iterator[Callable[[batches.Progress], None
             bar.stop()
 
 
-def _stdout_line(record: dict[str, object]) -> None:
-    sys.stdout.buffer.write(dumps(record) + b"\n")
+def _stdout_line(result: Result) -> None:
+    sys.stdout.buffer.write(dumps(result.to_dict()) + b"\n")
     sys.stdout.buffer.flush()
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..config import find_config_path, load_config
-from ..jobs import ResultWriter, read_jobs
-from ..tiering.pipeline import Tierer
-from ..tiering.pipeline import classify as classify_jobs
+from ..run.classify import classify_files
 from .options import ConfigPath, Inputs, Output, Quiet
 from .output import err_console
 from .preflight import check_inputs, check_stdio, resolve_output
@@ -30,20 +28,12 @@ def classify(
     check_inputs(inputs)
     config_file = None if cfg.is_default else find_config_path(config)
     output = resolve_output(output, inputs, None, config_file)  # never over an input or device
-    tierer = Tierer.from_config(cfg.tiering)
-    writer = ResultWriter(output, flush_each=False)
-    invalid = 0
-    try:
-        for record in classify_jobs(read_jobs(inputs), tierer):
-            invalid += record.get("status") == "invalid"
-            writer.write(record)
-        writer.commit()
-    finally:
-        writer.close()
+    done = classify_files(inputs, output, cfg)
+    invalid = done.invalid
     if invalid:
         err_console.print(
             f"tierline: {invalid} invalid line(s); see the 'error' of each", markup=False
         )
     elif not quiet and output:
-        err_console.print(f"tierline: classified {writer.count} job(s) into {output}", markup=False)
+        err_console.print(f"tierline: classified {done.lines} job(s) into {output}", markup=False)
     raise typer.Exit(1 if invalid else 0)

@@ -18,7 +18,7 @@ from rich.console import Console
 if TYPE_CHECKING:  # the scheduler pulls in asyncio and the dispatch layer: not for --help
     from rich.table import Table
 
-    from ..dispatch.scheduler import RunSummary, Tally
+    from ..run import RunSummary, Tally
 
 __all__ = [
     "count_lines",

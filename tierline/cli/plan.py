@@ -4,27 +4,25 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..config import Config, load_config
+from ..config import load_config
 from ..errors import ExitCode
-from ..jobs import dumps, read_jobs
-from ..ledger.plan import Plan, make_plan
+from ..jobs import dumps
 from ..ledger.pricing import to_micros
-from ..ledger.projection import Projection, parse_tokens, project
 from ..ledger.store import ledger_path_for
-from ..ledger.throughput import open_readonly
-from ..tiering.pipeline import Tierer
+from ..run.plan import Plan, plan_files
+from ..run.projection import Projection, parse_tokens
 from .options import ConfigPath, Inputs, Json, LedgerPath, MaxCost
 from .output import data_console, err_console, print_table
+
+if TYPE_CHECKING:
+    from ..run.calibrate import Calibration
 
 DailyTokens = Annotated[
     str | None,
@@ -83,23 +81,18 @@ def plan(
     """
     cfg = load_config(config)
     daily = parse_tokens(daily_tokens) if daily_tokens is not None else None  # before any work
-    cap = None if max_cost is None else to_micros(Decimal(repr(max_cost)))
-    ledger_path = ledger_path_for(ledger, cfg)
-    if calibrate:
-        _calibrate(inputs, cfg, ledger_path, calibrate)
-    with _readonly(ledger_path) as conn:
-        result = make_plan(
-            read_jobs(inputs),
-            config=cfg,
-            tierer=Tierer.from_config(cfg.tiering),
-            max_cost_micros=cap,
-            ledger=conn,
-        )
-    projection = (
-        project(result, daily_tokens=daily, scale=scale)
-        if daily is not None or scale is not None
-        else None
+    report = plan_files(
+        inputs,
+        cfg,
+        ledger_path_for(ledger, cfg),
+        max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
+        daily_tokens=daily,
+        scale=scale,
+        calibrate=calibrate,
     )
+    if calibrate:
+        _calibrated(report.calibrations)
+    result, projection = report.plan, report.projection
     if as_json:
         doc: dict[str, Any] = result.as_dict()
         if projection is not None:
@@ -126,10 +119,7 @@ def plan(
     raise typer.Exit(int(ExitCode.BUDGET) if result.over_budget else 0)
 
 
-def _calibrate(inputs: list[str], cfg: Config, ledger_path: Path, n: int) -> None:
-    from ..dispatch.calibrate import calibrate  # sends jobs: imported only when asked
-
-    done = calibrate(inputs, cfg, ledger_path, n)
+def _calibrated(done: list[Calibration]) -> None:
     if not done:
         err_console.print(
             "tierline: --calibrate: no backend priced by gpu_hour_usd heads a route (or there "
@@ -144,16 +134,6 @@ def _calibrate(inputs: list[str], cfg: Config, ledger_path: Path, n: int) -> Non
             f"cost ${t.cost_usd:,.6f} (run {c.run_id})",
             markup=False,
         )
-
-
-@contextmanager
-def _readonly(path: Path) -> Iterator[Any]:
-    conn = open_readonly(path)
-    if conn is None:
-        yield None
-        return
-    with closing(conn):
-        yield conn
 
 
 def _plus_minus(cost: int | None, error: int | None) -> str:

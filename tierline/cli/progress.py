@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
-from ..dispatch.scheduler import RunSummary
 from ..jobs import Result
+from ..run import RunSummary
 
 __all__ = ["run_progress", "summary_line"]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
@@ -13,14 +12,13 @@ from typing import Annotated
 import typer
 
 from ..config import Config, find_config_path, load_config
-from ..dispatch.batch import BatchOptions, supersede
-from ..dispatch.scheduler import RunSummary, run_files
+from ..dispatch.batch import BatchOptions
 from ..errors import ExitCode, UsageError
 from ..interrupts import DEFAULT_GRACE_S, Stop
-from ..jobs import Result
 from ..ledger.pricing import to_micros
 from ..ledger.store import ledger_path_for
-from ..resume import Journal, RunLock
+from ..resume import Journal
+from ..run import RunSummary, Sink
 from ..shard import Shard
 from . import batch
 from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
@@ -137,70 +135,52 @@ def run(
     check_inputs(inputs)
     output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg))
     check_ledger(ledger_path, _ledger_origin(ledger, cfg))
-    stop = Stop(grace_s=grace)
     again = batch.collect_same_command(
         cfg, ledger_path, inputs, output, wait=wait, quiet=quiet, fresh=fresh
     )
     if again is not None:  # this command's provider batches are still open: collect them
         raise typer.Exit(again)
-    to_file = output is not None
+    request = RunRequest(
+        inputs,
+        output,
+        cfg,
+        ledger_path,
+        shard=part,
+        fresh=fresh,
+        retry_failed=retry_failed,
+        batches=BatchOptions(provider_batch, wait, output),
+        max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
+        cache_path=cache,
+    )
+    total = None if part else count_lines(inputs)  # a shard runs an unknown share
 
-    def output_failed(exc: OSError) -> None:
-        broken = exc.errno in (errno.EPIPE, errno.ECONNRESET)
-        stop.halt(ExitCode.BROKEN_PIPE if broken else ExitCode.OUTPUT_FAILED)
-
-    with (
-        RunLock(output),
-        Journal(
-            output, cfg, resume=not fresh, retry_failed=retry_failed, on_error=output_failed
-        ) as journal,
-    ):
-        total = None if part else count_lines(inputs)  # a shard runs an unknown share
-        with run_progress(
+    def progress(journal: Journal) -> AbstractContextManager[Sink]:
+        # a resume does not send the jobs it keeps (counted as the input is read): they leave
+        # the bar's total
+        return run_progress(
             total,
             console=err_console,
             quiet=quiet,
             max_cost_usd=max_cost,
-            kept=lambda: journal.kept,  # a resume does not send these again
-        ) as advance:
-            work = run_files(
-                inputs,
-                config=cfg,
-                writer=journal,
-                ledger_path=ledger_path,
-                on_result=advance,
-                select=lambda items: journal.select(part.select(items) if part else items),
-                stop=stop,
-                batches=BatchOptions(provider_batch, wait, output if to_file else None),
-                max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
-                cache_path=cache,
-            )
-            if on_ray:  # the same run on a Ray cluster instead (tierline/ray/engine.py)
-                work.close()
-                summary = _run_on_ray(
-                    inputs, cfg, journal, ledger_path, advance, part, stop, max_cost,
-                    (ray_address, ray_actors), cache,
-                )  # fmt: skip
-            else:
-                summary = asyncio.run(stop.guard(work))
-        if journal.error is not None:
-            raise typer.Exit(_output_failed(journal, quiet=quiet))
-        if stop.exit_code is not None:
-            err_console.print(_resume_hint(stop, journal), markup=False)
-            raise typer.Exit(int(stop.exit_code))
-        stale = journal.commit()
-    if output is not None and summary.run_id:
-        supersede(ledger_path, output, summary.run_id)  # older batches no longer own its lines
-    _note_resume(summary.notes, journal, stale)
-    print_summary(summary, quiet=quiet)
-    if wait and to_file and summary.tally.by_status["pending"]:
+            kept=lambda: journal.kept,
+        )
+
+    where = _ray_engine(ray_address, ray_actors) if on_ray else local_engine
+    done = run_to_output(request, Stop(grace_s=grace), progress, where)
+    if done.journal.error is not None:
+        raise typer.Exit(_output_failed(done.journal, quiet=quiet))
+    if not done.committed:
+        err_console.print(_resume_hint(done.stop, done.journal), markup=False)
+        raise typer.Exit(int(done.exit_code))
+    assert done.summary is not None
+    print_summary(done.summary, quiet=quiet)
+    if wait and output is not None and done.summary.tally.by_status["pending"]:
         # the run wrote 'pending' lines and committed the file; now wait and fill them in
         waited = batch.collect_same_command(
             cfg, ledger_path, inputs, output, wait=True, quiet=quiet
         )
-        raise typer.Exit(int(summary.exit_code) if waited is None else waited)
-    code = summary.exit_code
-    raise typer.Exit(int(ExitCode.JOBS_FAILED if code == 0 and journal.kept_failed else code))
+        raise typer.Exit(int(done.summary.exit_code) if waited is None else waited)
+    raise typer.Exit(int(done.exit_code))
 
 
 def _check_engine(engine: str, address: str | None, actors: int | None, batches: bool) -> bool:
@@ -220,33 +200,35 @@ def _check_engine(engine: str, address: str | None, actors: int | None, batches:
     return True
 
 
-def _run_on_ray(
-    inputs: list[str],
-    cfg: Config,
-    journal: Journal,
-    ledger_path: Path,
-    advance: Callable[[Result], None],
-    part: Shard | None,
-    stop: Stop,
-    max_cost: float | None,
-    where: tuple[str | None, int | None],
-    cache: str | None,
-) -> RunSummary:
+def _ray_engine(address: str | None, actors: int | None) -> RunEngine:
+    """The same run on a Ray cluster (tierline/ray/engine.py)."""
     from ..ray.engine import RayOptions
     from ..ray.engine import run_files as run_on_ray
 
-    return run_on_ray(
-        inputs,
-        config=cfg,
-        writer=journal,
-        ledger_path=ledger_path,
-        options=RayOptions(address=where[0] or os.environ.get("RAY_ADDRESS"), actors=where[1]),
-        on_result=advance,
-        select=lambda items: journal.select(part.select(items) if part else items),
-        stop=stop,
-        max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
-        cache_path=cache,
-    )
+    options = RayOptions(address=address or os.environ.get("RAY_ADDRESS"), actors=actors)
+
+    def on_ray(
+        request: RunRequest,
+        *,
+        writer: Journal,
+        on_result: Sink,
+        select: Select,
+        stop: Stop,
+    ) -> RunSummary:
+        return run_on_ray(
+            request.inputs,
+            config=request.config,
+            writer=writer,
+            ledger_path=request.ledger_path,
+            options=options,
+            on_result=on_result,
+            select=select,
+            stop=stop,
+            max_cost_micros=request.max_cost_micros,
+            cache_path=request.cache_path,
+        )
+
+    return on_ray
 
 
 def _check_retry(retry_failed: bool, output: str | None, fresh: bool) -> None:
@@ -311,18 +293,3 @@ def _resume_hint(stop: Stop, journal: Journal) -> str:
         f"tierline: interrupted by {name}; {done} result(s) saved in {journal.partial}; "
         "rerun the same command to resume"
     )
-
-
-def _note_resume(notes: list[str], journal: Journal, stale: int) -> None:
-    if journal.retry_failed:
-        notes.append(
-            f"retry-failed: kept {journal.kept} result(s); dropped {journal.retried} not ok, "
-            "sent those and any missing again"
-        )
-    elif journal.kept:
-        notes.append(
-            f"resumed: kept {journal.kept} result(s) of an interrupted attempt "
-            f"({journal.kept_failed} not ok); only the rest was dispatched"
-        )
-    if stale:
-        notes.append(f"dropped {stale} saved result(s) whose job is no longer in the input")

@@ -213,7 +213,7 @@ def label(
     from ..interrupts import Stop
     from ..ledger.pricing import to_micros
     from ..ledger.store import ledger_path_for
-    from ..tiering.label import Labeller, answer_lines, estimate, run_phase
+    from ..run.label import Labeller, answer_lines, estimate, run_phase
 
     if weak_tier == strong_tier:
         raise UsageError("--weak-tier and --strong-tier must differ")

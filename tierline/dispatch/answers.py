@@ -21,7 +21,6 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,12 @@ import orjson
 
 from ..config import CacheConfig, Config, data_dir
 from ..errors import UsageError
-from ..jobs import InvalidLine, Job, Result, Usage
+from ..jobs import CACHED, InvalidLine, Job, Result
 from ..resume import answer_key, route_fingerprint
 
 __all__ = ["AnswerCache", "Answers"]
 
 BUSY_TIMEOUT_MS = 10_000  # another run holds the write lock: wait, it only inserts one row
-# What a cached answer keeps: everything that does not belong to one job or one call.
-STORED = ("tier", "why", "confidence", "backend", "model", "output", "finish_reason", "escalations")
 
 
 class AnswerCache:
@@ -132,42 +129,6 @@ class AnswerCache:
         self.conn.close()
 
 
-def _copy(sent: Result, job: Job) -> Result:
-    """`job`'s own result line with the answer of `sent`: nothing was paid for it."""
-    return replace(
-        sent,
-        id=job.id,
-        line=job.line,
-        source=job.source,
-        metadata=job.metadata,
-        usage=Usage(),
-        cost_usd=0.0,
-        latency_s=0.0,
-        attempts=0,
-        route=[],
-        dedup_of=sent.id,
-    )
-
-
-def _from_cache(answer: dict[str, Any], job: Job) -> Result:
-    return Result(
-        id=job.id,
-        line=job.line,
-        source=job.source,
-        status="ok",
-        tier=answer.get("tier"),
-        why=answer.get("why"),
-        confidence=answer.get("confidence"),
-        backend=answer.get("backend"),
-        model=answer.get("model"),
-        output=answer.get("output"),
-        finish_reason=answer.get("finish_reason"),
-        escalations=int(answer.get("escalations") or 0),
-        metadata=job.metadata,
-        cached=True,
-    )
-
-
 class Answers:
     """In front of the dispatcher: the answer a job can reuse instead of being sent."""
 
@@ -215,11 +176,11 @@ class Answers:
         sent = self._done.get(key) if self.dedup else None
         if sent is not None:
             self._done.move_to_end(key)
-            return _copy(sent, job)
+            return sent.copied(job)
         if self.cache is not None and key not in self._flight:
             answer = self.cache.get(key)
             if answer is not None:
-                return _from_cache(answer, job)
+                return Result.from_cache(answer, job)
         return None
 
     async def answer(
@@ -247,7 +208,7 @@ class Answers:
             # shielded: a waiter cancelled by Ctrl-C must not cancel the others' wait
             sent = await asyncio.shield(first)
             if sent is not None:
-                return _copy(sent, job)
+                return sent.copied(job)
         again = self.known(job, key)  # it finished while this job waited for a slot
         if again is not None:
             return again
@@ -266,4 +227,4 @@ class Answers:
             if len(self._done) > self.keep:
                 self._done.popitem(last=False)
         if self.cache is not None and result.status == "ok":  # ok: its checks passed
-            self.cache.put(key, {name: getattr(result, name) for name in STORED})
+            self.cache.put(key, {name: getattr(result, name) for name in CACHED})

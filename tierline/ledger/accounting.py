@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..config import Config
-from ..jobs import Job, Result, Usage
+from ..jobs import Job, Usage
 from .budget import Budget, Hold, Refusal, worst_case_micros
 from .pricing import CallPrice, Pricer, nanos_to_micros
 from .store import CallRecord, Ledger
 
-__all__ = ["Accountant", "CallFacts", "JobCost", "skipped_result"]
+__all__ = ["Accountant", "CallFacts", "JobCost"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,18 +160,3 @@ def _row(job_id: str, tier: int | None, call: CallFacts, hop: int, price: CallPr
         check_failed=call.check_failed,
     )
 
-
-def skipped_result(job: Job, tier: int, why: str, confidence: float, refusal: Refusal) -> Result:
-    """The result of a job the budget did not let through: never sent, so it cost nothing."""
-    return Result(
-        id=job.id,
-        line=job.line,
-        source=job.source,
-        status="skipped_budget",
-        tier=tier,
-        why=why,
-        confidence=round(confidence, 3),
-        cost_usd=0.0,
-        error={"type": "budget", "message": refusal.reason},
-        metadata=job.metadata,
-    )

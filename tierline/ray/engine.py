@@ -34,14 +34,6 @@ from typing import Any
 
 from ..config import Config
 from ..dispatch.answers import Answers
-from ..dispatch.scheduler import (
-    DEFAULT_NOTE,
-    RecordWriter,
-    RunSummary,
-    Tally,
-    _answers,
-    _reuse_notes,
-)
 from ..errors import UsageError
 from ..interrupts import Stop
 from ..jobs import InvalidLine, Job, Result, dumps, read_jobs
@@ -50,9 +42,13 @@ from ..ledger.merge import merge_ledgers
 from ..ledger.pricing import genai_prices_version
 from ..ledger.store import CallRecord, Ledger
 from ..resume import job_key, route_fingerprint
+from ..run.files import ResultSink as RecordWriter
+from ..run.files import _answers
+from ..run.loop import _reuse_notes
+from ..run.tally import DEFAULT_NOTE, RunSummary, Tally
 from .limits import actors_for
 from .state import RunState
-from .worker import Dispatcher, calls_from_json, result_from_dict
+from .worker import Dispatcher, calls_from_json
 
 __all__ = ["RayOptions", "require_ray", "run_files"]
 
@@ -195,7 +191,7 @@ class _Driver:
         if key is not None:
             self.written.add(key)
         self.tally.add(result)
-        self.writer.write(result.to_dict())
+        self.writer.write(result)
         if self.on_result is not None:
             self.on_result(result)
 
@@ -222,7 +218,7 @@ class _Driver:
                 self.duplicates += 1
                 continue
             self.calls(calls_from_json(calls))  # first: the ledger is written ahead
-            result = result_from_dict(_loads(line))
+            result = Result.from_record(_loads(line))
             self.result(result, key)
             self.copies(key, result)
 
@@ -241,8 +237,7 @@ class _Driver:
 def _loads(text: str) -> dict[str, Any]:
     from ..jobs import loads
 
-    record = loads(text)
-    record.pop("key", None)
+    record = loads(text)  # its resume key included: the journal writes it with the line
     assert isinstance(record, dict)
     return record
 
@@ -261,7 +256,7 @@ def run_files(
     cache_path: str | None = None,
     command: str = "run",
 ) -> RunSummary:
-    """A whole run on Ray: the same results, ledger and summary as `scheduler.run_files`."""
+    """A whole run on Ray: the same results, ledger and summary as `tierline.run.run_files`."""
     options = options or RayOptions()
     ray = require_ray()
     check_config(config)

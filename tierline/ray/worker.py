@@ -25,17 +25,18 @@ import orjson
 
 from ..config import Config
 from ..dispatch.router import Router
-from ..dispatch.scheduler import _Dispatcher
 from ..errors import JobError
 from ..jobs import InvalidLine, Job, Result, parse_line
 from ..ledger.accounting import Accountant
 from ..ledger.store import CallRecord, Ledger
 from ..resume import job_key, route_fingerprint
+from ..run.dispatcher import Dispatcher as JobDispatcher
 from ..tiering.pipeline import Tierer
+from ..tiering.vote import TierVote
 from .limits import split_limits
 from .state import LeasedBudget
 
-__all__ = ["CallCapture", "Dispatcher", "calls_from_json", "result_from_dict"]
+__all__ = ["CallCapture", "Dispatcher", "calls_from_json"]
 
 CHUNK = 64  # results per output chunk ...
 CHUNK_S = 0.5  # ... or this often, whichever first: the driver sees progress, a retry skips more
@@ -70,16 +71,6 @@ def calls_from_json(text: str) -> list[CallRecord]:
     from ..jobs import Usage
 
     return [CallRecord(**{**row, "usage": Usage(**row["usage"])}) for row in orjson.loads(text)]
-
-
-def result_from_dict(record: Mapping[str, Any]) -> Result:
-    """The Result a result line was written from (`Result.to_dict` the other way)."""
-    from ..jobs import Usage
-
-    fields = {f.name for f in dataclasses.fields(Result)}
-    values = {k: v for k, v in record.items() if k in fields}
-    values["usage"] = Usage(**record.get("usage") or {})
-    return Result(**values)
 
 
 def _job_of(row: Mapping[str, Any]) -> Job | InvalidLine:
@@ -137,7 +128,7 @@ class Dispatcher:
         self.capture = CallCapture()
         self.router = Router(self.config)
         accountant = Accountant(self.config, ledger=self.capture, run_id=self.run_id, budget=budget)
-        self.dispatcher = _Dispatcher(self.config, self.router, accountant)
+        self.dispatcher = JobDispatcher(self.config, self.router, accountant)
         self.tierer = Tierer.from_config(self.config.tiering)
         self.slots = asyncio.Semaphore(self.window)
         if self.state is not None:
@@ -159,8 +150,13 @@ class Dispatcher:
             done = await self.state.answered.remote(keys)
             items = [i for i, d in zip(items, done, strict=True) if not d]
             keys = [k for k, d in zip(keys, done, strict=True) if not d]
+        # tiered as one batch, off the event loop (the classifier's cost is per call)
+        jobs = [item for item in items if isinstance(item, Job)]
+        votes = iter(await asyncio.to_thread(self.tierer.tier_batch, jobs))
         tasks = {
-            asyncio.ensure_future(self._one(item)): key
+            asyncio.ensure_future(
+                self._one(item, None if isinstance(item, InvalidLine) else next(votes))
+            ): key
             for item, key in zip(items, keys, strict=True)
         }
         pending = set(tasks)
@@ -182,11 +178,12 @@ class Dispatcher:
             if self.budget is not None:
                 self.budget.give_back()
 
-    async def _one(self, item: Job | InvalidLine) -> Result:
+    async def _one(self, item: Job | InvalidLine, vote: TierVote | None) -> Result:
         if isinstance(item, InvalidLine):
             return Result.invalid(item)
+        assert vote is not None  # every job of the block was tiered (__call__)
         async with self.slots:
-            result = await self.dispatcher.send(item, self.tierer)
+            result = await self.dispatcher.send(item, vote)
         assert result is not None  # no provider batches on Ray (engine.py refuses them)
         return result
 

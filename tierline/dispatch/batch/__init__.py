@@ -19,7 +19,7 @@ from typing import Any
 
 from ...config import Config
 from ...errors import BackendError, UsageError
-from ...jobs import dumps, loads
+from ...jobs import Result, dumps, loads
 from ...ledger.batches import BatchRow, Submission, SubmissionStore
 from ...ledger.store import Ledger
 from .divert import BatchDiverter, BatchOptions, inputs_key, open_diverter
@@ -244,7 +244,9 @@ def rewrite_output(path: str, store: SubmissionStore, run_id: str) -> None:
 def _current(batch_id: str, stub: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
     from .engine import render_pending
 
-    return result if result is not None else render_pending(stub, batch_id or None)
+    if result is not None:
+        return result
+    return render_pending(Result.from_record(stub), batch_id or None).to_dict()
 
 
 def _lines(path: str) -> Iterator[bytes]:

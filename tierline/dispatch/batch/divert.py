@@ -11,22 +11,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from ...config import Config
 from ...errors import BackendUnavailable
-from ...jobs import Job, Result, Usage
+from ...jobs import Job, Result
 from ...ledger.store import Ledger
 from ...tiering.vote import TierVote
 from ..base import request_for
-from .engine import BatchEngine, Pending, PollPolicy, Progress, pending_stub
+from .engine import BatchEngine, Pending, PollPolicy, Progress
 from .packing import Limits, Packer
 
 __all__ = ["BatchDiverter", "BatchOptions", "batch_backends", "inputs_key", "open_diverter"]
 
 ResultSink = Callable[[Result], None]
-_RESULT_FIELDS = frozenset(f.name for f in fields(Result))
 
 
 @dataclass(frozen=True)
@@ -63,12 +61,6 @@ def inputs_key(inputs: Sequence[str]) -> str | None:
             return None
         parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
     return "\n".join(parts)
-
-
-def result_from_dict(record: Mapping[str, Any]) -> Result:
-    values = {k: v for k, v in record.items() if k in _RESULT_FIELDS}
-    values["usage"] = Usage(**record.get("usage", {}))
-    return Result(**values)
 
 
 class BatchDiverter:
@@ -128,7 +120,7 @@ class BatchDiverter:
         )
         body = provider.encode(request)
         custom_id = provider.custom_id(job.id, self._used.setdefault(name, set()))
-        stub = pending_stub(job, vote, name, backend.display_model)
+        stub = Result.pending(job, vote, name, backend.display_model)
         packer = self._packers.setdefault(name, Packer(provider.limits, provider.overhead))
         closed = packer.add(
             Pending(custom_id, job.id, stub, body), len(provider.line(custom_id, body))
@@ -150,13 +142,13 @@ class BatchDiverter:
     async def _send(self, name: str, items: list[Pending], size: int) -> None:
         _, lines = await self.engine.submit(self.run_id, name, items, size)
         for line in lines:
-            if line["status"] != "pending" or not self.inline:
+            if line.status != "pending" or not self.inline:
                 self._count(line)
-                self._emit(result_from_dict(line))
+                self._emit(line)
 
-    def _count(self, line: Mapping[str, Any]) -> None:
-        if line["status"] != "pending":
-            self._emitted[line["status"]] += 1
+    def _count(self, line: Result) -> None:
+        if line.status != "pending":
+            self._emitted[line.status] += 1
 
     async def finish(self) -> None:
         """Submit the last, partly filled batches; on `--wait` to stdout, wait and emit finals."""
@@ -166,10 +158,10 @@ class BatchDiverter:
                 await self._send(name, chunk.items, chunk.size)
         if self.inline and self._opened:
 
-            def final(line: dict[str, Any]) -> None:
-                if line["status"] != "pending":
+            def final(line: Result) -> None:
+                if line.status != "pending":
                     self._count(line)
-                    self._emit(result_from_dict(line))
+                    self._emit(line)
 
             await self.engine.collect(
                 [self.run_id],

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from ...config import Config
 from ...errors import BackendError, ExitCode
-from ...jobs import Job, Usage, dumps
+from ...jobs import Result, RouteHop, Status, dumps
 from ...ledger.accounting import Accountant, CallFacts
 from ...ledger.batches import BatchRow, JobRow
 from ...ledger.pricing import nanos_to_usd
 from ...ledger.store import Ledger
-from ...tiering.vote import TierVote
+from ..base import Completion
 from ..retry import Attempted, call_with_retry
 from .packing import Limits, Packer
 from .providers import BatchProvider, BatchState, LineOutcome, make_provider
@@ -42,12 +42,12 @@ __all__ = [
     "Pending",
     "PollPolicy",
     "Progress",
-    "pending_stub",
+    "render_pending",
 ]
 
 # A job goes into at most this many batches: the first and two resubmissions of what never ran.
 MAX_BATCH_HOPS = 3
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[Result], None]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Pending:
 
     custom_id: str
     job_id: str
-    stub: dict[str, Any]
+    stub: Result
     body: dict[str, Any]
 
 
@@ -112,47 +112,11 @@ class CollectReport:
         return ExitCode.JOBS_FAILED if self.failed else ExitCode.OK
 
 
-def pending_stub(job: Job, vote: TierVote, backend: str, model: str) -> dict[str, Any]:
-    """The result line of a job waiting in a batch; collection completes it."""
-    return {
-        "id": job.id,
-        "line": job.line,
-        "source": job.source,
-        "status": "pending",
-        "tier": vote.tier,
-        "why": vote.why,
-        "confidence": round(vote.confidence, 3),
-        "backend": backend,
-        "model": model,
-        "output": None,
-        "finish_reason": None,
-        "usage": Usage().as_dict(),
-        "cost_usd": 0.0,
-        "latency_s": 0.0,
-        "attempts": 0,
-        "route": [_pending_hop(backend, model)],
-        # batch answers are not checked (docs/escalation.md); the field is on every result line
-        "escalations": 0,
-        "error": None,
-        "metadata": job.metadata,
-    }
-
-
-def _pending_hop(backend: str, model: str) -> dict[str, Any]:
-    return {
-        "backend": backend,
-        "model": model,
-        "status": "pending",
-        "attempts": 0,
-        "latency_s": 0.0,
-        "batch_id": None,
-    }
-
-
-def render_pending(stub: Mapping[str, Any], batch_id: str | None) -> dict[str, Any]:
-    route = [dict(hop) for hop in stub["route"]]
-    route[-1]["batch_id"] = batch_id
-    return {**stub, "route": route}
+def render_pending(stub: Result, batch_id: str | None) -> Result:
+    """The pending line once its batch has a provider id."""
+    route = list(stub.route)
+    route[-1] = replace(route[-1], batch_id=batch_id)
+    return replace(stub, route=route)
 
 
 def _seconds(start: str | None, end: str | None) -> float:
@@ -207,7 +171,7 @@ class BatchEngine:
 
     async def submit(
         self, run_id: str, backend: str, items: list[Pending], size: int
-    ) -> tuple[str | None, list[dict[str, Any]]]:
+    ) -> tuple[str | None, list[Result]]:
         """Record and submit one batch; return (provider batch id or None, each job's line).
 
         The ledger rows are written before the provider call, so a crash in between leaves a
@@ -222,7 +186,7 @@ class BatchEngine:
             model=str(getattr(provider, "model", "")),
             size=size,
             jobs=(
-                (seq, p.custom_id, p.job_id, _json(p.stub), _json(p.body))
+                (seq, p.custom_id, p.job_id, _json(p.stub.to_dict()), _json(p.body))
                 for seq, p in enumerate(items, start=1)
             ),
         )
@@ -236,7 +200,7 @@ class BatchEngine:
             error = {"type": "batch_submit_failed", "message": str(exc)}
             finals = [self._final(p.stub, None, "error", 0, error, 0.0) for p in items]
             self.store.finish_jobs(
-                (batch, seq, "error", r) for seq, r in enumerate(finals, start=1)
+                (batch, seq, "error", r.to_dict()) for seq, r in enumerate(finals, start=1)
             )
             self.store.seen(batch, "submit_failed", {}, ended=True)
             self.store.collected(batch, error=str(exc))
@@ -280,21 +244,19 @@ class BatchEngine:
                     "for this request",
                 },
             )
-            result = self._record(batch, row, outcome, latency)
-            finished.append((batch.id, row.seq, outcome.outcome, result))
+            finished.append((row.seq, outcome.outcome, self._record(batch, row, outcome, latency)))
         # Write-ahead: the calls are committed before any result leaves and before the jobs are
         # marked final (a kill in between must not leave paid calls that are never collected).
         self.ledger.flush()
         for *_, result in finished:
             if emit is not None:
                 emit(result)
-        self.store.finish_jobs(finished)
+        self.store.finish_jobs((batch.id, seq, state, r.to_dict()) for seq, state, r in finished)
         self.store.collected(batch.id)
 
-    def _record(
-        self, batch: BatchRow, row: JobRow, outcome: LineOutcome, latency: float
-    ) -> dict[str, Any]:
+    def _record(self, batch: BatchRow, row: JobRow, outcome: LineOutcome, latency: float) -> Result:
         """The job's final line; a ledger call row for every request the provider ran."""
+        stub = Result.from_record(row.stub)
         completion = outcome.completion
         ran = outcome.outcome != "unfinished"
         price_nanos: int | None = 0
@@ -309,14 +271,12 @@ class BatchEngine:
                 batch=True,
                 error=(outcome.error or {}).get("message"),
             )
-            hop = len(row.stub["route"])
-            tier = row.stub.get("tier")
             cost = self.accountant.record(
-                row.job_id, tier, [call], first_hop=hop, run_id=batch.run_id
+                row.job_id, stub.tier, [call], first_hop=len(stub.route), run_id=batch.run_id
             )
             price_nanos = cost.nanos
         return self._final(
-            render_pending(row.stub, batch.batch_id),
+            render_pending(stub, batch.batch_id),
             completion,
             "ok" if completion else "error",
             price_nanos,
@@ -334,36 +294,38 @@ class BatchEngine:
 
     @staticmethod
     def _final(
-        stub: Mapping[str, Any],
-        completion: Any,
-        status: str,
+        stub: Result,
+        completion: Completion | None,
+        status: Status,
         cost_nanos: int | None,
         error: Mapping[str, str] | None,
         latency: float,
         *,
         ran: bool = False,
-    ) -> dict[str, Any]:
-        hop = dict(stub["route"][-1])
-        hop.update(status=status, attempts=int(ran), latency_s=round(latency, 4))
-        if error:
-            hop["error"] = error["message"]
-        route = [*stub["route"][:-1], hop]
-        result = {
-            **stub,
-            "status": status,
-            "cost_usd": nanos_to_usd(cost_nanos),
-            "latency_s": round(latency, 4),
-            "attempts": sum(int(h.get("attempts", 0)) for h in route),
-            "route": route,
-            "error": dict(error) if error else None,
-        }
+    ) -> Result:
+        """The pending line `stub` made final: its last hop and the line take the outcome."""
+        hop = replace(
+            stub.route[-1],
+            status=status,
+            attempts=int(ran),
+            latency_s=latency,
+            error=error["message"] if error else stub.route[-1].error,
+        )
+        route = [*stub.route[:-1], hop]
+        result = replace(
+            stub,
+            status=status,
+            cost_usd=nanos_to_usd(cost_nanos),
+            latency_s=latency,
+            attempts=sum(h.attempts for h in route),
+            route=route,
+            error=dict(error) if error else None,
+        )
         if completion is not None:
-            result.update(
-                model=completion.model or stub["model"],
-                output=completion.text,
-                finish_reason=completion.finish_reason,
-                usage=completion.usage.as_dict(),
-            )
+            result.model = completion.model or stub.model
+            result.output = completion.text
+            result.finish_reason = completion.finish_reason
+            result.usage = completion.usage
         return result
 
     # --- resubmitting -----------------------------------------------------------------------
@@ -529,15 +491,11 @@ def _validation_outcomes(state: BatchState, by_seq: Mapping[int, JobRow]) -> dic
     return outcomes
 
 
-def _restub(row: JobRow, backend: str, model: str) -> dict[str, Any]:
+def _restub(row: JobRow, backend: str, model: str) -> Result:
     """The pending line for a resubmission: the route so far plus a new pending hop."""
-    previous = row.result or row.stub
-    return {
-        **previous,
-        "status": "pending",
-        "error": None,
-        "route": [*previous["route"], _pending_hop(backend, model)],
-    }
+    previous = Result.from_record(row.result or row.stub)
+    hop = RouteHop(backend, model, "pending", batch=True)
+    return replace(previous, status="pending", error=None, route=[*previous.route, hop])
 
 
 def _now_iso() -> str:

@@ -17,8 +17,8 @@ from decimal import Decimal
 from typing import Any
 
 from ..errors import UsageError
+from ..ledger.pricing import SECONDS_PER_HOUR, to_micros
 from .plan import Plan, PlanRow
-from .pricing import SECONDS_PER_HOUR, to_micros
 
 __all__ = ["Projection", "parse_tokens", "project"]
 

@@ -35,7 +35,7 @@ from ..jobs import Job, Usage, dumps
 if TYPE_CHECKING:
     from ..config import Config
     from ..interrupts import Stop
-    from ..ledger.plan import Plan
+    from .plan import Plan
 
 __all__ = [
     "JUDGE_RUBRIC",
@@ -255,8 +255,8 @@ def run_phase(
     """
     import asyncio
 
-    from ..dispatch.scheduler import run_files
     from ..resume import Journal, RunLock
+    from .files import run_files
 
     inputs = results_path.with_name(results_path.name.removesuffix(".jsonl") + ".in.jsonl")
     inputs.write_bytes(b"".join(dumps(line) + b"\n" for line in lines))
@@ -297,8 +297,8 @@ def estimate(
 ) -> Plan:
     """What `tierline plan` says these lines would cost (nothing is sent)."""
     from ..jobs import parse_line
-    from ..ledger.plan import make_plan
-    from .pipeline import Tierer
+    from ..tiering.pipeline import Tierer
+    from .plan import make_plan
 
     jobs = [parse_line(dumps(line), n, "label") for n, line in enumerate(lines, 1)]
     return make_plan(

@@ -18,7 +18,8 @@ from ..config import Config
 from ..jobs import InvalidLine, Job, Result, read_jobs
 from ..ledger.store import Ledger
 from ..tiering.pipeline import Tierer
-from .scheduler import RunSummary, run_jobs
+from .loop import run_jobs
+from .tally import RunSummary
 
 __all__ = ["Calibration", "calibrate", "gpu_hour_heads"]
 
