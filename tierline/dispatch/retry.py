@@ -52,12 +52,16 @@ def backoff_delay(
     return min(INITIAL_RETRY_DELAY_S * 2.0**retries_done, MAX_RETRY_DELAY_S) * jitter
 
 
-def _wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome else None
+def _delay(exc: BaseException | None, retries_done: int) -> float:
     if isinstance(exc, BackendError) and exc.retry_elsewhere:
         return 0.0  # another replica is free: waiting would only idle it
     retry_after = exc.retry_after if isinstance(exc, BackendError) else None
-    return backoff_delay(state.attempt_number - 1, retry_after)
+    return backoff_delay(retries_done, retry_after)
+
+
+def _wait(state: RetryCallState) -> float:
+    # the first attempt is made before the retry loop (call_with_retry): this is one more
+    return _delay(state.outcome.exception() if state.outcome else None, state.attempt_number)
 
 
 class Attempted(Exception):
@@ -76,18 +80,26 @@ async def call_with_retry(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> tuple[T, int]:
     """Run `fn` with the retry policy; return (result, attempts) or raise `Attempted`."""
+    # Most calls succeed at once: the first attempt is made without building the retry loop,
+    # whose setup costs about as much CPU as the rest of a job's dispatch.
+    try:
+        return await fn(), 1
+    except Exception as exc:
+        if max_attempts <= 1 or not is_retryable(exc):
+            raise Attempted(exc, 1) from exc
+        await sleep(_delay(exc, 0))
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(max_attempts),
+        stop=stop_after_attempt(max_attempts - 1),
         wait=_wait,
         retry=retry_if_exception(is_retryable),
         sleep=sleep,
         reraise=True,
     )
-    attempts = 0
+    attempts = 1
     try:
         async for attempt in retrying:
             with attempt:
-                attempts = attempt.retry_state.attempt_number
+                attempts = attempt.retry_state.attempt_number + 1
                 result = await fn()
     except Exception as exc:
         raise Attempted(exc, attempts) from exc

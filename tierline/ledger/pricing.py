@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
-from functools import cache
+from functools import cache, lru_cache
 from importlib.metadata import version
 from typing import Any, Protocol
 
@@ -110,6 +110,27 @@ class Tariff(Protocol):
     def cost(self, usage: Usage, *, batch: bool, busy_s: float) -> Decimal: ...
 
     def worst_case(self, input_tokens: int, output_tokens: int, *, seconds: float) -> Decimal: ...
+
+
+# genai-prices validates and decomposes usage on every call (about 100 us, most of a run's
+# per-job CPU); a price is a pure function of the tariff and the counts, and a workload repeats
+# counts often (the same output cap, similar prompts), so recent ones are remembered.
+@lru_cache(maxsize=4096)
+def _genai_cost(
+    tariff: GenaiTariff,
+    input_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+    output_tokens: int,
+    batch: bool,
+) -> Decimal:
+    counts = {
+        "input_tokens": input_tokens,
+        "cache_read_tokens": cache_read_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "output_tokens": output_tokens,
+    }
+    return tariff._calc(counts, batch=batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,14 +272,13 @@ class GenaiTariff:
 
     def cost(self, usage: Usage, *, batch: bool, busy_s: float) -> Decimal:
         del busy_s
-        return self._calc(
-            {
-                "input_tokens": usage.input_tokens,
-                "cache_read_tokens": usage.cached_tokens,
-                "cache_write_tokens": usage.cache_write_tokens,
-                "output_tokens": usage.output_tokens,  # reasoning tokens included
-            },
-            batch=batch,
+        return _genai_cost(
+            self,
+            usage.input_tokens,
+            usage.cached_tokens,
+            usage.cache_write_tokens,
+            usage.output_tokens,  # reasoning tokens included
+            batch,
         )
 
     def worst_case(self, input_tokens: int, output_tokens: int, *, seconds: float) -> Decimal:

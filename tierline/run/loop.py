@@ -123,8 +123,7 @@ class _Loop:
         self.tally = Tally()
         self.slots = asyncio.Semaphore(window)
         self.in_flight: set[asyncio.Task[None]] = set()
-        # bounded by the window: a job is queued only once it holds a slot
-        self.feed: asyncio.Queue[_Entry | None] = asyncio.Queue()
+        self.feed: asyncio.Queue[_Entry | None] = asyncio.Queue(maxsize=TIER_CHUNK)
 
     def emit(self, result: Result) -> None:
         self.tally.add(result)
@@ -149,17 +148,15 @@ class _Loop:
                 task.cancel()
 
     async def read(self, items: Iterable[Job | InvalidLine], in_thread: bool) -> None:
-        """Feed the jobs to send, each holding a slot of the in-flight window (so the window
-        bounds what is read ahead, tiered or sent); answer the rest (invalid lines, reused
-        answers) at once, without a slot."""
+        """Feed the jobs to send (at most TIER_CHUNK queued: the read-ahead that lets the
+        tier stage score whole chunks); answer the rest (invalid lines, reused answers) at
+        once."""
         iterator = iter(items)
         try:
             while True:
                 # A pipe on stdin may block: read it on a thread so in-flight calls keep moving.
-                item = (
-                    await asyncio.to_thread(next, iterator, None)
-                    if in_thread
-                    else next(iterator, None)
+                item = await asyncio.to_thread(next, iterator, None) if in_thread else next(
+                    iterator, None
                 )
                 if item is None or self.stopped():
                     break
@@ -168,19 +165,24 @@ class _Loop:
                     self.emit(known)
                     continue
                 assert isinstance(item, Job)
-                if not await _slot(self.slots, self.stop):
-                    break
-                self.feed.put_nowait((item, key))
-        finally:
-            self.feed.put_nowait(None)  # the tier stage sees the end, however reading ended
+                await self.feed.put((item, key))
+        except BaseException:
+            # Failed or cancelled: what is queued will not be sent; the tier stage must still
+            # see the end (and the run re-raises this when it awaits the reader).
+            while not self.feed.empty():
+                self.feed.get_nowait()
+            self.feed.put_nowait(None)
+            raise
+        await self.feed.put(None)
 
     async def tier_and_send(self) -> None:
-        """Tier the queued jobs a chunk at a time and start one task per job (each holds the
-        slot its reader took); return at the end of the input or on a stop request."""
+        """Tier the queued jobs a chunk at a time, then start one task per job as the
+        in-flight window allows; return at the end of the input or on a stop request.
+        While this waits for slots, the reader fills the queue: the next chunk is a full one."""
         async for entries, votes in _tiered(self.feed, self.tierer):
-            if self.stopped():
-                return
             for (job, key), vote in zip(entries, votes, strict=True):
+                if self.stopped() or not await _slot(self.slots, self.stop):
+                    return
                 task = asyncio.create_task(self.one(job, vote, key))
                 self.in_flight.add(task)
                 task.add_done_callback(self.in_flight.discard)
