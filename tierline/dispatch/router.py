@@ -19,6 +19,7 @@ from ..errors import (
     TierlineError,
     redact,
 )
+from ..jobs import RouteHop
 from ..ledger.accounting import CallFacts
 from ..ledger.busy import BusyMeter, BusySpan
 from .base import Backend, Completion, Request
@@ -47,21 +48,19 @@ class Hop:
     tier: int | None = None  # the tier whose route this hop ran on (differs after escalation)
     check: CheckFailure | None = None  # the answer check its answer failed, if any
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "backend": self.backend,
-            "model": self.model,
-            "status": self.status,
-            "attempts": self.attempts,
-            "latency_s": round(self.latency_s, 4),
-        }
-        if self.tier is not None:
-            out["tier"] = self.tier
-        if self.error:
-            out["error"] = self.error
-        if self.check is not None:
-            out["check"] = {"failed": self.check.check, "detail": self.check.detail}
-        return out
+    def to_route(self) -> RouteHop:
+        """The result line's record of this hop (without the completion)."""
+        check = None if self.check is None else (self.check.check, self.check.detail)
+        return RouteHop(
+            self.backend,
+            self.model,
+            self.status,
+            self.attempts,
+            self.latency_s,
+            tier=self.tier,
+            error=self.error,
+            check=check,
+        )
 
 
 @dataclass(slots=True)

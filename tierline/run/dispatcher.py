@@ -8,7 +8,7 @@ from ..dispatch.base import request_for
 from ..dispatch.batch.divert import BatchDiverter
 from ..dispatch.checks import CheckFailure, run_checks
 from ..dispatch.router import Hop, Outcome, Router
-from ..jobs import Job, Result, RouteHop, Usage
+from ..jobs import Job, Result, Usage
 from ..ledger.accounting import Accountant, JobCost
 from ..ledger.budget import Refusal
 from ..ledger.pricing import nanos_to_usd
@@ -25,21 +25,6 @@ def _hop_error(outcome: Outcome) -> dict[str, str]:
     kind = "backend_unavailable" if hop.status == "unavailable" else "backend_error"
     tried = " -> ".join(h.backend for h in outcome.hops)
     return {"type": kind, "message": f"{hop.error} (tried: {tried})"}
-
-
-def route_hop(hop: Hop) -> RouteHop:
-    """The result line's record of a hop (the router's own keeps the completion)."""
-    check = hop.check
-    return RouteHop(
-        hop.backend,
-        hop.model,
-        hop.status,
-        hop.attempts,
-        hop.latency_s,
-        tier=hop.tier,
-        error=hop.error,
-        check=None if check is None else (check.check, check.detail),
-    )
 
 
 class Dispatcher:
@@ -170,7 +155,7 @@ class Dispatcher:
         failure: CheckFailure | None,
         escalations: int,
     ) -> Result:
-        route = [route_hop(h) for h in outcome.hops]
+        route = [h.to_route() for h in outcome.hops]
         if self.config.is_default and route:
             route[-1].note = DEFAULT_NOTE
         final = outcome.final

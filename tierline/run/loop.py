@@ -155,8 +155,10 @@ class _Loop:
         try:
             while True:
                 # A pipe on stdin may block: read it on a thread so in-flight calls keep moving.
-                item = await asyncio.to_thread(next, iterator, None) if in_thread else next(
-                    iterator, None
+                item = (
+                    await asyncio.to_thread(next, iterator, None)
+                    if in_thread
+                    else next(iterator, None)
                 )
                 if item is None or self.stopped():
                     break
