@@ -16,7 +16,8 @@ from ..errors import ExitCode
 from ..jobs import dumps
 from ..ledger.pricing import to_micros
 from ..ledger.store import ledger_path_for
-from ..run.plan import Plan, plan_files
+from ..run.plan import Plan
+from ..run.planner import plan_files
 from ..run.projection import Projection, parse_tokens
 from .options import ConfigPath, Inputs, Json, LedgerPath, MaxCost
 from .output import data_console, err_console, print_table

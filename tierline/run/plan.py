@@ -17,23 +17,18 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import Config
 from ..dispatch.limits import BURST_S
-from ..jobs import InvalidLine, Job, Usage, read_jobs
+from ..jobs import InvalidLine, Job, Usage
 from ..ledger.budget import Refusal, worst_case_micros
 from ..ledger.estimate import estimate_input_tokens, estimate_output_tokens
 from ..ledger.pricing import SECONDS_PER_HOUR, GpuHourTariff, Pricer, Tariff, to_micros
-from ..ledger.throughput import Throughput, from_hint, learn, open_readonly
+from ..ledger.throughput import Throughput, from_hint, learn
 from ..tiering.pipeline import Tierer
 
-if TYPE_CHECKING:
-    from .calibrate import Calibration
-    from .projection import Projection
-
-__all__ = ["TOKEN_ESTIMATE_NOTE", "Plan", "PlanReport", "PlanRow", "make_plan", "plan_files"]
+__all__ = ["TOKEN_ESTIMATE_NOTE", "Plan", "PlanRow", "make_plan"]
 
 TOKEN_ESTIMATE_NOTE = "estimated tokens (docs/costs.md: totals within ~5% on the examples)"
 
@@ -323,50 +318,3 @@ def throughput_of(
     if hint is not None:
         return from_hint(hint)
     return learned
-
-
-@dataclass
-class PlanReport:
-    """What `tierline plan` shows: the plan, its projection to a daily volume (when asked
-    for) and the calibration runs made first (with --calibrate)."""
-
-    plan: Plan
-    projection: Projection | None = None
-    calibrations: list[Calibration] = field(default_factory=list)
-
-
-def plan_files(
-    inputs: list[str],
-    config: Config,
-    ledger_path: Path,
-    *,
-    max_cost_micros: int | None = None,
-    daily_tokens: int | None = None,
-    scale: float | None = None,
-    calibrate: int = 0,
-) -> PlanReport:
-    """Plan the jobs of `inputs` against the throughput measured in the ledger (read only);
-    with `calibrate`, first send that many jobs to each gpu_hour_usd backend to measure it."""
-    calibrations = []
-    if calibrate:
-        from .calibrate import calibrate as measure  # sends jobs: imported only when asked
-
-        calibrations = measure(inputs, config, ledger_path, calibrate)
-    conn = open_readonly(ledger_path)
-    try:
-        plan = make_plan(
-            read_jobs(inputs),
-            config=config,
-            tierer=Tierer.from_config(config.tiering),
-            max_cost_micros=max_cost_micros,
-            ledger=conn,
-        )
-    finally:
-        if conn is not None:
-            conn.close()
-    projection = None
-    if daily_tokens is not None or scale is not None:
-        from .projection import project  # it imports this module
-
-        projection = project(plan, daily_tokens=daily_tokens, scale=scale)
-    return PlanReport(plan, projection, calibrations)

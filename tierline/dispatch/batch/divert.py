@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 from ...config import Config
 from ...errors import BackendUnavailable
-from ...jobs import Job, Result
+from ...jobs import Job, Result, Tiered
 from ...ledger.store import Ledger
-from ...tiering.vote import TierVote
 from ..base import request_for
 from .engine import BatchEngine, Pending, PollPolicy, Progress
 from .packing import Limits, Packer
@@ -99,7 +98,7 @@ class BatchDiverter:
         """Final results go out through the run itself: `--wait` on stdout."""
         return self.options.wait and self.options.output is None
 
-    async def offer(self, job: Job, vote: TierVote) -> bool:
+    async def offer(self, job: Job, vote: Tiered) -> bool:
         """Take the job if its tier's route starts at a batch-mode backend that can serve."""
         name = self.config.route(vote.tier)[0]
         if name not in self.backends or name in self.unavailable:
