@@ -248,3 +248,18 @@ async def test_dispatch_chunk_yields_one_result_per_item() -> None:
         "c": "ok",
     }
     assert calls == 3 and len(small.calls) + len(big.calls) == 3
+
+
+async def test_leaving_dispatch_chunk_early_cancels_and_closes() -> None:
+    """A caller that stops iterating gets the calls in flight cancelled and the backends
+    closed before the iterator is done."""
+    small, big = FakeBackend("small", delay_s=5), FakeBackend("big", delay_s=5)
+    lines = [f'{{"id": "j{i}", "prompt": "Summarize: {i}", "tier": 1}}' for i in range(10)]
+    chunk = dispatch_chunk(
+        jobs_from_lines([*lines, "{not json"]), CONFIG, backends={"small": small, "big": big}
+    )
+    async for result in chunk:  # the bad line is answered at once; the jobs wait 5 s
+        assert result.status == "invalid"
+        break
+    await chunk.aclose()
+    assert small.closed and big.closed

@@ -14,6 +14,7 @@ per batch. Memory is bounded by the queue and the in-flight window, not the inpu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
@@ -285,4 +286,7 @@ async def dispatch_chunk(
             yield result
         await task  # re-raises what the run raised
     finally:
-        task.cancel()
+        if not task.done():  # the caller left early: cancel the calls, close the backends
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
