@@ -44,25 +44,7 @@ LAYERS: Mapping[str, int] = {
 EXEMPT = frozenset({PACKAGE})  # the root __init__ re-exports
 
 # (importer, imported) module pairs that break the layering today. Empty is the target.
-ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {
-        # ledger.plan prices a plan with the router's limits and the tierer: 15-A moves it to run/
-        ("tierline.ledger.plan", "tierline.dispatch.limits"),
-        ("tierline.ledger.plan", "tierline.tiering.pipeline"),
-        # the scheduler tiers jobs: 15-A moves it to run/
-        ("tierline.dispatch.scheduler", "tierline.tiering.pipeline"),
-        ("tierline.dispatch.scheduler", "tierline.tiering.vote"),
-        # calibrate runs the tierer and the scheduler: 15-A moves it to run/
-        ("tierline.dispatch.calibrate", "tierline.tiering.pipeline"),
-        # batch diversion and collection carry the tier vote into result lines: 15-A (results)
-        ("tierline.dispatch.batch.divert", "tierline.tiering.vote"),
-        ("tierline.dispatch.batch.engine", "tierline.tiering.vote"),
-        # label runs jobs through the scheduler: 15-A moves it to run/
-        ("tierline.tiering.label", "tierline.dispatch.base"),
-        ("tierline.tiering.label", "tierline.dispatch.checks"),
-        ("tierline.tiering.label", "tierline.dispatch.scheduler"),
-    }
-)
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
 # Import cycles (as the set of modules in one strongly connected component) allowed today.
 ALLOWED_CYCLES: frozenset[frozenset[str]] = frozenset()
 # Nothing in the product may import the test suite or a dev-only package.
