@@ -73,6 +73,7 @@ def run_local(cfg: Any, inputs: Path, work: Path, max_cost: float | None) -> Any
     import asyncio
 
     from tierline.dispatch.scheduler import run_files
+
     from tierline.jobs import ResultWriter
     from tierline.ledger.pricing import to_micros
 

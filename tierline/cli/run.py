@@ -19,6 +19,8 @@ from ..ledger.pricing import to_micros
 from ..ledger.store import ledger_path_for
 from ..resume import Journal
 from ..run import RunSummary, Sink
+from ..run.command import Engine as RunEngine
+from ..run.command import RunRequest, Select, local_engine, run_to_output
 from ..shard import Shard
 from . import batch
 from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
