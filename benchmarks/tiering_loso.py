@@ -30,6 +30,7 @@ from tierline.tiering.train import (  # noqa: E402
     TrainConfig,
     design,
     fit,
+    last_label_wins,
     read_labelled,
     source_group,
 )
@@ -43,7 +44,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--outcome-share", type=float, default=0.5)
     ap.add_argument("--max-iter", type=int, default=100)
     args = ap.parse_args(argv)
-    rows = [r for path in args.data for r in read_labelled(path)]
+    # As `tiering train` reads them: a prompt in two files keeps the last file's label.
+    rows = last_label_wins([r for path in args.data for r in read_labelled(path)])
     extra = [r for path in args.outcomes for r in outcome_labels(read_outcomes(path), path.name)]
     everything = rows + extra
     X = design([r.prompt for r in everything])

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from tierline.tiering.model import load_model
-from tierline.tiering.train import LabelledPrompt, TrainConfig, read_labelled, sample_weights, train
+from tierline.tiering.train import (
+    LabelledPrompt,
+    TrainConfig,
+    last_label_wins,
+    read_labelled,
+    sample_weights,
+    train,
+)
 
 FAST = TrainConfig(max_iter=40)
 
@@ -67,3 +74,14 @@ def test_read_labelled_names_bad_line(tmp_path: Path) -> None:
     path.write_text('{"prompt": "x", "tier": 1}\n{"prompt": "y", "tier": 7}\n')
     with pytest.raises(ValueError, match=r"d.jsonl:2: tier must be"):
         read_labelled(path)
+
+
+def test_a_later_file_relabels_a_prompt(small_rows: list[LabelledPrompt]) -> None:
+    """A prompt given twice keeps the last label (the public rows relabel corpus rows), once."""
+    prompt = small_rows[0].prompt
+    relabelled = LabelledPrompt(prompt, 3 if small_rows[0].tier != 3 else 1, "later:file")
+    rows = last_label_wins([*small_rows, relabelled])
+    assert len(rows) == len(small_rows)
+    assert rows[0] == relabelled
+    model = train([*small_rows, relabelled], FAST)
+    assert int(model.predict_proba([prompt]).argmax()) + 1 == relabelled.tier

@@ -29,6 +29,7 @@ __all__ = [
     "OUTCOME_SOURCE",
     "LabelledPrompt",
     "TrainConfig",
+    "last_label_wins",
     "read_labelled",
     "source_group",
     "train",
@@ -163,8 +164,26 @@ def design(texts: Sequence[str]) -> Design:
 
 
 def train(rows: Sequence[LabelledPrompt], config: TrainConfig | None = None) -> TierModel:
-    """Fit a model on labelled prompts (deterministic)."""
+    """Fit a model on labelled prompts (deterministic); a repeated prompt keeps its last label."""
+    rows = last_label_wins(rows)
     return fit(design([r.prompt for r in rows]), rows, config)
+
+
+def last_label_wins(rows: Sequence[LabelledPrompt]) -> list[LabelledPrompt]:
+    """One row per prompt text: the last one, at the place of the first.
+
+    A later file can relabel rows of an earlier one (the public rows give the corpus's
+    GSM8K problems of at most two steps tier 1), and a prompt with two labels would only
+    teach the model to hedge.
+    """
+    last = {r.prompt: r for r in rows}
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        if r.prompt not in seen:
+            seen.add(r.prompt)
+            out.append(last[r.prompt])
+    return out
 
 
 def fit(X: Design, rows: Sequence[LabelledPrompt], config: TrainConfig | None = None) -> TierModel:
