@@ -1,6 +1,6 @@
 """What a SmolLM2-embedding stage for unsure jobs would cost per job, on this machine.
 
-    nice python benchmarks/tiering_embed_cost.py [--jobs 30]
+    nice python benchmarks/tiering_embed_cost.py [--jobs 30] [--batch]
 
 Embeds prompts of the hand-written realistic set (mean-pooled hidden states of the embedded
 SmolLM2-135M-Instruct through llama-cpp-python, one thread, as a tiering stage would run
@@ -23,6 +23,7 @@ DATA = Path(__file__).resolve().parents[1] / "tests" / "tiering" / "data" / "rea
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=30)
+    ap.add_argument("--batch", action="store_true", help="one embed() call for all the jobs")
     args = ap.parse_args(argv)
     import llama_cpp
 
@@ -38,12 +39,19 @@ def main(argv: list[str]) -> int:
         pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
     )
     model.embed(texts[0][:1500])  # warm-up
+    tokens = sum(len(model.tokenize(t[:1500].encode())) for t in texts)
     cpu, wall = time.process_time(), time.perf_counter()
-    for text in texts:
-        model.embed(text[:1500])  # about the 512-token context
+    if args.batch:
+        model.embed([text[:1500] for text in texts])
+    else:
+        for text in texts:
+            model.embed(text[:1500])  # about the 512-token context
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     n = len(texts)
-    print(f"{n} jobs: {cpu / n * 1000:.1f} ms cpu/job, {wall / n * 1000:.1f} ms wall/job")
+    print(
+        f"{n} jobs, {tokens / n:.0f} tokens/job{' (batched)' if args.batch else ''}: "
+        f"{cpu / n * 1000:.1f} ms cpu/job, {wall / n * 1000:.1f} ms wall/job"
+    )
     return 0
 
 
