@@ -61,7 +61,7 @@ def _byte_tables() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
 _NORM, _CLASS = _byte_tables()
 
 # Single bytes counted per document (on the normalised window); each becomes a dense feature.
-_COUNTED = "$\\{}=^?`0;#*|-:.,"
+_COUNTED = "$\\{}=^?`0;#*|-:"
 
 # Word lists whose per-document counts are dense features. They name the job *type*, which is
 # what transfers between prompt sources; the hashed n-grams learn the rest.
@@ -116,12 +116,6 @@ _LEXICONS: dict[str, str] = {
         "hardest difficult challenging olympiad competition advanced graduate phd expert "
         "nontrivial tricky edge cases"
     ),
-    # Conditions to satisfy at once: what makes a puzzle or a plan hard without any math.
-    "logic": (
-        "if unless then either neither nor exactly only cannot must except condition "
-        "conditions following assume assuming consecutive adjacent arrangement schedule "
-        "inference conclusion argument premise flaw valid"
-    ),
 }
 
 DENSE_NAMES: tuple[str, ...] = (
@@ -131,7 +125,6 @@ DENSE_NAMES: tuple[str, ...] = (
     "frac_digits",
     *(f"count[{c!r}]" for c in _COUNTED),
     *(f"lex[{k}]" for k in _LEXICONS),
-    "log_numbers",
     "starts_with_question_word",
     "ends_with_question",
 )
@@ -313,7 +306,6 @@ def _byte_codes() -> tuple[npt.NDArray[np.uint8], int]:
 
 _BYTE_CODE, _N_CODES = _byte_codes()
 _QMARK = ord("?")
-_ZERO = ord("0")  # every digit after folding
 
 
 def _dense(
@@ -353,8 +345,6 @@ def _dense(
             counted[:, _COUNTED.index("0")] / per_byte,
             np.log1p(counted),
             np.log1p(_lexicon_counts(tok, n_docs)),
-            # Quantities to combine: in word problems, more numbers means more steps.
-            np.log1p(np.bincount(tok.doc[b[tok.first] == _ZERO], minlength=n_docs)),
             q_start,
             q_end,
         ]
