@@ -20,8 +20,8 @@ closes (the parent is done, or died) the worker exits at once.
                        "response_format", "seed"}
     worker -> parent  {"op": "ready", "n_ctx", "parallel", "threads", "system_info"}
                       {"op": "fatal", "error"}            then exit 3 (nothing loaded)
-                      {"op": "done", "id", "text", "finish_reason", "prompt_tokens",
-                       "completion_tokens", "worker_s"}
+                      {"op": "done", "id", "response", "worker_s"}   response: a Chat
+                                          Completions body (choices, usage)
                       {"op": "error", "id", "error"}      that job failed, the worker goes on
 
 llama-cpp-python is imported only here, inside the worker, and only when the worker starts.
@@ -368,6 +368,26 @@ class Engine:
                 return "stop"
         return "length" if seq.n_out >= seq.max_tokens else None
 
+    def response(self, seq: Sequence, finish_reason: str) -> dict[str, Any]:
+        """The answer in the Chat Completions shape (as llama-cpp-python's
+        create_chat_completion returns it), which the parent reads with the HTTP backends'
+        parser."""
+        return {
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.text_of(seq)},
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(seq.prompt),
+                "completion_tokens": seq.n_out,
+                "total_tokens": len(seq.prompt) + seq.n_out,
+            },
+        }
+
     def text_of(self, seq: Sequence) -> str:
         text = seq.out.decode("utf-8", errors="ignore")
         cut = min((i for i in (text.find(s) for s in seq.stops) if i >= 0), default=-1)
@@ -475,10 +495,7 @@ def serve(engine: Engine, channel: Channel, inbox: queue.Queue[dict[str, Any] | 
             channel.send(
                 op="done",
                 id=seq.job_id,
-                text=engine.text_of(seq),
-                finish_reason=reason,
-                prompt_tokens=len(seq.prompt),
-                completion_tokens=seq.n_out,
+                response=engine.response(seq, reason),
                 # Time in the worker: the rest of a job's latency is the pipe, JSON, asyncio.
                 worker_s=time.perf_counter() - seq.received,
             )

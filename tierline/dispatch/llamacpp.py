@@ -31,9 +31,9 @@ import orjson
 from ..config import LlamaCppBackendConfig
 from ..embedded import EMBEDDED_MODEL_FILE, default_model_path
 from ..errors import BackendError, BackendUnavailable
-from ..jobs import Usage
 from .base import BaseBackend, Completion, Request
 from .llama_worker import PORTABLE_CMAKE_ARGS, json_grammar, reinstall_command
+from .openai_chat import parse_chat_completion
 from .probe import CheckResult
 
 __all__ = [
@@ -134,6 +134,7 @@ class Worker:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.info: dict[str, Any] = {}
         self.death: str | None = None  # set when the process ended
+        self.killed_for: str | None = None  # why tierline killed it (a timeout), if it did
         self.eof = False  # its answers' pipe closed
         self._stderr: deque[str] = deque(maxlen=STDERR_TAIL)
         self._tasks: list[asyncio.Task[None]] = []
@@ -203,10 +204,19 @@ class Worker:
         if self._stderr_task is not None:  # its last lines say why (a GGML_ASSERT, ...)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
-        self.death = crash_message(code, "\n".join(self._stderr))
+        self.death = self.killed_for or crash_message(code, "\n".join(self._stderr))
 
-    async def submit(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Send one job; its answer, or WorkerDied if the process ends first."""
+    def kill(self, reason: str) -> None:
+        """Kill a hung worker (SIGKILL ends a stopped process too); `reason` becomes the error
+        of every job it held, instead of the SIGKILL's usual out-of-memory guess."""
+        if self.proc is not None and self.proc.returncode is None and self.killed_for is None:
+            self.killed_for = reason
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def submit(self, job: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        """Send one job; its answer, or WorkerDied if the process ends first or does not answer
+        within timeout_s (then it is killed: a hung worker must not hang the run)."""
         if not self.alive or self.proc is None or self.proc.stdin is None:
             raise WorkerDied(f"{self.label}: {self.death or 'it is stopping'}")
         job_id = next(self._ids)
@@ -217,7 +227,17 @@ class Worker:
             await self.proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass  # it died; _read fails the future with the reason
-        return await fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except asyncio.TimeoutError:
+            # A stopped (SIGSTOP), deadlocked or hopelessly slow worker: whatever it still holds
+            # would wait forever. Killing it fails them all with this reason (through _read) and
+            # the next job restarts it, within max_restarts.
+            self.kill(
+                f"the llama.cpp worker did not answer a job within timeout_s = {timeout_s:g} s "
+                "(hung, or too slow for the job's max_tokens); it was killed"
+            )
+            return await fut
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Close its stdin (it exits at once, dropping unfinished jobs), kill it if it lingers."""
@@ -325,22 +345,15 @@ class LlamaCppBackend(BaseBackend):
             "seed": self.config.seed,
         }
         try:
-            answer = await worker.submit(job)
+            answer = await worker.submit(job, self.config.timeout_s)
         except WorkerDied as exc:
             raise BackendUnavailable(str(exc)) from None
         if answer["op"] == "error":
             # e.g. "Requested tokens (3000) exceed context window of 2048": no retry can help.
             raise BackendError(f"{self.name}: {answer['error']}")
-        return Completion(
-            text=answer["text"],
-            finish_reason=answer["finish_reason"],
-            usage=Usage(
-                input_tokens=int(answer["prompt_tokens"]),
-                output_tokens=int(answer["completion_tokens"]),
-            ),
-            model=self.model,
-            extra={"worker_s": answer.get("worker_s")},
-        )
+        # The worker answers in the Chat Completions shape: one parser for it, the HTTP one.
+        completion = parse_chat_completion(answer["response"], self.model)
+        return replace(completion, model=self.model, extra={"worker_s": answer.get("worker_s")})
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for `kill` in tests, `ps` for people)."""
@@ -360,7 +373,8 @@ class LlamaCppBackend(BaseBackend):
         try:
             await worker.start()
             await worker.submit(
-                {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stop": []}
+                {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stop": []},
+                self.config.timeout_s,
             )
         except (BackendUnavailable, WorkerDied) as exc:
             return [replace(base, model_present=None, detail=str(exc))]
