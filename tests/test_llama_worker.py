@@ -75,13 +75,14 @@ async def wait_for_jobs(backend: LlamaCppBackend, n: int) -> int:
 
 
 async def test_batched_equals_unbatched_at_temperature_zero(smollm2: Path) -> None:
-    """Six prompts decoded together in one context give the same text, token for token, as
-    each decoded alone, and as llama-cpp-python's own create_chat_completion: the worker
-    formats the prompt with the model's chat template exactly as it does."""
+    """With a KV stream per sequence (kv_unified = false), six prompts decoded together give
+    the same text, token for token, as each decoded alone, and as llama-cpp-python's own
+    create_chat_completion on the shipped file: the worker formats the prompt with the
+    model's chat template exactly as it does."""
     from llama_cpp import Llama
 
-    batched = local(parallel=6)
-    single = local(parallel=1)
+    batched = local(parallel=6, kv_unified=False, requantize="off")
+    single = local(parallel=1, kv_unified=False, requantize="off")
     try:
         together = await asyncio.gather(
             *(batched.complete(ask(p, temperature=0.0)) for p in PROMPTS)
@@ -91,7 +92,7 @@ async def test_batched_equals_unbatched_at_temperature_zero(smollm2: Path) -> No
         await batched.aclose()
         await single.aclose()
     assert [c.text for c in together] == [c.text for c in alone]
-    assert [c.usage for c in together] == [c.usage for c in alone]
+    assert [c.usage.output_tokens for c in together] == [c.usage.output_tokens for c in alone]
     llama = Llama(model_path=str(smollm2), n_ctx=1024, verbose=False, seed=0)
     try:
         for prompt, mine in zip(PROMPTS[:3], alone[:3], strict=True):
@@ -102,6 +103,46 @@ async def test_batched_equals_unbatched_at_temperature_zero(smollm2: Path) -> No
             assert mine.text == theirs["choices"][0]["message"]["content"]
     finally:
         llama.close()
+
+
+async def test_default_worker_alone_equals_llama_cpp_python(smollm2: Path) -> None:
+    """The defaults (the embedded model requantized, one KV cache, flash attention): a job
+    decoded alone is llama-cpp-python's create_chat_completion on the same file and kernels."""
+    from llama_cpp import Llama
+
+    single = local(parallel=1)
+    try:
+        alone = [await single.complete(ask(p, temperature=0.0)) for p in PROMPTS[:3]]
+        loaded = next(w for w in single.workers if w is not None).info["model_path"]
+    finally:
+        await single.aclose()
+    assert loaded != str(smollm2) and single.model.endswith("-as-Q8_0")
+    llama = Llama(model_path=loaded, n_ctx=1024, verbose=False, seed=0, flash_attn=True)
+    try:
+        for prompt, mine in zip(PROMPTS[:3], alone, strict=True):
+            theirs = llama.create_chat_completion(
+                messages=[{"role": "user", "content": prompt}], max_tokens=24, temperature=0.0
+            )
+            assert mine.text == theirs["choices"][0]["message"]["content"]
+    finally:
+        llama.close()
+
+
+async def test_a_shared_prompt_prefix_is_computed_once(smollm2: Path) -> None:
+    """Jobs with the same system prompt reuse its KV cache: the first computes it, the ones
+    after it (in the same slot, or copied from another) report it as cached prompt tokens."""
+    backend = local(parallel=4)
+    system = "You are a careful assistant who answers in one short sentence."
+    try:
+        first = await backend.complete(ask("Name a colour.", system=system, max_tokens=4))
+        together = await asyncio.gather(
+            *(backend.complete(ask(p, system=system, max_tokens=4)) for p in PROMPTS[:4])
+        )
+    finally:
+        await backend.aclose()
+    assert first.usage.cached_tokens == 0
+    # the template's head and the system prompt: about 20 tokens, never the user's question
+    assert all(15 <= c.usage.cached_tokens < c.usage.input_tokens - 3 for c in together)
 
 
 async def test_grammar_stop_and_max_tokens_hold_per_sequence(smollm2: Path) -> None:
@@ -175,7 +216,7 @@ async def test_a_hung_worker_times_out_and_restarts(smollm2: Path) -> None:
     assert all("did not answer a job within timeout_s = 5 s" in str(o) for o in outcomes)
     assert "out-of-memory" not in str(outcomes[0])  # the kill was ours, not the OOM killer's
     assert after.usage.output_tokens > 0 and backend.restarts == 1 and pid not in new_pids
-    assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left stopped
+    assert not _exists(Path(f"/proc/{pid}"))  # killed and reaped, not left stopped
 
 
 async def test_restarts_are_bounded(smollm2: Path) -> None:
@@ -374,3 +415,96 @@ def test_readme_and_ci_install_the_portable_build() -> None:
     for name in ("README.md", ".ci/run"):
         text = (root / name).read_text()
         assert f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}"' in text and "--no-cache-dir" in text, name
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _stat(path: Path) -> os.stat_result:
+    return path.stat()
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.write_bytes(source.read_bytes())
+
+
+def _loaded(backend: LlamaCppBackend) -> dict[str, object]:
+    """The ready message of the backend's (first) worker: the file it loaded, any note."""
+    return next(w for w in backend.workers if w is not None).info
+
+
+async def test_the_embedded_model_is_requantized_once_into_the_user_cache(
+    smollm2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded model is converted into the XDG cache, under a name keyed by the source's
+    hash, the type and the llama-cpp-python version; later workers reuse that file."""
+    import hashlib
+
+    import llama_cpp
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = local()
+    try:
+        await first.complete(ask("Hi", max_tokens=1))
+        made = Path(str(_loaded(first)["model_path"]))
+    finally:
+        await first.aclose()
+    stat = _stat(made)
+    second = local(workers=2)
+    try:
+        await asyncio.gather(*(second.complete(ask("Hi", max_tokens=1)) for _ in range(4)))
+        reused = [Path(str(w.info["model_path"])) for w in second.workers if w is not None]
+    finally:
+        await second.aclose()
+    assert made.parent == tmp_path / "cache" / "tierline" / "models"
+    digest = hashlib.sha256(_read(smollm2)).hexdigest()[:16]
+    assert made.name == (
+        f"SmolLM2-135M-Instruct.Q4_1.{digest}.Q8_0.llama-cpp-python-{llama_cpp.__version__}.gguf"
+    )
+    assert reused and all(p == made for p in reused)
+    assert (_stat(made).st_mtime_ns, _stat(made).st_ino) == (stat.st_mtime_ns, stat.st_ino)
+    assert not [name for name in os.listdir(made.parent) if name.endswith(".tmp")]
+
+
+async def test_a_users_model_is_used_as_given_unless_they_opt_in(
+    smollm2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requantize = "auto" leaves a model_path alone; naming a type converts it (cached)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    own = tmp_path / "mine.gguf"
+    _copy(smollm2, own)
+    as_given = local(model_path=str(own))
+    opted = local(model_path=str(own), requantize="q4_0")
+    try:
+        await as_given.complete(ask("Hi", max_tokens=1))
+        await opted.complete(ask("Hi", max_tokens=1))
+        given, converted = _loaded(as_given), _loaded(opted)
+    finally:
+        await as_given.aclose()
+        await opted.aclose()
+    assert given["model_path"] == str(own) and as_given.model == "mine"
+    assert Path(str(converted["model_path"])).parent == tmp_path / "cache" / "tierline" / "models"
+    assert ".Q4_0.llama-cpp-python-" in str(converted["model_path"])
+    assert opted.model == "mine-as-Q4_0"
+
+
+async def test_an_unusable_cache_loads_the_model_as_given(
+    smollm2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache directory that cannot be created costs the speed-up, not the run."""
+    _copy(Path(__file__), tmp_path / "tierline")  # a file where the cache dir should be
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    backend = local()
+    try:
+        answer = await backend.complete(ask("Hi", max_tokens=2))
+        info = _loaded(backend)
+        (row,) = await backend.check()
+    finally:
+        await backend.aclose()
+    assert answer.usage.output_tokens > 0 and info["model_path"] == str(smollm2)
+    assert "not requantized to Q8_0" in str(info["note"]) and "loaded as given" in row.detail

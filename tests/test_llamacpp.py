@@ -55,7 +55,7 @@ async def test_completion_with_usage(backend: LlamaCppBackend) -> None:
     c = await backend.complete(ask("What is the capital of France?", system="Answer briefly."))
     assert c.text.strip() and c.finish_reason in ("stop", "length")
     assert c.usage.input_tokens > 5 and 0 < c.usage.output_tokens <= 16
-    assert c.model == "SmolLM2-135M-Instruct.Q4_1"
+    assert c.model == "SmolLM2-135M-Instruct.Q4_1-as-Q8_0"  # requantized: it says so
 
 
 @pytest.mark.asyncio(loop_scope="module")

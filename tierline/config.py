@@ -196,6 +196,13 @@ class LlamaCppBackendConfig(BackendSettings, _LocalPricing):
     workers: Annotated[int, Field(ge=1, le=64)] | None = None  # default: auto_workers()
     parallel: Annotated[int, Field(ge=1, le=256)] | None = None  # default: auto_parallel()
     max_restarts: Annotated[int, Field(ge=0)] = 3  # worker restarts after crashes, per run
+    # Convert the model to a type llama.cpp multiplies as matrices on CPUs (docs/local.md),
+    # cached per user: "auto" does it for the embedded model only, a model_path is used as
+    # given unless this names a type.
+    requantize: Literal["auto", "off", "q4_0", "q8_0"] = "auto"
+    # One KV cache for a worker's sequences: faster batches, but an answer at temperature 0
+    # depends on what else was in the batch; false: it never does (docs/local.md).
+    kv_unified: bool = True
     # 0 (the default): every sequence of every worker, workers x parallel.
     max_concurrency: Annotated[int, Field(ge=0, le=4096)] = 0
 

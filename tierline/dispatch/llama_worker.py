@@ -155,6 +155,11 @@ class Settings:
     n_gpu_layers: int = 0
     n_batch: int = 512
     check_build: bool = True
+    kv_unified: bool = True
+    flash_attn: bool = True
+    # Convert the model to this llama.cpp type first ("Q4_0", "Q8_0"), cached in cache_dir.
+    requantize: str | None = None
+    cache_dir: str | None = None
     # With `parallel` left to its default, fewer sequences if their KV cache would pass this
     # (a 7B model's 2048 cells take 1 GiB: it keeps one sequence, as before batching).
     kv_budget: int | None = None
@@ -176,10 +181,24 @@ class Sequence:
     out: bytearray = field(default_factory=bytearray)
     n_out: int = 0
     received: float = 0.0  # when the job arrived (perf_counter)
+    reused: int = 0  # prompt tokens whose KV came from an earlier prompt
 
     @property
     def prefilling(self) -> bool:
         return self.fed < len(self.prompt)
+
+
+MIN_SHARED = 8  # shared prompt tokens that make a KV copy from another slot worth it
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class Engine:
@@ -202,12 +221,25 @@ class Engine:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = settings.n_ctx * settings.parallel
         cparams.n_seq_max = settings.parallel
-        cparams.kv_unified = False  # each sequence gets its own n_ctx cells
+        # kv_unified (the default): one KV stream for all sequences, n_ctx cells per sequence.
+        # llama.cpp then decodes any mix of sequences in one ubatch, and a shared prompt
+        # prefix is a metadata copy; but a sequence's attention runs over the whole cache,
+        # masked, so its numbers depend on what else is in the batch (docs/local.md: at
+        # temperature 0 most answers differ in their later tokens from the same prompt
+        # decoded alone). Without it each sequence has its own stream, and answers do not
+        # depend on the batch: step() pads the batch so that llama.cpp still decodes it in
+        # one graph (it groups only consecutive sequence ids).
+        cparams.kv_unified = settings.kv_unified
         cparams.n_batch = cparams.n_ubatch = settings.n_batch
         cparams.n_threads = cparams.n_threads_batch = settings.n_threads
-        # As llama_cpp.Llama sets it (flash_attn=False): the same numbers as before, token for
-        # token at temperature 0 (tests/test_llama_worker.py checks it).
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention skips the other sequences' (masked) cells of a unified cache; off,
+        # as llama_cpp.Llama sets it, with a stream per sequence: then the numbers are
+        # create_chat_completion's, token for token (tests/test_llama_worker.py).
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if settings.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise LoadError(f"llama.cpp cannot create a context of {cparams.n_ctx} tokens")
@@ -216,6 +248,8 @@ class Engine:
         self.batch = llama_cpp.llama_batch_init(settings.n_batch, 0, 1)
         self.formatter = chat_formatter(self.metadata(), self.token_text)
         self._piece = ctypes.create_string_buffer(256)
+        # The tokens whose KV each slot (= sequence id = KV stream) holds, for place().
+        self.cached: list[list[int]] = [[] for _ in range(settings.parallel)]
 
     # -- model facts -------------------------------------------------------------------
 
@@ -294,8 +328,9 @@ class Engine:
             ll.llama_sampler_chain_add(chain, s)
         return chain
 
-    def admit(self, job: Mapping[str, Any], slot: int) -> Sequence:
-        """Format, tokenize and check one job; raise JobFailed when it cannot run."""
+    def admit(self, job: Mapping[str, Any]) -> Sequence:
+        """Format, tokenize and check one job; raise JobFailed when it cannot run. The
+        sequence gets its slot from place()."""
         formatted = self.formatter(messages=job["messages"])
         prompt = self.tokenize(formatted.prompt, add_special=not formatted.added_special)
         if len(prompt) >= self.n_ctx:
@@ -314,13 +349,59 @@ class Engine:
             int(job.get("seed") or 0),
         )
         max_tokens = min(int(job["max_tokens"]), self.n_ctx - len(prompt))
-        seq = Sequence(int(job["id"]), slot, prompt, max_tokens, stops, sampler)
+        seq = Sequence(int(job["id"]), -1, prompt, max_tokens, stops, sampler)
         seq.received = float(job.get("received", time.perf_counter()))
         return seq
 
+    def place(self, seq: Sequence, free: list[int], active: list[Sequence]) -> bool:
+        """Put seq in a free slot, reusing the KV cache of the longest prompt prefix any slot
+        holds; False: leave it waiting one step, because a sequence being prefilled now shares
+        more of its prompt than any slot holds yet.
+
+        Chat prompts share a long head (SmolLM2's template adds a 25-token system prompt to
+        every job): computing it once per worker instead of once per job is a third of the
+        work on short jobs. llama-cpp-python's `Llama.__call__` loop reuses its previous
+        prompt's prefix the same way. A slot's own cache is trimmed in place; another slot's
+        is copied (across KV streams llama.cpp copies the whole stream, n_ctx cells: worth
+        it from MIN_SHARED tokens on).
+        """
+        prompt, limit = seq.prompt, len(seq.prompt) - 1  # the last token must be decoded
+        # the lowest of the best free slots: busy slots stay together (see step())
+        slot = max(free, key=lambda s: (_common(self.cached[s], prompt), -s))
+        own = min(_common(self.cached[slot], prompt), limit)
+        source, shared = -1, own
+        for other, tokens in enumerate(self.cached):
+            n = min(_common(tokens, prompt), limit) if other != slot else 0
+            if n > shared:
+                source, shared = other, n
+        coming = max((_common(a.prompt, prompt) for a in active if a.prefilling), default=0)
+        if min(coming, limit) >= max(own, shared) + MIN_SHARED:
+            return False
+        ll = self.ll
+        if source >= 0 and shared >= own + MIN_SHARED:
+            if self.s.kv_unified:  # the cells just gain this sequence id
+                ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+                ll.llama_memory_seq_cp(self.mem, source, slot, 0, shared)
+            else:  # the whole stream's buffer is copied
+                ll.llama_memory_seq_cp(self.mem, source, slot, -1, -1)
+            self.cached[slot] = self.cached[source][:shared]
+        else:
+            shared = own
+            del self.cached[slot][shared:]
+        ll.llama_memory_seq_rm(self.mem, slot, shared, -1)
+        seq.slot, seq.fed, seq.pos = slot, shared, shared
+        seq.reused = shared
+        free.remove(slot)
+        return True
+
     def release(self, seq: Sequence) -> None:
-        self.ll.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+        """The sequence is done; its slot keeps its KV cache for the next prompt to reuse."""
         self.ll.llama_sampler_free(seq.sampler)
+
+    def forget(self) -> None:
+        """Drop every slot's cache (after a failed decode its contents are unknown)."""
+        self.ll.llama_memory_clear(self.mem, True)
+        self.cached = [[] for _ in self.cached]
 
     def step(self, active: list[Sequence]) -> list[tuple[Sequence, int]]:
         """One llama_decode over every active sequence; returns (sequence, batch index) pairs
@@ -328,28 +409,58 @@ class Engine:
         b = self.batch
         n = 0
         ready: list[tuple[Sequence, int]] = []
+        cached = self.cached
 
-        def add(seq: Sequence, token: int, logits: bool) -> None:
+        def put(slot: int, token: int, pos: int, logits: bool) -> None:
             nonlocal n
             b.token[n] = token
-            b.pos[n] = seq.pos
+            b.pos[n] = pos
             b.n_seq_id[n] = 1
-            b.seq_id[n][0] = seq.slot
+            b.seq_id[n][0] = slot
             b.logits[n] = logits
-            if logits:
-                ready.append((seq, n))
-            seq.pos += 1
             n += 1
 
-        for seq in active:  # generating sequences first: one token each
-            if not seq.prefilling:
+        def add(seq: Sequence, token: int, logits: bool) -> None:
+            if logits:
+                ready.append((seq, n))
+            put(seq.slot, token, seq.pos, logits)
+            cached[seq.slot].append(token)
+            seq.pos += 1
+
+        # With a KV stream per sequence, llama.cpp decodes together only sequences of
+        # consecutive ids with the same number of tokens (llama_batch_allocr::split_equal):
+        # slots 0, 1, 3 would be two graphs. So the first round holds one token of every slot
+        # from the lowest busy one to the highest, a free slot in between getting a throwaway
+        # token (one row of work, removed after the step) to keep the run unbroken.
+        by_slot = {seq.slot: seq for seq in sorted(active, key=lambda q: q.slot)}
+        if not self.s.kv_unified:
+            # A prompt alone in its graph, as if decoded alone: split across ubatches with
+            # other sequences, its attention would be computed in other shapes, with other
+            # rounding, and its answer could change.
+            first = next((q for q in by_slot.values() if q.prefilling), None)
+            if first is not None:
+                by_slot = {first.slot: first}
+        pads: list[int] = []
+        # One stream (kv_unified) takes any mix of sequences in one ubatch: no padding.
+        run = by_slot if self.s.kv_unified else range(min(by_slot), max(by_slot) + 1)
+        for slot in run:
+            seq = by_slot.get(slot)
+            if seq is None:
+                pads.append(slot)
+                put(slot, 0, len(cached[slot]), False)
+            elif seq.prefilling:
+                seq.fed += 1
+                add(seq, seq.prompt[seq.fed - 1], not seq.prefilling)
+            else:
                 add(seq, seq.last, True)
-        for seq in active:  # then prompt chunks, as much as the batch holds
+        for seq in by_slot.values():  # then the rest of the prompts, as much as fits
             while seq.prefilling and n < self.s.n_batch:
                 seq.fed += 1
                 add(seq, seq.prompt[seq.fed - 1], not seq.prefilling)
         b.n_tokens = n
         rc = self.ll.llama_decode(self.ctx, b)
+        for slot in pads:
+            self.ll.llama_memory_seq_rm(self.mem, slot, len(cached[slot]), -1)
         if rc != 0:
             raise DecodeFailed(f"llama_decode failed with code {rc}")
         return ready
@@ -382,6 +493,8 @@ class Engine:
                 }
             ],
             "usage": {
+                # as OpenAI reports a prompt-cache hit: the prompt tokens not computed again
+                "prompt_tokens_details": {"cached_tokens": seq.reused},
                 "prompt_tokens": len(seq.prompt),
                 "completion_tokens": seq.n_out,
                 "total_tokens": len(seq.prompt) + seq.n_out,
@@ -418,6 +531,55 @@ def chat_formatter(metadata: Mapping[str, str], token_text: Any) -> Any:
         bos_token=token_text(bos),
         stop_token_ids=[eos],
     )
+
+
+def requantized(source: str, type_name: str, cache_dir: str, llama_cpp: Any) -> str:
+    """The model file `source` converted to llama.cpp's `type_name` ("Q4_0", "Q8_0"): from the
+    cache, or made now (llama_model_quantize: well under a second for the embedded model).
+
+    The cache key is the source's content hash, the type and the llama-cpp-python version (a
+    new llama.cpp may quantize differently), so an edited or replaced source, or an upgrade,
+    never picks up a stale file. The file is written under a temporary name and renamed into
+    place, under a lock: workers starting together make it once, and a crash mid-write leaves
+    no half file behind.
+    """
+    digest = _file_sha256(source)
+    stem = os.path.basename(source).removesuffix(".gguf")
+    name = f"{stem}.{digest[:16]}.{type_name}.llama-cpp-python-{llama_cpp.__version__}.gguf"
+    target = os.path.join(cache_dir, name)
+    if os.path.isfile(target):
+        return target
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(target + ".lock", "w") as lock:
+        with contextlib.suppress(ImportError):  # no fcntl on Windows: at worst done twice
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(target):  # another worker made it while this one waited
+            return target
+        tmp = os.path.join(cache_dir, f".{name}.{os.getpid()}.tmp")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{type_name}")
+        params.allow_requantize = True
+        try:
+            rc = llama_cpp.llama_model_quantize(source.encode(), tmp.encode(), ctypes.byref(params))
+            if rc != 0:
+                raise LoadError(f"llama_model_quantize failed with code {rc}")
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return target
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class LoadError(Exception):
@@ -458,25 +620,26 @@ def _reader(inbox: queue.Queue[dict[str, Any] | None]) -> None:
 
 def serve(engine: Engine, channel: Channel, inbox: queue.Queue[dict[str, Any] | None]) -> None:
     """Admit jobs into free slots, decode all active sequences together, answer as they end."""
-    free = list(range(engine.s.parallel))[::-1]
+    free = list(range(engine.s.parallel))
     active: list[Sequence] = []
-    waiting: list[dict[str, Any]] = []
+    waiting: list[Sequence] = []
     while True:
         try:  # block only when there is nothing to decode
             msg = inbox.get(block=not (active or waiting))
             while msg is not None:
-                waiting.append(msg)
+                try:
+                    waiting.append(engine.admit(msg))
+                except JobFailed as exc:
+                    channel.send(op="error", id=msg["id"], error=str(exc))
                 msg = inbox.get_nowait()
         except queue.Empty:
             pass
-        while waiting and free:
-            job = waiting.pop(0)
-            slot = free.pop()
-            try:
-                active.append(engine.admit(job, slot))
-            except JobFailed as exc:
-                free.append(slot)
-                channel.send(op="error", id=job["id"], error=str(exc))
+        for seq in list(waiting):  # in arrival order; a deferred one waits one step
+            if not free:
+                break
+            if engine.place(seq, free, active):
+                waiting.remove(seq)
+                active.append(seq)
         if not active:
             continue
         try:
@@ -487,6 +650,7 @@ def serve(engine: Engine, channel: Channel, inbox: queue.Queue[dict[str, Any] | 
                 engine.release(seq)
                 free.append(seq.slot)
             active = []
+            engine.forget()
             continue
         for seq, index in ready:
             reason = engine.sample(seq, index)
@@ -530,6 +694,14 @@ def main(argv: list[str] | None = None) -> int:
             f"Reinstall it portably: {reinstall_command()}",
         )
         return 3
+    note = None
+    if settings.requantize and settings.cache_dir:
+        try:
+            settings.model_path = requantized(
+                settings.model_path, settings.requantize, settings.cache_dir, llama_cpp
+            )
+        except (OSError, LoadError) as exc:  # a read-only cache: the model as given still runs
+            note = f"not requantized to {settings.requantize} ({exc}); loaded as given"
     try:
         engine = Engine(settings, llama_cpp)
     except LoadError as exc:
@@ -541,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
         parallel=settings.parallel,
         threads=settings.n_threads,
         system_info=info.strip(),
+        model_path=settings.model_path,
+        note=note,
     )
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_reader, args=(inbox,), daemon=True).start()

@@ -45,6 +45,10 @@ __all__ = [
     "json_grammar",
 ]
 
+# What `requantize = "auto"` converts the embedded model to (docs/local.md has the measurements):
+# ggml has no matrix-matrix kernel for Q4_1 on x86, so batched decoding of the shipped file
+# saves little; this type has one.
+EMBEDDED_REQUANTIZE = "Q8_0"
 LINE_LIMIT = 64 * 1024 * 1024  # one answer line from a worker (a long text, JSON-escaped)
 STDERR_TAIL = 20  # lines of a worker's stderr kept for the message when it dies
 
@@ -110,6 +114,22 @@ class _Settings:
     n_threads: int
     n_gpu_layers: int
     kv_budget: int | None = None
+    requantize: str | None = None
+    cache_dir: str | None = None
+    kv_unified: bool = True
+    flash_attn: bool = True
+
+
+def cache_dir() -> Path:
+    """Where requantized models are kept: the platform's per-user cache directory, never the
+    installed package (site-packages may be read-only, shared, or wiped by a reinstall)."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "tierline" / "models"
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "tierline" / "cache" / "models"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tierline" / "models"
 
 
 def _worker_env() -> dict[str, str]:
@@ -268,6 +288,9 @@ class LlamaCppBackend(BaseBackend):
         self.model = config.model_name or (
             self._path.stem if self._path else EMBEDDED_MODEL_FILE.removesuffix(".gguf")
         )
+        self.requantize = _requantize_to(config)
+        if self.requantize and not config.model_name:  # say what answers: not the file as is
+            self.model += f"-as-{self.requantize}"
         self.n_ctx = config.n_ctx
         self.parallel = config.sequences
         self.workers: list[Worker | None] = [None] * config.processes
@@ -281,7 +304,16 @@ class LlamaCppBackend(BaseBackend):
         threads = self.config.n_threads or max(1, (os.cpu_count() or 1) // self.config.processes)
         budget = None if self.config.parallel else KV_BUDGET
         return _Settings(
-            str(path), self.config.n_ctx, parallel, threads, self.config.n_gpu_layers, budget
+            str(path),
+            self.config.n_ctx,
+            parallel,
+            threads,
+            self.config.n_gpu_layers,
+            budget,
+            self.requantize,
+            str(cache_dir()) if self.requantize else None,
+            self.config.kv_unified,
+            self.config.kv_unified,  # flash attention with the unified cache only
         )
 
     async def _spawn(self, slot: int) -> Worker:
@@ -380,6 +412,7 @@ class LlamaCppBackend(BaseBackend):
             return [replace(base, model_present=None, detail=str(exc))]
         finally:
             await worker.stop()
+        loaded = str(worker.info.get("model_path") or settings.model_path)
         build = str(worker.info.get("system_info", "")).split("|")
         features = [p.split("=")[0].strip() for p in build if p.strip().endswith("= 1")]
         return [
@@ -388,8 +421,9 @@ class LlamaCppBackend(BaseBackend):
                 reachable=True,
                 model_present=True,
                 latency_s=time.perf_counter() - started,
-                detail=f"{settings.model_path.rsplit('/', 1)[-1]}: loaded, 1 token generated; "
-                f"build: {' '.join(f.split(':')[-1].strip() for f in features)}",
+                detail=f"{loaded.rsplit('/', 1)[-1]}: loaded, 1 token generated; "
+                f"build: {' '.join(f.split(':')[-1].strip() for f in features)}"
+                + (f"; {worker.info['note']}" if worker.info.get("note") else ""),
             )
         ]
 
@@ -399,6 +433,16 @@ class LlamaCppBackend(BaseBackend):
                 await task
         workers, self.workers = self.workers, [None] * self.config.processes
         await asyncio.gather(*(w.stop() for w in workers if w is not None))
+
+
+def _requantize_to(config: LlamaCppBackendConfig) -> str | None:
+    """The type the model is converted to, or None: the embedded model by default, a user's
+    own file only when they name a type."""
+    if config.requantize == "off":
+        return None
+    if config.requantize == "auto":
+        return None if config.model_path else EMBEDDED_REQUANTIZE
+    return config.requantize.upper()
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
