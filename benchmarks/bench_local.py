@@ -30,6 +30,9 @@ the ratios are what to compare; docs/local.md has the table and the targets):
 * `overhead`: what the worker process adds to a 1-token job: its latency seen by the backend
   minus the time the worker spent on it from arrival to answer (pipes, JSON, asyncio; mean and
   max of 20 jobs one after the other);
+* `quality` (not in the default set): the requantized files (Q8_0, the default, and Q4_0)
+  against the shipped Q4_1 file at temperature 0: perplexity of the shipped model's greedy
+  answers under each, and top-1 agreement with them;
 * `rss`: peak resident memory of `tierline run` with `workers = 2` (the parent and its workers
   summed, sampled every 20 ms; each process's own peak too).
 """
@@ -382,6 +385,66 @@ def bench_prompt() -> dict[str, Any]:
     return {"shipped": shipped, "tierline": loaded}
 
 
+def bench_quality() -> dict[str, Any]:
+    """The requantized files against the shipped one at temperature 0: the shipped model's
+    greedy answers to the 32 short prompts and the README's jobs, scored token by token under
+    each file: perplexity of those answers, and how often the file's own top token is the
+    shipped model's (1.0 for the shipped file itself, bar batch-shape rounding)."""
+    import math
+
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import Llama
+
+    from tierline.dispatch.llama_worker import chat_formatter, requantized
+    from tierline.dispatch.llamacpp import cache_dir
+
+    llama_cpp.llama_backend_init()
+    readme = [json.loads(line) for line in (ROOT / "examples" / "jobs.jsonl").open()]
+    prompts = short_prompts() + [j["prompt"] for j in readme if isinstance(j.get("prompt"), str)]
+
+    def load(path: str) -> Any:
+        return Llama(model_path=path, n_ctx=1024, n_threads=THREADS, verbose=False, logits_all=True)
+
+    shipped = load(model_path())
+    # the chat template as the workers (and create_chat_completion) apply it
+    template = chat_formatter(shipped.metadata, shipped._model.token_get_text)
+    answers = []
+    for prompt in prompts:
+        out = chat(shipped, prompt, MAX_TOKENS)
+        text = template(messages=[{"role": "user", "content": prompt}]).prompt
+        head = shipped.tokenize(text.encode(), add_bos=False, special=True)
+        tail = shipped.tokenize(out["choices"][0]["message"]["content"].encode(), add_bos=False)
+        answers.append((head, tail))
+
+    def score(llama: Any) -> dict[str, Any]:
+        nll, agree, n = 0.0, 0, 0
+        for head, tail in answers:
+            tokens = head + tail
+            llama.reset()
+            llama.eval(tokens)
+            logits = np.asarray(llama.scores[: len(tokens)], dtype=np.float64)
+            for i in range(len(head) - 1, len(tokens) - 1):
+                row, target = logits[i], tokens[i + 1]
+                top = row.max()
+                nll += top + math.log(np.exp(row - top).sum()) - row[target]
+                agree += int(row.argmax() == target)
+                n += 1
+        return {
+            "perplexity": round(math.exp(nll / n), 3),
+            "top1_agreement": round(agree / n, 4),
+            "tokens": n,
+        }
+
+    out = {"shipped Q4_1": score(shipped)}
+    shipped.close()
+    for kind in ("Q8_0", "Q4_0"):
+        llama = load(requantized(model_path(), kind, str(cache_dir()), llama_cpp))
+        out[kind] = score(llama)
+        llama.close()
+    return out
+
+
 def bench_readme(workdir: Path) -> dict[str, Any]:
     return tierline_run(ROOT / "examples" / "jobs.jsonl", workdir)
 
@@ -463,7 +526,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--only",
-        choices=["build", "prompt", "throughput", "readme", "overhead", "rss"],
+        choices=["build", "prompt", "throughput", "readme", "overhead", "rss", "quality"],
         action="append",
         help="run only these measurements (repeatable)",
     )
@@ -499,6 +562,8 @@ def main() -> None:
                 report["build"] = bench_build()
             elif name == "prompt":
                 report["prompt"] = bench_prompt()
+            elif name == "quality":
+                report["quality"] = bench_quality()
             elif name == "throughput":
                 report["throughput"] = bench_throughput(workdir, args.parallel, args.workers)
             elif name == "readme":

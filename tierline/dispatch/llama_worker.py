@@ -224,11 +224,10 @@ class Engine:
         # kv_unified (the default): one KV stream for all sequences, n_ctx cells per sequence.
         # llama.cpp then decodes any mix of sequences in one ubatch, and a shared prompt
         # prefix is a metadata copy; but a sequence's attention runs over the whole cache,
-        # masked, so its numbers depend on what else is in the batch (docs/local.md: at
-        # temperature 0 most answers differ in their later tokens from the same prompt
-        # decoded alone). Without it each sequence has its own stream, and answers do not
-        # depend on the batch: step() pads the batch so that llama.cpp still decodes it in
-        # one graph (it groups only consecutive sequence ids).
+        # masked, so its rounding, and at temperature 0 sometimes its later tokens, depend on
+        # what else is in the batch (docs/local.md). Without it each sequence has its own
+        # stream, and answers do not depend on the batch: step() pads the batch so that
+        # llama.cpp still decodes it in one graph (it groups only consecutive sequence ids).
         cparams.kv_unified = settings.kv_unified
         cparams.n_batch = cparams.n_ubatch = settings.n_batch
         cparams.n_threads = cparams.n_threads_batch = settings.n_threads
