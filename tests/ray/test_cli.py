@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from tests.fakes import FakeVLLM
 from tierline.cli import main
 
-from .conftest import content, jobs, vllm_config
+from .conftest import EXTRA, content, jobs, vllm_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -142,3 +143,40 @@ def test_max_concurrency_holds_across_actors(
         peak = srv.pool.peak
     assert code == 1  # the two bad lines
     assert 0 < peak <= 6
+
+
+def test_rerun_after_the_driver_dies_resumes(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The driver is killed (SIGKILL) mid-run; the same command again keeps what was written,
+    sends only the rest, and merges the dead run's ledger fragment: one result per line, and
+    every call either run made for a written result is in the ledger."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    with FakeVLLM(latency_ms=20) as a, FakeVLLM(latency_ms=20) as b:
+        config = str(vllm_config(tmp_path / "t.toml", [a, b], max_concurrency=8))
+        inputs = str(jobs(tmp_path / "jobs.jsonl", 1500))
+        command = [sys.executable, "-m", "tierline", "run", inputs, "-c", config, "-o", "out.jsonl",
+                   "--ledger", "l.db", "--engine", "ray", "--ray-address", address, "-q"]  # fmt: skip
+        partial = tmp_path / "out.jsonl.partial"
+        first = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
+            while not (partial.exists() and partial.read_bytes().count(b"\n") >= 300):
+                assert first.poll() is None and time.monotonic() < deadline, "no progress"
+                time.sleep(0.2)
+        finally:
+            first.kill()
+            first.wait(timeout=60)
+        assert list(tmp_path.glob(".l.db.ray-*.db"))  # the dead driver's fragment is left
+        again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1, again.stderr  # the two bad lines
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(results) == 1500 + EXTRA
+    assert len({(r["source"], r["line"]) for r in results}) == len(results)
+    assert not list(tmp_path.glob(".l.db.ray-*.db"))  # merged and removed
+    with sqlite3.connect(tmp_path / "l.db") as db:
+        runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        paid = {row[0] for row in db.execute("SELECT DISTINCT job_id FROM calls")}
+    assert runs == 2  # the killed run (from its fragment) and the resume
+    sent = {r["id"] for r in results if r["status"] == "ok" and "dedup_of" not in r}
+    assert sent <= paid

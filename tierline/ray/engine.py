@@ -207,6 +207,8 @@ class _Driver:
 
     def batch(self, table: Any) -> None:
         columns = table.to_pydict()
+        fresh: list[tuple[str, str]] = []
+        keys: set[str] = set()
         for key, line, calls in zip(
             columns["key"], columns["result"], columns["calls"], strict=True
         ):
@@ -214,10 +216,16 @@ class _Driver:
             # block's output), not a second call: a job is marked answered before its result
             # leaves the actor, so a retried block never sends it again (worker.py). Its calls
             # are in the ledger already.
-            if key in self.written:
+            if key in self.written or key in keys:
                 self.duplicates += 1
                 continue
-            self.calls(calls_from_json(calls))  # first: the ledger is written ahead
+            self.calls(calls_from_json(calls))
+            fresh.append((key, line))
+            keys.add(key)
+        # Write-ahead, as a local run: the calls are committed before their results are
+        # written, so a driver killed between the two has no result without its calls.
+        self.ledger.flush()
+        for key, line in fresh:
             result = Result.from_record(_loads(line))
             self.result(result, key)
             self.copies(key, result)
