@@ -17,9 +17,17 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
+@pytest.fixture(scope="session")
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache directory for the session: the embedded model is requantized into it once,
+    and never into the developer's real ~/.cache."""
+    return tmp_path_factory.mktemp("xdg-cache")
+
+
 @pytest.fixture(autouse=True)
-def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def hermetic(tmp_path: Path, user_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("TIERLINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(user_cache))
     for name in list(os.environ):
         if name in ("TIERLINE_CONFIG", "TIERLINE_DEBUG", ENV_VAR) or name.endswith("_API_KEY"):
             monkeypatch.delenv(name)
