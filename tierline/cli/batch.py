@@ -1,7 +1,7 @@
 """`tierline batch status|collect|cancel`: provider batches (OpenAI Batch, Anthropic Message
 Batches) submitted by `tierline run`; docs/batches.md is the guide.
 
-Also the helpers `run` uses for `--provider-batch` / `--wait` and for "the same command again".
+Also `run`'s options `--provider-batch` / `--wait` and `RunView`, how `run` shows its batches.
 """
 
 from __future__ import annotations
@@ -9,23 +9,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..config import Config, load_config
+from ..config import load_config
 from ..dispatch import batch as batches
 from ..errors import ExitCode
 from ..jobs import Result, dumps
 from ..ledger.store import ledger_path_for
 from .options import ConfigPath, Json, LedgerPath, Quiet
-from .output import err_console
+from .output import err_console, print_summary
 
-__all__ = ["ProviderBatch", "Wait", "app", "batch_progress", "collect_same_command"]
+if TYPE_CHECKING:
+    from ..run import RunSummary
+
+__all__ = ["ProviderBatch", "RunView", "Wait", "app", "batch_progress"]
 
 app = typer.Typer(
     help="Provider batches (half price, done within 24 h): status, collect, cancel.",
@@ -100,31 +102,23 @@ def _report(report: batches.CollectReport, *, quiet: bool) -> int:
     return int(code)
 
 
-def collect_same_command(
-    cfg: Config,
-    ledger: Path,
-    inputs: Sequence[str],
-    output: str | None,
-    *,
-    wait: bool,
-    quiet: bool,
-    fresh: bool = False,
-) -> int | None:
-    """For `run`: when this command's batches are still open, collect them (or, all collected
-    already, report them); the exit code. None: run the jobs."""
-    with batch_progress(quiet=quiet) as show:
-        report = asyncio.run(
-            batches.collect_same_command(
-                cfg, ledger, inputs, output, wait=wait, fresh=fresh, on_progress=show
-            )
-        )
-    if report is None:
-        return None
-    code = _report(report, quiet=quiet)
-    if not quiet:
-        for note in report.notes:
-            err_console.print(f"  note: {note}", markup=False)
-    return code
+@dataclasses.dataclass(frozen=True)
+class RunView:
+    """`run` on stderr (run/command.py's `View`): the batches' bar and report, the summary."""
+
+    quiet: bool
+
+    def waiting(self) -> AbstractContextManager[Callable[[batches.Progress], None] | None]:
+        return batch_progress(quiet=self.quiet)
+
+    def collected(self, report: batches.CollectReport) -> None:
+        _report(report, quiet=self.quiet)
+        if not self.quiet:
+            for note in report.notes:
+                err_console.print(f"  note: {note}", markup=False)
+
+    def finished(self, summary: RunSummary) -> None:
+        print_summary(summary, quiet=self.quiet)
 
 
 @app.command()

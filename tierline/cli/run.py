@@ -20,11 +20,11 @@ from ..ledger.store import ledger_path_for
 from ..resume import Journal
 from ..run import RunSummary, Sink
 from ..run.command import Engine as RunEngine
-from ..run.command import RunRequest, Select, local_engine, run_to_output
+from ..run.command import RunRequest, Select, local_engine, run_command
 from ..shard import Shard
 from . import batch
 from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
-from .output import count_lines, err_console, print_summary, silence_stdout
+from .output import count_lines, err_console, silence_stdout
 from .preflight import check_inputs, check_ledger, check_stdio, resolve_output
 from .progress import run_progress
 
@@ -137,11 +137,6 @@ def run(
     check_inputs(inputs)
     output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg))
     check_ledger(ledger_path, _ledger_origin(ledger, cfg))
-    again = batch.collect_same_command(
-        cfg, ledger_path, inputs, output, wait=wait, quiet=quiet, fresh=fresh
-    )
-    if again is not None:  # this command's provider batches are still open: collect them
-        raise typer.Exit(again)
     request = RunRequest(
         inputs,
         output,
@@ -154,13 +149,12 @@ def run(
         max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
         cache_path=cache,
     )
-    total = None if part else count_lines(inputs)  # a shard runs an unknown share
 
     def progress(journal: Journal) -> AbstractContextManager[Sink]:
         # a resume does not send the jobs it keeps (counted as the input is read): they leave
-        # the bar's total
+        # the bar's total; a shard runs an unknown share
         return run_progress(
-            total,
+            None if part else count_lines(inputs),
             console=err_console,
             quiet=quiet,
             max_cost_usd=max_cost,
@@ -168,21 +162,13 @@ def run(
         )
 
     where = _ray_engine(ray_address, ray_actors) if on_ray else local_engine
-    done = run_to_output(request, Stop(grace_s=grace), progress, where)
-    if done.journal.error is not None:
+    outcome = run_command(request, Stop(grace_s=grace), progress, batch.RunView(quiet), where)
+    done = outcome.run
+    if done is not None and done.journal.error is not None:
         raise typer.Exit(_output_failed(done.journal, quiet=quiet))
-    if not done.committed:
+    if done is not None and not done.committed:
         err_console.print(_resume_hint(done.stop, done.journal), markup=False)
-        raise typer.Exit(int(done.exit_code))
-    assert done.summary is not None
-    print_summary(done.summary, quiet=quiet)
-    if wait and output is not None and done.summary.tally.by_status["pending"]:
-        # the run wrote 'pending' lines and committed the file; now wait and fill them in
-        waited = batch.collect_same_command(
-            cfg, ledger_path, inputs, output, wait=True, quiet=quiet
-        )
-        raise typer.Exit(int(done.summary.exit_code) if waited is None else waited)
-    raise typer.Exit(int(done.exit_code))
+    raise typer.Exit(outcome.exit_code)
 
 
 def _check_engine(engine: str, address: str | None, actors: int | None, batches: bool) -> bool:

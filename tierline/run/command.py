@@ -1,8 +1,10 @@
-"""`tierline run` behind the command line: lock the output, resume from its partial file, run,
-commit the results and hand the output to this run's provider batches.
+"""`tierline run` behind the command line: collect this command's open provider batches, or
+lock the output, resume from its partial file, run, commit the results, hand the output to this
+run's provider batches and, with --wait, wait for them.
 
-The command parses and checks its options, calls `run_to_output` once and renders what comes
-back; everything that decides what is sent and written is here.
+The command parses and checks its options, calls `run_command` once and renders what comes
+back (through a `View` for what is shown while it works); everything that decides what is sent
+and written is here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import Config
-from ..dispatch.batch import BatchOptions, supersede
+from ..dispatch.batch import BatchOptions, CollectReport, collect_same_command, supersede
+from ..dispatch.batch import Progress as BatchProgress
 from ..errors import ExitCode
 from ..interrupts import Stop
 from ..jobs import InvalidLine, Job
@@ -26,11 +29,37 @@ from .files import run_files
 from .loop import Sink
 from .tally import RunSummary
 
-__all__ = ["Engine", "Progress", "RunRequest", "RunToOutput", "local_engine", "run_to_output"]
+__all__ = [
+    "CommandOutcome",
+    "Engine",
+    "Progress",
+    "RunRequest",
+    "RunToOutput",
+    "View",
+    "local_engine",
+    "run_command",
+    "run_to_output",
+]
 
 # Given the journal (its `kept` count grows as the input is read), a context that yields the
 # per-result callback: the CLI's progress bar, or nothing.
 Progress = Callable[[Journal], AbstractContextManager[Sink]]
+
+
+class View(Protocol):
+    """What the command shows while it works (the CLI: stderr), in the order it happens."""
+
+    def waiting(self) -> AbstractContextManager[Callable[[BatchProgress], None] | None]:
+        """Around a collection of provider batches: a callback for their progress, or None."""
+        ...
+
+    def collected(self, report: CollectReport) -> None:
+        """A collection of this command's provider batches ended."""
+        ...
+
+    def finished(self, summary: RunSummary) -> None:
+        """The run committed its output (before --wait waits for its provider batches)."""
+        ...
 
 
 class Engine(Protocol):
@@ -107,6 +136,61 @@ class RunToOutput:
         assert self.summary is not None
         code = self.summary.exit_code
         return ExitCode.JOBS_FAILED if code == 0 and self.journal.kept_failed else code
+
+
+@dataclass
+class CommandOutcome:
+    """What `run_command` did: the exit code, and the run (None: the command collected its open
+    provider batches instead of running)."""
+
+    exit_code: int
+    run: RunToOutput | None = None
+
+
+def run_command(
+    request: RunRequest,
+    stop: Stop,
+    progress: Progress,
+    view: View,
+    engine: Engine = local_engine,
+) -> CommandOutcome:
+    """`tierline run`: the same command again while its provider batches are open collects them
+    instead of running; else run into the output and, with --wait, wait for the batches the run
+    sent and fill in their 'pending' lines."""
+    report = _collect(request, view, wait=request.batches.wait, fresh=request.fresh)
+    if report is not None:
+        return CommandOutcome(int(report.exit_code))
+    done = run_to_output(request, stop, progress, engine)
+    if not done.committed:  # interrupted, or the results could not be written
+        return CommandOutcome(int(done.exit_code), done)
+    summary = done.summary
+    assert summary is not None
+    view.finished(summary)
+    if request.batches.wait and request.output is not None and summary.tally.by_status["pending"]:
+        # the run wrote 'pending' lines and committed the file; now wait and fill them in
+        waited = _collect(request, view, wait=True, fresh=False)
+        code = summary.exit_code if waited is None else waited.exit_code
+        return CommandOutcome(int(code), done)
+    return CommandOutcome(int(done.exit_code), done)
+
+
+def _collect(request: RunRequest, view: View, *, wait: bool, fresh: bool) -> CollectReport | None:
+    """This command's provider batches, collected (None: it has none open)."""
+    with view.waiting() as show:
+        report = asyncio.run(
+            collect_same_command(
+                request.config,
+                request.ledger_path,
+                request.inputs,
+                request.output,
+                wait=wait,
+                fresh=fresh,
+                on_progress=show,
+            )
+        )
+    if report is not None:
+        view.collected(report)
+    return report
 
 
 def run_to_output(
