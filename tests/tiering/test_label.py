@@ -153,3 +153,36 @@ def test_parse_verdict_and_rubric() -> None:
     assert parse_verdict("[[B]]") == "B" and parse_verdict("Verdict: [[ tie ]]") == "TIE"
     assert parse_verdict("A is better") is None and parse_verdict("[[A]] or [[B]]") is None
     assert all(v in JUDGE_RUBRIC for v in ("[[A]]", "[[B]]", "[[TIE]]"))
+
+
+def test_a_stopped_phase_ends_the_labelling_without_outcomes(
+    tmp_path: Path, oai: FakeOpenAI
+) -> None:
+    """`tierline.run.label.label` with the run stopped (as by SIGTERM) before the answers are
+    sent: the answers phase reports it, the verdicts are never built, no outcomes file."""
+    from tierline.config import load_config
+    from tierline.errors import ExitCode
+    from tierline.interrupts import Stop
+    from tierline.jobs import Job, read_jobs
+    from tierline.run.label import label
+
+    oai.set_responder(honest_judge)
+    config = load_config(_config(tmp_path, oai))
+    jobs = [j for j in read_jobs([str(_jobs(tmp_path))]) if isinstance(j, Job)]
+    stop = Stop()
+    stop.halt(ExitCode.TERMINATED)
+    heard: list[tuple[str, int]] = []
+    out = tmp_path / "outcomes.jsonl"
+    done = label(
+        jobs,
+        out,
+        config=config,
+        ledger_path=tmp_path / "ledger.db",
+        max_cost_micros=None,
+        tiers=(1, 3, 3),
+        stop=stop,
+        on_estimate=lambda name, calls, _micros: heard.append((name, calls)),
+    )
+    assert (done.stopped, done.exit_code, done.over_budget) == ("answers", 143, False)
+    assert heard == [("answers", 6)] and done.scored == [] and not out.exists()
+    assert _chat_requests(oai) == []

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from ..config import load_config
-from ..errors import ExitCode, UsageError
-from ..jobs import dumps
+from ..errors import UsageError
 from .options import ConfigPath, LedgerPath, MaxCost, Quiet
 from .output import err_console
 
 if TYPE_CHECKING:
     from ..jobs import Job
+    from ..run.label import Labelled
     from ..tiering.outcomes import Outcome
     from ..tiering.pipeline import Tierer
     from ..tiering.train import LabelledPrompt
@@ -213,68 +213,56 @@ def label(
     from ..interrupts import Stop
     from ..ledger.pricing import to_micros
     from ..ledger.store import ledger_path_for
-    from ..run.label import Labeller, answer_lines, estimate, run_phase
+    from ..run.label import label as run_label
 
     if weak_tier == strong_tier:
         raise UsageError("--weak-tier and --strong-tier must differ")
     cfg = load_config(config)
     valid = _valid_jobs(jobs)
-    cap = None if max_cost is None else to_micros(Decimal(repr(max_cost)))
-    ledger_path = ledger_path_for(ledger, cfg)
-    stop = Stop()
-    labeller = Labeller(valid, judge_tier)
-    for name in ("answers", "verdicts"):
-        # The verdicts' prompts hold the answers: built only once the answers are in.
-        lines = (
-            answer_lines(valid, weak_tier, strong_tier)
-            if name == "answers"
-            else labeller.judge_lines()
+    done = run_label(
+        valid,
+        output,
+        config=cfg,
+        ledger_path=ledger_path_for(ledger, cfg),
+        max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
+        tiers=(weak_tier, strong_tier, judge_tier),
+        stop=Stop(),
+        on_estimate=lambda name, calls, micros: _say(
+            quiet, f"{name}: {calls} call(s), estimated {_usd(micros)}"
+        ),
+    )
+    _render_label(done, output, len(valid), quiet=quiet)
+    raise typer.Exit(done.exit_code)
+
+
+def _render_label(done: Labelled, output: Path, jobs: int, *, quiet: bool) -> None:
+    """`tiering label`'s last lines on stderr: why it stopped, or what it wrote."""
+    if done.over_budget:
+        err_console.print(
+            f"tierline: the {done.stopped} would cost {_usd(done.estimate_micros)}, over "
+            f"--max-cost {_usd(done.budget_micros)}; nothing more was sent",
+            markup=False,
         )
-        if not lines:
-            continue
-        plan = estimate(lines, cfg, cap)
-        _say(quiet, f"{name}: {len(lines)} call(s), estimated {_usd(plan.cost_micros)}")
-        if plan.over_budget:
-            err_console.print(
-                f"tierline: the {name} would cost {_usd(plan.cost_micros)}, over --max-cost "
-                f"{_usd(cap)}; nothing more was sent",
-                markup=False,
-            )
-            raise typer.Exit(int(ExitCode.BUDGET))
-        phase = run_phase(
-            lines,
-            output.with_name(f"{output.name}.{name}.jsonl"),
-            config=cfg,
-            ledger_path=ledger_path,
-            max_cost_micros=cap,
-            stop=stop,
+        return
+    if done.stopped is not None:
+        err_console.print(
+            f"tierline: the {done.stopped} stopped (exit {done.exit_code}); rerun the same "
+            "command to resume",
+            markup=False,
         )
-        if phase.exit_code in (ExitCode.BUDGET, ExitCode.INTERRUPTED, ExitCode.TERMINATED):
-            err_console.print(
-                f"tierline: the {name} stopped (exit {phase.exit_code}); rerun the same "
-                "command to resume",
-                markup=False,
-            )
-            raise typer.Exit(phase.exit_code)
-        if cap is not None:
-            cap = max(0, cap - phase.spent_micros)
-        target = labeller.answers if name == "answers" else labeller.verdicts
-        target.update(phase.results)
-    scored, missing = labeller.outcomes()
-    output.write_bytes(b"".join(dumps(s.as_dict()) + b"\n" for s in scored))
-    by_checks = sum(s.by == "checks" for s in scored)
+        return
+    by_checks = sum(s.by == "checks" for s in done.scored)
     _say(
         quiet,
-        f"labelled {len(scored)} of {len(valid)} job(s) ({by_checks} by their checks, "
-        f"{len(scored) - by_checks} by the judge); wrote {output}",
+        f"labelled {len(done.scored)} of {jobs} job(s) ({by_checks} by their checks, "
+        f"{len(done.scored) - by_checks} by the judge); wrote {output}",
     )
-    if missing:
+    if done.missing:
         err_console.print(
-            f"tierline: {missing} job(s) could not be scored (an answer or both verdicts "
+            f"tierline: {done.missing} job(s) could not be scored (an answer or both verdicts "
             f"failed); see {output}.answers.jsonl and {output}.verdicts.jsonl",
             markup=False,
         )
-    raise typer.Exit(int(ExitCode.JOBS_FAILED) if missing else 0)
 
 
 def _usd(micros: int | None) -> str:

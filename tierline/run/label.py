@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ import orjson
 
 from ..dispatch.base import Completion
 from ..dispatch.checks import DEFAULT_CHECKS, run_checks
+from ..errors import ExitCode
 from ..jobs import Job, Usage, dumps
 
 if TYPE_CHECKING:
@@ -39,10 +40,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JUDGE_RUBRIC",
+    "Labelled",
     "Labeller",
     "Phase",
     "answer_lines",
     "estimate",
+    "label",
     "native_line",
     "parse_verdict",
     "run_phase",
@@ -307,3 +310,74 @@ def estimate(
         tierer=Tierer.from_config(config.tiering),
         max_cost_micros=max_cost_micros,
     )
+
+
+@dataclass(slots=True)
+class Labelled:
+    """What `label` did: the outcomes it wrote, or the phase that stopped it and why."""
+
+    scored: list[Scored] = field(default_factory=list)
+    missing: int = 0  # jobs that could not be scored (an answer or both verdicts failed)
+    exit_code: int = 0
+    stopped: str | None = None  # the phase ("answers" or "verdicts") that stopped the command
+    # the phase's estimate passed what was left of --max-cost (both here): it sent nothing
+    over_budget: bool = False
+    estimate_micros: int | None = None
+    budget_micros: int | None = None
+
+
+def label(
+    jobs: Sequence[Job],
+    output: Path,
+    *,
+    config: Config,
+    ledger_path: Path,
+    max_cost_micros: int | None,
+    tiers: tuple[int, int, int],
+    stop: Stop,
+    on_estimate: Callable[[str, int, int | None], None],
+) -> Labelled:
+    """`tierline tiering label`: answer ``jobs`` on the weak and strong routes, score both, write
+    the outcomes to ``output``. ``tiers`` is (weak, strong, judge); ``on_estimate(phase, calls,
+    cost_micros)`` hears each phase's estimate before it is sent. A phase whose estimate passes
+    what is left of ``max_cost_micros`` sends nothing (exit 3); a phase stopped by the budget or
+    a signal ends the command (the same command again resumes)."""
+    weak_tier, strong_tier, judge_tier = tiers
+    cap = max_cost_micros
+    labeller = Labeller(jobs, judge_tier)
+    for name in ("answers", "verdicts"):
+        # The verdicts' prompts hold the answers: built only once the answers are in.
+        lines = (
+            answer_lines(jobs, weak_tier, strong_tier)
+            if name == "answers"
+            else labeller.judge_lines()
+        )
+        if not lines:
+            continue
+        plan = estimate(lines, config, cap)
+        on_estimate(name, len(lines), plan.cost_micros)
+        if plan.over_budget:
+            return Labelled(
+                exit_code=int(ExitCode.BUDGET),
+                stopped=name,
+                over_budget=True,
+                estimate_micros=plan.cost_micros,
+                budget_micros=cap,
+            )
+        phase = run_phase(
+            lines,
+            output.with_name(f"{output.name}.{name}.jsonl"),
+            config=config,
+            ledger_path=ledger_path,
+            max_cost_micros=cap,
+            stop=stop,
+        )
+        if phase.exit_code in (ExitCode.BUDGET, ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+            return Labelled(exit_code=phase.exit_code, stopped=name)
+        if cap is not None:
+            cap = max(0, cap - phase.spent_micros)
+        target = labeller.answers if name == "answers" else labeller.verdicts
+        target.update(phase.results)
+    scored, missing = labeller.outcomes()
+    output.write_bytes(b"".join(dumps(s.as_dict()) + b"\n" for s in scored))
+    return Labelled(scored, missing, int(ExitCode.JOBS_FAILED) if missing else 0)
