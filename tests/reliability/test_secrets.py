@@ -55,7 +55,7 @@ import os, sys
 import tierline.cli.run as run
 def bug(*args, **kwargs):
     raise RuntimeError("bug with key " + os.environ["OPENAI_API_KEY"])
-run.run_to_output = bug
+run.run_command = bug
 from tierline.cli import cli_exit
 cli_exit()
 """
