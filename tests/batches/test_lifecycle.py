@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
 
 from tests.fakes import FakeAnthropic, FakeOpenAI
+from tierline.config import load_config
+from tierline.dispatch.batch import BatchOptions, CollectReport
+from tierline.dispatch.batch import Progress as BatchProgress
 from tierline.errors import ExitCode
+from tierline.interrupts import Stop
+from tierline.run import RunSummary
+from tierline.run.command import RunRequest, run_command
 
 from .conftest import batch_ids, read_results, tl, write_config, write_jobs
 
@@ -234,3 +242,49 @@ def test_openai_responses_kind_goes_through_the_batch_api(tmp_path: Path, oai: F
     for r in final:
         assert r["status"] == "ok" and f"question about {r['id']}" in r["output"]
         assert r["usage"]["input_tokens"] > 0 and r["cost_usd"] > 0  # batch-priced gpt-4.1
+
+
+class RecordingView:
+    """run/command.py's `View`, recording what `run_command` shows, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @contextmanager
+    def waiting(self) -> Iterator[Callable[[BatchProgress], None]]:
+        self.events.append("waiting")
+        yield lambda p: self.events.append(f"progress {p.done}/{p.requests}")
+
+    def collected(self, report: CollectReport) -> None:
+        self.events.append(f"collected ok={report.ok} pending={report.pending}")
+
+    def finished(self, summary: RunSummary) -> None:
+        self.events.append(f"finished pending={summary.tally.by_status['pending']}")
+
+
+def test_run_command_collects_the_runs_batches_after_the_summary(tmp_path: Path) -> None:
+    """`run_command` with --wait: the summary is shown before the run's own batches are waited
+    for; the same command again collects nothing new and runs nothing (no run, exit 0)."""
+    with FakeOpenAI(api_key="sk-test-batch-key-0001", auto_advance=True) as oai:
+        cfg = load_config(str(write_config(tmp_path / "t.toml", openai_url=oai.base_url)))
+        jobs = str(write_jobs(tmp_path / "jobs.jsonl", IDS))
+        out = str(tmp_path / "out.jsonl")
+        request = RunRequest(
+            [jobs], out, cfg, tmp_path / "l.db", batches=BatchOptions(False, True, out)
+        )
+        view = RecordingView()
+        outcome = run_command(
+            request, Stop(), lambda _journal: nullcontext(lambda _result: None), view
+        )
+        assert outcome.exit_code == ExitCode.OK and outcome.run is not None
+        n = len(IDS)
+        assert view.events[:3] == ["waiting", f"finished pending={n}", "waiting"]
+        assert view.events[-1] == f"collected ok={n} pending=0"
+        assert f"progress {n}/{n}" in view.events
+        again = RecordingView()
+        outcome = run_command(
+            request, Stop(), lambda _journal: nullcontext(lambda _result: None), again
+        )
+    assert outcome.run is None and outcome.exit_code == ExitCode.OK
+    assert again.events[0] == "waiting" and "finished" not in " ".join(again.events)
+    assert {r["status"] for r in read_results(tmp_path / "out.jsonl")} == {"ok"}
