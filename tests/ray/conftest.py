@@ -4,6 +4,7 @@ Ray fails these tests (they never skip)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.fakes import FakeVLLM
 
@@ -36,11 +38,35 @@ def ray_cluster() -> Iterator[Any]:
         ray.shutdown()
 
 
+class CountingVLLM(FakeVLLM):
+    """A fake vLLM that counts the chat completions it answered (a paid call each), and can
+    hold requests before answering them (`holding`), so a test can kill a client while no
+    reply is on its way to it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.completed = 0  # 200 replies to /v1/chat/completions whose client was still there
+        self.holding = False
+
+    def _wrap(self, handler: Any) -> Any:
+        async def counted(request: web.Request) -> web.StreamResponse:
+            while self.holding:  # noqa: ASYNC110 - set from the test thread, not this loop
+                await asyncio.sleep(0.005)
+            response = await handler(request)
+            transport = request.transport
+            alive = transport is not None and not transport.is_closing()
+            if request.path.endswith("/chat/completions") and response.status == 200 and alive:
+                self.completed += 1
+            return response
+
+        return super()._wrap(counted)
+
+
 @pytest.fixture
-def replicas() -> Iterator[list[FakeVLLM]]:
+def replicas() -> Iterator[list[CountingVLLM]]:
     """Two fake vLLM replicas with seeded faults (429, 5xx, resets, malformed and slow
     replies): retries absorb them, so every job ends ok on its first backend."""
-    with FakeVLLM(fault_rate=0.03, seed=1) as a, FakeVLLM(fault_rate=0.03, seed=2) as b:
+    with CountingVLLM(fault_rate=0.03, seed=1) as a, CountingVLLM(fault_rate=0.03, seed=2) as b:
         yield [a, b]
 
 

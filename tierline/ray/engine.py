@@ -3,15 +3,17 @@
 The driver reads and validates the inputs exactly as a local run does (same line numbers,
 duplicate ids and invalid lines, same resume selection), so the results are the same lines.
 Valid jobs go to a Ray Dataset and through `map_batches` over a pool of `Dispatcher` actors
-(tierline/ray/worker.py); their results and ledger rows stream back here, where:
+(tierline/ray/worker.py); their results stream back here, where:
 
 * each result is written once, by its resume key (the first one wins; a second one, from a
-  block retried after an actor died, is dropped, its calls still recorded: they were paid);
-* each call goes into a *ledger fragment* beside the ledger, a real tierline ledger holding this
-  run alone, written ahead of the results (the journal syncs it before its own fsync);
-* at the end the fragment is merged into the ledger with `ledger merge` (idempotent), and
-  removed. A driver that dies leaves its fragment; the next Ray run on that ledger merges it
-  first, so no paid call is lost, and the rerun resumes from `-o PATH.partial` as a local run.
+  block retried after an actor died, is dropped);
+* each call is already on disk: every actor records its calls in its own *ledger fragment* in
+  this run's directory beside the ledger, committed before the result leaves the actor, so a
+  killed actor loses none (tierline/ray/fragments.py);
+* at the end the actors' calls are gathered into this run's fragment, which is merged into the
+  ledger with `ledger merge` (both steps idempotent), and removed. A driver that dies leaves
+  them; the next Ray run on that ledger merges them first, so no paid call is lost, and the
+  rerun resumes from `-o PATH.partial` as a local run.
 
 Any job left without a result after the pass (an actor died after marking it answered, before
 its chunk reached the driver) is sent again in another pass.
@@ -20,14 +22,11 @@ its chunk reached the driver) is sent again in another pass.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
-import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,17 +37,17 @@ from ..errors import UsageError
 from ..interrupts import Stop
 from ..jobs import InvalidLine, Job, Result, dumps, read_jobs
 from ..ledger.accounting import Accountant
-from ..ledger.merge import merge_ledgers
 from ..ledger.pricing import genai_prices_version
-from ..ledger.store import CallRecord, Ledger
+from ..ledger.store import Ledger
 from ..resume import job_key, route_fingerprint
 from ..run.files import ResultSink as RecordWriter
 from ..run.files import _answers
 from ..run.loop import _reuse_notes
 from ..run.tally import DEFAULT_NOTE, RunSummary, Tally
+from .fragments import NOT_SHARED, DriverFragment, merge_orphans
 from .limits import actors_for
 from .state import RunState
-from .worker import Dispatcher, calls_from_json
+from .worker import Dispatcher
 
 __all__ = ["RayOptions", "require_ray", "run_files"]
 
@@ -122,47 +121,6 @@ def _cluster(ray: Any, address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-class _Fragment:
-    """This run's ledger fragment: a tierline ledger beside the real one, locked while live."""
-
-    def __init__(self, ledger_path: Path) -> None:
-        self.path = ledger_path.with_name(f".{ledger_path.name}.ray-{uuid.uuid4().hex[:12]}.db")
-        self.ledger = Ledger(self.path)
-        self._lock = os.open(self.path, os.O_RDONLY)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-
-    def merge_into(self, ledger_path: Path) -> None:
-        self.ledger.close()
-        merge_ledgers([self.path], ledger_path)
-        _remove(self.path)
-        os.close(self._lock)
-
-
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{path}{suffix}")
-
-
-def merge_orphans(ledger_path: Path) -> int:
-    """Merge the fragments of Ray runs whose driver died (no one holds their lock)."""
-    merged = 0
-    for path in sorted(ledger_path.parent.glob(f".{ledger_path.name}.ray-*.db")):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # a live run's
-        try:
-            merge_ledgers([path], ledger_path)
-            _remove(path)
-            merged += 1
-        finally:
-            os.close(fd)
-    return merged
-
-
 class _Driver:
     """Writes what the actors send back: results once per key, calls into the fragment."""
 
@@ -195,36 +153,36 @@ class _Driver:
         if self.on_result is not None:
             self.on_result(result)
 
-    def calls(self, calls: list[CallRecord]) -> None:
-        for call in calls:
-            self.ledger.record_call(self.run_id, call)
-            if call.cost_nanos is None:
+    def account(self) -> None:
+        """The summary's money, from the run's calls as gathered from every actor's fragment
+        (those of a killed actor included: they were paid)."""
+        rows = self.ledger.conn.execute(
+            "SELECT backend, model, cost_nanos, baseline_nanos FROM calls WHERE run_id = ?",
+            (self.run_id,),
+        )
+        for backend, model, cost, baseline in rows:
+            if cost is None:
                 unknown = self.money.pricer.unknown
-                unknown[(call.backend, call.model)] = unknown.get((call.backend, call.model), 0) + 1
+                unknown[(backend, model)] = unknown.get((backend, model), 0) + 1
             else:
-                self.money.cost_nanos += call.cost_nanos
-                self.money.baseline_nanos += call.baseline_nanos or 0
+                self.money.cost_nanos += cost
+                self.money.baseline_nanos += baseline or 0
 
     def batch(self, table: Any) -> None:
         columns = table.to_pydict()
         fresh: list[tuple[str, str]] = []
         keys: set[str] = set()
-        for key, line, calls in zip(
-            columns["key"], columns["result"], columns["calls"], strict=True
-        ):
+        for key, line in zip(columns["key"], columns["result"], strict=True):
             # A key seen twice is the same answer delivered twice (Ray replaying a retried
             # block's output), not a second call: a job is marked answered before its result
-            # leaves the actor, so a retried block never sends it again (worker.py). Its calls
-            # are in the ledger already.
+            # leaves the actor, so a retried block never sends it again (worker.py).
             if key in self.written or key in keys:
                 self.duplicates += 1
                 continue
-            self.calls(calls_from_json(calls))
             fresh.append((key, line))
             keys.add(key)
-        # Write-ahead, as a local run: the calls are committed before their results are
-        # written, so a driver killed between the two has no result without its calls.
-        self.ledger.flush()
+        # Write-ahead holds without a write here: the actor committed each call to its own
+        # fragment before the result left it (fragments.py); the `calls` column is not used.
         for key, line in fresh:
             result = Result.from_record(_loads(line))
             self.result(result, key)
@@ -270,7 +228,7 @@ def run_files(
     check_config(config)
     started = time.perf_counter()
     merge_orphans(ledger_path)
-    fragment = _Fragment(ledger_path)
+    fragment = DriverFragment(ledger_path)
     run_id = fragment.ledger.start_run(
         command=command,
         config_origin=config.origin,
@@ -289,11 +247,13 @@ def run_files(
             rows = _rows(inputs, config, select, driver)
             if rows:
                 with _cluster(ray, options.address):
-                    _dispatch(ray, rows, config, run_id, driver, options, max_cost_micros)
+                    _dispatch(ray, rows, config, run_id, driver, options, max_cost_micros, fragment)
     except KeyboardInterrupt:
         interrupted = True
         if stop is not None and stop.signum is None:
             stop.request(signal.SIGINT)
+    fragment.gather(run_id)  # every actor's calls, a killed one's included
+    driver.account()
     t = driver.tally
     status = "interrupted" if interrupted else ("ok" if t.failed == 0 else "failed")
     fragment.ledger.finish_run(
@@ -375,6 +335,7 @@ def _dispatch(
     driver: _Driver,
     options: RayOptions,
     max_cost_micros: int | None,
+    fragment: DriverFragment,
 ) -> None:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = actors_for(config, options.actors or max(1, cpus))
@@ -394,6 +355,7 @@ def _dispatch(
                 "state": state,
                 "actors": actors,
                 "cap_micros": max_cost_micros,
+                "fragments": str(fragment.actors.resolve()),  # actors run elsewhere
             },
             # limits are split by `actors` even when a last pass needs fewer of them
             compute=ray.data.ActorPoolStrategy(size=min(actors, blocks)),
@@ -401,8 +363,13 @@ def _dispatch(
             batch_format="pyarrow",
             num_cpus=min(1.0, cpus / actors),
         )
-        for table in out.iter_batches(batch_format="pyarrow", batch_size=None):
-            driver.batch(table)
+        try:
+            for table in out.iter_batches(batch_format="pyarrow", batch_size=None):
+                driver.batch(table)
+        except Exception as exc:
+            if NOT_SHARED in str(exc):  # an actor refused: the run directory is not on its node
+                raise UsageError(str(exc).split(NOT_SHARED, 1)[1].split("\n", 1)[0]) from None
+            raise
         todo = [row for key, row in rows.items() if key not in driver.written]
         if not todo:
             return

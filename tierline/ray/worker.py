@@ -7,9 +7,14 @@ as long as the actor), one in-flight window, the actor's share of the limits
 (tierline/ray/limits.py) and a lease on the run's budget (tierline/ray/state.py).
 
 Each output row is one job: its resume `key`, its result line (`result`, JSON) and the ledger
-rows of its calls (`calls`, JSON), so the driver writes the results and the one ledger (no file
-is shared between nodes). Rows leave in small chunks as jobs finish, each chunk's keys marked
-answered first: a block retried after the actor died skips them.
+rows of its calls (`calls`, JSON). Rows leave in small chunks as jobs finish, each chunk's keys
+marked answered first: a block retried after the actor died skips them.
+
+Under `tierline run --engine ray` (`fragments` given) each actor also records every call in
+its own ledger fragment as the call completes, and commits it before any result leaves the
+actor: that file, not the returned `calls`, is what reaches the ledger, so an actor killed
+mid-block loses no paid call (tierline/ray/fragments.py). A library user's `dispatch` has only
+the returned rows: the calls of a killed actor's unreturned results are not in them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ..resume import job_key, route_fingerprint
 from ..run.dispatcher import Dispatcher as JobDispatcher
 from ..tiering.pipeline import Tierer
 from ..tiering.vote import TierVote
+from .fragments import open_actor_fragment
 from .limits import split_limits
 from .state import LeasedBudget
 
@@ -46,18 +52,24 @@ COLUMNS = ("key", "id", "line", "source", "status", "output", "cost_usd", "resul
 class CallCapture(Ledger):
     """A ledger that keeps each job's call rows in memory until its result leaves the actor.
 
-    The Accountant writes through `record_call` exactly as in a local run; the rows go to the
-    driver with the result instead of into a SQLite file on this node."""
+    The Accountant writes through `record_call` exactly as in a local run; the rows go out
+    with the result, and into `fragment` (this actor's ledger file) when there is one."""
 
-    def __init__(self) -> None:
+    def __init__(self, fragment: Ledger | None = None) -> None:
         super().__init__(":memory:")
+        self.fragment = fragment
         self.by_job: dict[str | None, list[CallRecord]] = {}
 
-    def record_call(self, run_id: str, call: CallRecord) -> None:  # noqa: ARG002 - one run
+    def record_call(self, run_id: str, call: CallRecord) -> None:
+        if self.fragment is not None:
+            self.fragment.record_call(run_id, call)  # committed within milliseconds
         self.by_job.setdefault(call.job_id, []).append(call)
 
     async def durable(self) -> None:
-        return None  # durable on the driver, before the result is written (engine.py)
+        """Write-ahead: every call so far committed (and its WAL fsynced) before results go."""
+        if self.fragment is not None:
+            await self.fragment.durable()
+            self.fragment.sync()
 
     def take(self, job_id: str | None) -> list[CallRecord]:
         return self.by_job.pop(job_id, [])
@@ -101,7 +113,9 @@ class Dispatcher:
         actors: int = 1,
         window: int | None = None,
         cap_micros: int | None = None,
+        fragments: str | None = None,
     ) -> None:
+        self.fragments = fragments  # the run directory of actor ledgers (engine.py), if any
         self.config = split_limits(config, actors)
         self.actors = actors
         self.run_id = run_id or "ray"
@@ -125,7 +139,10 @@ class Dispatcher:
                 self.state, self.name, cap_micros=self.cap_micros, chunk_micros=chunk
             )
         self.budget = budget
-        self.capture = CallCapture()
+        fragment = None
+        if self.fragments is not None:  # before any call: refuses if the disk is not shared
+            fragment = open_actor_fragment(self.fragments, self.run_id, self.name)
+        self.capture = CallCapture(fragment)
         self.router = Router(self.config)
         accountant = Accountant(self.config, ledger=self.capture, run_id=self.run_id, budget=budget)
         self.dispatcher = JobDispatcher(self.config, self.router, accountant)
@@ -189,6 +206,7 @@ class Dispatcher:
 
     async def _emit(self, chunk: list[tuple[str, Result]]) -> dict[str, list[Any]]:
         keys = [key for key, _ in chunk]
+        await self.capture.durable()
         if self.state is not None:
             await self.state.mark.remote(keys)
         out: dict[str, list[Any]] = {name: [] for name in COLUMNS}
