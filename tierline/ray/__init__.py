@@ -13,7 +13,10 @@ For people who already hold a Ray Dataset of jobs (one job per row: the job's fi
 ``dispatch`` returns a lazy Dataset: one row per job with the result line (``result``, JSON)
 and the ledger rows of its calls (``calls``, JSON). ``classify`` adds ``tier``, ``why`` and
 ``confidence`` to each row. The command line's ``tierline run --engine ray`` uses the same
-actors and also writes the results file, the one ledger and the summary (engine.py).
+actors and also writes the results file, the one ledger and the summary (engine.py); unlike
+``dispatch``, it records each call on disk in the actor, so a killed actor's paid calls reach
+the ledger (fragments.py). Here ``calls`` travels with its result, and the calls of results a
+killed actor had not handed over are in no row.
 
 Ray is imported only when one of these is called: importing ``tierline.ray`` does not need it.
 """
