@@ -4,7 +4,9 @@ actors, and the usage errors that come before anything is sent."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -93,6 +95,43 @@ def test_missing_extra_is_a_usage_error_before_anything_is_sent(tmp_path: Path) 
         assert srv.request_count == 0
     assert done.returncode == 2, done.stderr
     assert "pip install 'tierline[ray]'" in done.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("bogus", "expected HOST:PORT"),  # was an "internal error" (exit 70)
+        ("127.0.0.1:{port}", "no Ray cluster answers there"),  # was a hang: Ray retries forever
+        ("ray://127.0.0.1:{port}", "no Ray cluster answers there"),  # was exit 70 after 30 s
+    ],
+)
+@pytest.mark.parametrize("via_env", [False, True])
+def test_bad_ray_address_is_a_usage_error_before_anything_is_written(
+    tmp_path: Path, address: str, message: str, via_env: bool
+) -> None:
+    """A wrong --ray-address (or $RAY_ADDRESS) exits 2 naming it: no result file, no ledger
+    fragment, nothing sent."""
+    address = address.format(port=_closed_port())
+    with FakeVLLM() as srv:
+        config = vllm_config(tmp_path / "t.toml", [srv])
+        inputs = jobs(tmp_path / "jobs.jsonl", 3)
+        args = ["run", str(inputs), "-c", str(config), "-o", "r.jsonl", "--ledger", "l.db"]
+        args += ["--engine", "ray"] + ([] if via_env else ["--ray-address", address])
+        env = {**os.environ, "RAY_ADDRESS": address} if via_env else None
+        done = subprocess.run(
+            [sys.executable, "-m", "tierline", *args],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert srv.request_count == 0
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and address in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl", "t.toml"]
 
 
 def test_local_run_never_imports_ray(tmp_path: Path) -> None:

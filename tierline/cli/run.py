@@ -182,9 +182,10 @@ def _check_engine(engine: str, address: str | None, actors: int | None, batches:
         return False
     if batches:
         raise UsageError("--engine ray does not send provider batches (--provider-batch, --wait)")
-    from ..ray.engine import require_ray
+    from ..ray.engine import check_address, require_ray
 
     require_ray()
+    check_address(address or os.environ.get("RAY_ADDRESS"))
     return True
 
 

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -54,6 +55,7 @@ __all__ = ["RayOptions", "require_ray", "run_files"]
 Select = Callable[[Iterable[Job | InvalidLine]], Iterable[Job | InvalidLine]]
 PASSES = 3  # passes over jobs left without a result (each after actors died mid-chunk)
 LOCAL_OBJECT_STORE = 256 * 1024**2  # a cluster started here: jobs are small, keep Ray small
+CONNECT_S = 10.0  # a cluster address that does not accept a TCP connection in this long is wrong
 
 
 def require_ray() -> Any:
@@ -66,6 +68,29 @@ def require_ray() -> Any:
             f"--engine ray needs the optional extra: pip install 'tierline[ray]' ({exc})"
         ) from None
     return ray
+
+
+def check_address(address: str | None) -> None:
+    """A cluster address that cannot work is a usage error (exit 2) before anything is read or
+    sent. Ray itself fails on one with an internal-looking error or, on a HOST:PORT where no
+    cluster listens, retries forever; `auto` with no cluster is caught at `ray.init`."""
+    if address is None or address == "auto":
+        return
+    where = f"Ray address {address!r} (--ray-address or $RAY_ADDRESS)"
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise UsageError(f"{where}: expected HOST:PORT, ray://HOST:PORT or auto")
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401 - what Ray Client (ray://) needs beyond ray[data]
+        except ImportError:
+            raise UsageError(
+                f"{where}: ray:// needs Ray Client: pip install 'tierline[ray]' (or 'ray[client]')"
+            ) from None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as exc:
+        raise UsageError(f"{where}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 class RayOptions:
@@ -102,7 +127,10 @@ def _cluster(ray: Any, address: str | None) -> Iterator[None]:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address is None:
             kwargs["object_store_memory"] = LOCAL_OBJECT_STORE
-        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        except ConnectionError as exc:  # `auto` (or $RAY_ADDRESS) with no cluster to join
+            raise UsageError(f"Ray address {address!r}: {exc}") from None
         started = True
     # quiet on success: no progress bars, no execution plans (and no warning about either)
     logging.getLogger("ray.data").setLevel(logging.ERROR)
