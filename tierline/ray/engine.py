@@ -22,6 +22,7 @@ its chunk reached the driver) is sent again in another pass.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import signal
@@ -80,13 +81,11 @@ def check_address(address: str | None) -> None:
     host, colon, port = address.removeprefix("ray://").rpartition(":")
     if not colon or not host or not port.isdigit():
         raise UsageError(f"{where}: expected HOST:PORT, ray://HOST:PORT or auto")
-    if address.startswith("ray://"):
-        try:
-            import grpc  # noqa: F401 - what Ray Client (ray://) needs beyond ray[data]
-        except ImportError:
-            raise UsageError(
-                f"{where}: ray:// needs Ray Client: pip install 'tierline[ray]' (or 'ray[client]')"
-            ) from None
+    # Ray Client (ray://) needs grpcio, which plain ray[data] lacks
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise UsageError(
+            f"{where}: ray:// needs Ray Client: pip install 'tierline[ray]' (or 'ray[client]')"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
     except OSError as exc:
