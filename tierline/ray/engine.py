@@ -273,7 +273,9 @@ def run_files(
         with _interrupts(stop):
             rows = _rows(inputs, config, select, driver)
             if rows:
-                with _cluster(ray, options.address):
+                # again inside: ray.init installs its own SIGTERM handler (sys.exit(15)),
+                # which would skip the merge of the fragment and the resume hint
+                with _cluster(ray, options.address), _interrupts(stop):
                     _dispatch(ray, rows, config, run_id, driver, options, max_cost_micros, fragment)
     except KeyboardInterrupt:
         interrupted = True
