@@ -7,7 +7,7 @@ actors, on the same fake in the same run.
 A fake vLLM server with a fixed 50 ms latency runs in a separate process (`python -m
 tests.fakes vllm`); each contender runs in its own fresh process:
 
-* `local`: the real `tierline.dispatch.scheduler.run_files` (what `tierline run` runs), backend
+* `local`: the real `tierline.run.run_files` (what `tierline run` runs), backend
   `max_concurrency` = the concurrency;
 * `ray`: `ray.init(num_cpus=2)` of this machine (timed: the cluster's start-up), a 1-job run
   (timed: the actor pool's start-up, the first job's round trip), then the same jobs through
@@ -72,10 +72,9 @@ def config(url: str, concurrency: int) -> Any:
 def run_local(cfg: Any, inputs: Path, work: Path, max_cost: float | None) -> Any:
     import asyncio
 
-    from tierline.dispatch.scheduler import run_files
-
     from tierline.jobs import ResultWriter
     from tierline.ledger.pricing import to_micros
+    from tierline.run import run_files
 
     writer = ResultWriter(str(work / "local.jsonl"))
     try:
