@@ -39,11 +39,10 @@ from ..errors import UsageError
 from ..interrupts import Stop
 from ..jobs import InvalidLine, Job, Result, dumps, read_jobs
 from ..ledger.accounting import Accountant
-from ..ledger.pricing import genai_prices_version
 from ..ledger.store import Ledger
 from ..resume import job_key, route_fingerprint
 from ..run.files import ResultSink as RecordWriter
-from ..run.files import _answers
+from ..run.files import _answers, start_run
 from ..run.loop import _reuse_notes
 from ..run.tally import DEFAULT_NOTE, RunSummary, Tally
 from .fragments import NOT_SHARED, DriverFragment, merge_orphans
@@ -256,16 +255,14 @@ def run_files(
     started = time.perf_counter()
     merge_orphans(ledger_path)
     fragment = DriverFragment(ledger_path)
-    run_id = fragment.ledger.start_run(
+    run_id = start_run(
+        fragment.ledger,
+        config,
+        writer,
         command=command,
-        config_origin=config.origin,
         inputs=inputs,
-        baseline_model=config.baseline.model,
         max_cost_micros=max_cost_micros,
-        price_version=genai_prices_version(),
     )
-    if hasattr(writer, "before_sync"):  # resume.Journal: the ledger syncs before it does
-        setattr(writer, "before_sync", fragment.ledger.sync)  # noqa: B010
     answers = _answers(config, cache_path, batches=False)
     driver = _Driver(config, writer, fragment.ledger, run_id, on_result, answers)
     interrupted = False

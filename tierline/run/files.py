@@ -19,7 +19,7 @@ from ..tiering.pipeline import Tierer
 from .loop import Sink, run_jobs
 from .tally import RunSummary
 
-__all__ = ["ResultSink", "run_files"]
+__all__ = ["ResultSink", "run_files", "start_run"]
 
 
 class ResultSink(Protocol):
@@ -38,6 +38,30 @@ def _answers(config: Config, cache_path: str | None, *, batches: bool) -> Answer
         cache = AnswerCache.from_config(config.cache or CacheConfig(), cache_path)
     answers = Answers(config, cache, dedup=not batches)
     return answers if answers.active else None
+
+
+def start_run(
+    ledger: Ledger,
+    config: Config,
+    writer: ResultSink,
+    *,
+    command: str,
+    inputs: list[str],
+    max_cost_micros: int | None,
+) -> str:
+    """The run's row in the ledger; a resume journal then syncs the ledger before itself, so a
+    result on disk always has its calls on disk (write-ahead, docs/reliability.md)."""
+    run_id = ledger.start_run(
+        command=command,
+        config_origin=config.origin,
+        inputs=inputs,
+        baseline_model=config.baseline.model,
+        max_cost_micros=max_cost_micros,
+        price_version=genai_prices_version(),
+    )
+    if hasattr(writer, "before_sync"):  # resume.Journal
+        setattr(writer, "before_sync", ledger.sync)  # noqa: B010 - not in ResultSink
+    return run_id
 
 
 async def run_files(
@@ -60,17 +84,9 @@ async def run_files(
     run stoppable by signals (see `run_jobs`).
     """
     with Ledger(ledger_path) as ledger:
-        run_id = ledger.start_run(
-            command=command,
-            config_origin=config.origin,
-            inputs=inputs,
-            baseline_model=config.baseline.model,
-            max_cost_micros=max_cost_micros,
-            price_version=genai_prices_version(),
+        run_id = start_run(
+            ledger, config, writer, command=command, inputs=inputs, max_cost_micros=max_cost_micros
         )
-
-        if hasattr(writer, "before_sync"):  # resume.Journal: the ledger syncs before it does
-            setattr(writer, "before_sync", ledger.sync)  # noqa: B010 - not in ResultSink
 
         def sink(result: Result) -> None:
             writer.write(result)
