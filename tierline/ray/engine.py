@@ -42,7 +42,7 @@ from ..ledger.accounting import Accountant
 from ..ledger.store import Ledger
 from ..resume import job_key, route_fingerprint
 from ..run.files import ResultSink as RecordWriter
-from ..run.files import _answers, start_run
+from ..run.files import _answers, finish_run, start_run
 from ..run.loop import _reuse_notes
 from ..run.tally import DEFAULT_NOTE, RunSummary, Tally
 from .fragments import NOT_SHARED, DriverFragment, merge_orphans
@@ -282,14 +282,7 @@ def run_files(
     driver.account()
     t = driver.tally
     status = "interrupted" if interrupted else ("ok" if t.failed == 0 else "failed")
-    fragment.ledger.finish_run(
-        run_id,
-        jobs=t.jobs,
-        ok=t.by_status["ok"],
-        failed=t.failed,
-        status=status,
-        skipped_budget=t.by_status["skipped_budget"],
-    )
+    finish_run(fragment.ledger, run_id, t, status)
     if hasattr(writer, "before_sync"):
         setattr(writer, "before_sync", None)  # noqa: B010
     fragment.merge_into(ledger_path)

@@ -17,9 +17,9 @@ from ..ledger.pricing import genai_prices_version
 from ..ledger.store import Ledger
 from ..tiering.pipeline import Tierer
 from .loop import Sink, run_jobs
-from .tally import RunSummary
+from .tally import RunSummary, Tally
 
-__all__ = ["ResultSink", "run_files", "start_run"]
+__all__ = ["ResultSink", "finish_run", "run_files", "start_run"]
 
 
 class ResultSink(Protocol):
@@ -62,6 +62,20 @@ def start_run(
     if hasattr(writer, "before_sync"):  # resume.Journal
         setattr(writer, "before_sync", ledger.sync)  # noqa: B010 - not in ResultSink
     return run_id
+
+
+def finish_run(ledger: Ledger, run_id: str, tally: Tally, status: str) -> None:
+    """Close the run's row in the ledger with the tally's counts (start_run's other half)."""
+    ledger.finish_run(
+        run_id,
+        jobs=tally.jobs,
+        ok=tally.by_status["ok"],
+        failed=tally.failed,
+        status=status,
+        skipped_budget=tally.by_status["skipped_budget"],
+        deduped=tally.deduped,
+        cached=tally.cached,
+    )
 
 
 async def run_files(
@@ -120,16 +134,7 @@ async def run_files(
         status = "pending" if t.by_status["pending"] else ("ok" if t.failed == 0 else "failed")
         if stop is not None and stop.requested:
             status = "interrupted"
-        ledger.finish_run(
-            run_id,
-            jobs=t.jobs,
-            ok=t.by_status["ok"],
-            failed=t.failed,
-            status=status,
-            skipped_budget=t.by_status["skipped_budget"],
-            deduped=t.deduped,
-            cached=t.cached,
-        )
+        finish_run(ledger, run_id, t, status)
         if hasattr(writer, "before_sync"):
             setattr(writer, "before_sync", None)  # noqa: B010 - closing the ledger syncs it
     return summary
