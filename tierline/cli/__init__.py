@@ -121,6 +121,21 @@ class Group(typer.core.TyperGroup):
         return super().parse_args(ctx, args)
 
 
+class StdoutGone(Exception):
+    """The reader of stdout went away while a command wrote to it (not an OSError, which
+    Click would catch)."""
+
+
+@contextlib.contextmanager
+def _reader_gone() -> Iterator[None]:
+    """Click turns a broken pipe into exit 1, with no word; carry it past Click instead, so
+    main() answers 141 for every command as for `run` (README "Exit codes")."""
+    try:
+        yield
+    except BrokenPipeError as exc:
+        raise StdoutGone from exc
+
+
 class LazyGroup(Group):
     """The root group: lists commands from COMMANDS and imports one only when it is run (or
     its own --help is asked for)."""
@@ -140,6 +155,14 @@ class LazyGroup(Group):
             self.commands[cmd_name] = load_command(cmd_name)
             self._loaded.add(cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Context:
+        with _reader_gone():  # `tierline --help | head -1`
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Context) -> Any:
+        with _reader_gone():  # every command, its --help included
+            return super().invoke(ctx)
 
     def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
         self._listing = True  # the command list needs only the summaries
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before a run installs its own handler (config, model load)
         _say("tierline: interrupted")
         return ExitCode.INTERRUPTED
-    except BrokenPipeError:  # `tierline ledger summary | head -1`: the reader has what it wanted
+    except (BrokenPipeError, StdoutGone):  # `tierline ledger summary | head -1`: the reader left
         from .output import silence_stdout
 
         silence_stdout()

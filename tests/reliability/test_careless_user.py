@@ -1,0 +1,65 @@
+"""What a careless or hostile user does to the real CLI, and what tierline must answer: the
+exit code README documents, one clear line, nothing destroyed, nothing paid for a usage error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tierline.cli import main
+from tierline.errors import ExitCode
+
+from .conftest import Calls, jobs_file
+
+
+def run_into_closed_pipe(args: list[str], home: Path) -> tuple[int, str]:
+    """`tierline ARGS | head -1` where head has already left: stdout is a pipe nobody reads."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tierline", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TIERLINE_HOME": str(home)},
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    return proc.returncode, proc.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["classify", "{jobs}"],
+        ["plan", "{jobs}", "-c", "{config}"],
+        ["ledger", "summary", "--ledger", "{ledger}"],
+        ["ledger", "runs", "--ledger", "{ledger}"],
+        ["ledger", "export", "--ledger", "{ledger}", "--format", "jsonl"],
+        ["--help"],
+        ["run", "--help"],
+    ],
+    ids=lambda c: " ".join(w for w in c if not w.startswith("{")),
+)
+def test_every_command_exits_141_when_its_reader_is_gone(
+    tmp_path: Path, calls: Calls, three_tiers: Path, command: list[str]
+) -> None:
+    """Not only `run`: README's 141 is "the reader of stdout went away" for any command.
+    Click turned a broken pipe into exit 1, which under `set -o pipefail` reads as "some jobs
+    failed" (classify) or as an error of the command."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 30)
+    ledger = tmp_path / "l.db"
+    out = tmp_path / "out.jsonl"
+    assert (
+        main(["run", str(jobs), "-c", str(three_tiers), "--ledger", str(ledger), "-o", str(out)])
+        == 0
+    )
+    args = [w.format(jobs=jobs, config=three_tiers, ledger=ledger) for w in command]
+    code, err = run_into_closed_pipe(args, tmp_path / "home")
+    assert code == ExitCode.BROKEN_PIPE, err
+    assert "Traceback" not in err and "Exception" not in err, err
