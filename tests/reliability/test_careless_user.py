@@ -4,6 +4,7 @@ exit code README documents, one clear line, nothing destroyed, nothing paid for 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,42 @@ def test_every_command_exits_141_when_its_reader_is_gone(
     code, err = run_into_closed_pipe(args, tmp_path / "home")
     assert code == ExitCode.BROKEN_PIPE, err
     assert "Traceback" not in err and "Exception" not in err, err
+
+
+def ledger_runs(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+@pytest.mark.parametrize("cache", ["dir", "/dev/null", "input"])
+def test_an_unusable_answer_cache_is_refused_before_the_run_starts(
+    tmp_path: Path, calls: Calls, three_tiers: Path, cache: str
+) -> None:
+    """`--cache` that cannot be opened is a usage error like an unusable ledger: exit 2 with
+    nothing sent and nothing left behind; it was found only after the output was locked and
+    its `.partial` created and the run entered in the ledger (a 'running' row forever)."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 6)
+    before = jobs.read_bytes()
+    where = {"dir": str(tmp_path), "input": str(jobs)}.get(cache, cache)
+    out, ledger = tmp_path / "out.jsonl", tmp_path / "l.db"
+    args = ["run", str(jobs), "-o", str(out), "-c", str(three_tiers), "--ledger", str(ledger)]
+    assert main([*args, "--cache", where]) == ExitCode.USAGE
+    assert calls.job_ids == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == []
+    assert ledger_runs(ledger) == 0
+    assert jobs.read_bytes() == before
+
+
+def test_output_over_the_answer_cache_is_refused(
+    tmp_path: Path, calls: Calls, three_tiers: Path
+) -> None:
+    """`-o` the answer cache: the final rename would replace the cache with the results."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 6)
+    cache = tmp_path / "answers.sqlite"
+    args = ["run", str(jobs), "-c", str(three_tiers), "--ledger", str(tmp_path / "l.db")]
+    assert main([*args, "-o", str(tmp_path / "first.jsonl"), "--cache", str(cache)]) == 0
+    assert main([*args, "-o", str(cache), "--cache", str(cache)]) == ExitCode.USAGE
+    assert len(calls.job_ids) == 6
+    assert cache.read_bytes().startswith(b"SQLite format 3\x00")

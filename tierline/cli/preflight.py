@@ -21,9 +21,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import CacheConfig, Config
 from ..errors import UsageError
 
-__all__ = ["check_inputs", "check_ledger", "check_stdio", "resolve_output"]
+__all__ = ["answer_cache", "check_inputs", "check_ledger", "check_stdio", "resolve_output"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # What tierline writes beside an output PATH (resume.py, dispatch/batch): none of them may be
@@ -73,12 +74,14 @@ def _usable(stream: object, fd: int) -> bool:
 
 
 def _protected(
-    inputs: Sequence[str], ledger: Path | None, config: Path | None
+    inputs: Sequence[str], ledger: Path | None, config: Path | None, cache: Path | None = None
 ) -> list[tuple[str, str]]:
     """(real path, what it is) of every file the run reads or keeps."""
     files = [(p, f"the input {p}") for p in inputs if p != "-"]
     if ledger is not None:
         files += [(f"{ledger}{side}", f"the ledger {ledger}") for side in LEDGER_SIDE_FILES]
+    if cache is not None:
+        files += [(f"{cache}{side}", f"the answer cache {cache}") for side in LEDGER_SIDE_FILES]
     if config is not None:
         files.append((str(config), f"the config {config}"))
     return [(os.path.realpath(p), what) for p, what in files]
@@ -95,7 +98,11 @@ def _same(a: str, b: str) -> bool:
 
 
 def resolve_output(
-    output: str | None, inputs: Sequence[str], ledger: Path | None, config: Path | None
+    output: str | None,
+    inputs: Sequence[str],
+    ledger: Path | None,
+    config: Path | None,
+    cache: Path | None = None,
 ) -> str | None:
     """The real path results will be written to (None for stdout), or a UsageError.
 
@@ -103,7 +110,7 @@ def resolve_output(
     file and renames it over PATH, which would replace the device node. Writing to one is what
     stdout is for: leave out -o and redirect (`> /dev/null`).
     """
-    protected = _protected(inputs, ledger, config)
+    protected = _protected(inputs, ledger, config, cache)
     if output in (None, "-"):
         _check_stdout(protected)
         return None
@@ -205,3 +212,16 @@ def _check_writable(path: Path, where: str, fix: str) -> None:
         raise UsageError(f"{where}: cannot write it ({exc}); {fix}") from None
     finally:
         conn.close()
+
+
+def answer_cache(config: Config, path: str | None) -> Path | None:
+    """The answer cache the run will use (None: off), opened once as the run opens it: a
+    directory, a device or a file that is not SQLite is found here, before the output is
+    locked and the run entered in the ledger."""
+    if path is None and config.cache is None:
+        return None
+    from ..dispatch.answers import AnswerCache, cache_path
+
+    settings = config.cache or CacheConfig()
+    AnswerCache.from_config(settings, path).close()
+    return cache_path(settings, path)

@@ -31,7 +31,7 @@ from ..errors import UsageError
 from ..jobs import CACHED, InvalidLine, Job, Result
 from ..resume import answer_key, route_fingerprint
 
-__all__ = ["AnswerCache", "Answers"]
+__all__ = ["AnswerCache", "Answers", "cache_path"]
 
 BUSY_TIMEOUT_MS = 10_000  # another run holds the write lock: wait, it only inserts one row
 
@@ -71,7 +71,7 @@ class AnswerCache:
 
     @classmethod
     def from_config(cls, config: CacheConfig, path: str | None = None) -> AnswerCache:
-        where = Path(path or config.path or data_dir() / "cache.sqlite").expanduser()
+        where = cache_path(config, path)
         return cls(where, ttl_s=config.ttl_s, max_bytes=int(config.max_mb * 1024 * 1024))
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -127,6 +127,11 @@ class AnswerCache:
     def close(self) -> None:
         self.evict()
         self.conn.close()
+
+
+def cache_path(config: CacheConfig, path: str | None = None) -> Path:
+    """Where the answer cache is: --cache, else `[cache] path`, else the data dir."""
+    return Path(path or config.path or data_dir() / "cache.sqlite").expanduser()
 
 
 class Answers:
