@@ -13,6 +13,7 @@ import pytest
 
 from tierline.cli import main
 from tierline.errors import ExitCode
+from tierline.resume import RunLock
 
 from .conftest import Calls, jobs_file
 
@@ -103,3 +104,22 @@ def test_output_over_the_answer_cache_is_refused(
     assert main([*args, "-o", str(cache), "--cache", str(cache)]) == ExitCode.USAGE
     assert len(calls.job_ids) == 6
     assert cache.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+@pytest.mark.parametrize("side", [".partial", ".lock", ".partial.resume", ".collect"])
+def test_output_named_like_another_outputs_own_file_is_refused(
+    tmp_path: Path, calls: Calls, three_tiers: Path, side: str
+) -> None:
+    """`-o out.jsonl.lock` while a run writes out.jsonl: the rename replaced that run's lock
+    (a third run then locked the new file and wrote out.jsonl beside it) or its `.partial`
+    (the running run then renamed the wrong results into place). Exit 2, nothing sent, the
+    running run's files untouched."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 6)
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(jobs), "-c", str(three_tiers), "--ledger", str(tmp_path / "l.db")]
+    with RunLock(str(out)):
+        lock = os.stat(f"{out}.lock")
+        assert main([*args, "-o", f"{out}{side}"]) == ExitCode.USAGE
+        assert os.path.samestat(lock, os.stat(f"{out}.lock"))
+    assert calls.job_ids == []
+    assert not os.path.exists(f"{out}{side}")

@@ -114,6 +114,15 @@ def resolve_output(
     if output in (None, "-"):
         _check_stdout(protected)
         return None
+    for side in OUTPUT_SIDE_FILES[1:]:
+        if output.endswith(side) and len(output) > len(side):
+            # a run on the shorter name keeps this file (its lock or its results so far):
+            # the rename would replace it under that run
+            base = output[: -len(side)]
+            raise UsageError(
+                f"-o {output}: tierline keeps this name for its own file beside -o {base}; "
+                "write the results to another file"
+            )
     if os.path.abspath(output).startswith(STREAM_DIRS):
         # /dev/stdout, /dev/fd/N, /proc/self/fd/N name whatever a descriptor is open on (a
         # pipe, a terminal, or a file the shell opened with `>>`): never a file to replace.
