@@ -654,9 +654,19 @@ def config_from_mapping(data: Mapping[str, Any], *, origin: str) -> Config:
     try:
         return Config.model_validate({**data, "origin": origin})
     except ValidationError as exc:
-        lines = [f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [_error_line(e["loc"], e["type"], e["msg"]) for e in exc.errors()]
         detail = lines[0] if len(lines) == 1 else "\n  " + "\n  ".join(lines)
         raise ConfigError(f"{origin}: {detail}") from None
+
+
+def _error_line(loc: tuple[int | str, ...], kind: str, msg: str) -> str:
+    """`key: reason`, without pydantic's wording around our own validators' messages (which
+    name their key themselves when they check the whole config)."""
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        if not loc:
+            return msg
+    return f"{_format_loc(loc)}: {msg}"
 
 
 def _tier_keys(routes: Mapping[str, Any], origin: str) -> dict[int, Any]:

@@ -123,3 +123,30 @@ def test_output_named_like_another_outputs_own_file_is_refused(
         assert os.path.samestat(lock, os.stat(f"{out}.lock"))
     assert calls.job_ids == []
     assert not os.path.exists(f"{out}{side}")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('3 = ["claude"]', "routes.3: unknown backend 'claude' (configured backends: a)"),
+        ("", "routes: tier 3 has no route; every tier needs one"),
+        (
+            '3 = ["a"]\n[backends.b]\nkind = "openai-compatible"\nmodel = "m"\nbase_url = "gpu:8000"',
+            "backends.b.base_urls: must be an http:// or https:// URL with a host",
+        ),
+    ],
+)
+def test_config_errors_read_file_key_reason(tmp_path: Path, table: str, message: str) -> None:
+    """README: `tierline.toml: routes.3: unknown backend 'claude'`. pydantic's wording leaked
+    in between: `tierline.toml: (top level): Value error, routes.3: ...`."""
+    config = tmp_path / "tierline.toml"
+    config.write_text(f'[backends.a]\nkind = "llamacpp"\n[routes]\n1 = ["a"]\n2 = ["a"]\n{table}\n')
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tierline", "classify", str(jobs), "-c", str(config)],
+        capture_output=True,
+        env={**os.environ, "TIERLINE_HOME": str(tmp_path / "home")},
+        timeout=120,
+    )
+    assert proc.returncode == ExitCode.USAGE
+    assert proc.stderr.decode().strip() == f"tierline: error: {config}: {message}"
