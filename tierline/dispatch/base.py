@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from typing_extensions import Self
 
+from ..config import Config
 from ..jobs import Job, Message, Usage, schema_of
 from .health import CheckResult
 
@@ -111,13 +112,15 @@ class Backend(Protocol):
     ) -> None: ...
 
 
-def request_for(job: Job, *, max_tokens: int, temperature: float | None) -> Request:
-    """The request for a job, its own settings first, then the given defaults."""
+def request_for(job: Job, config: Config, backend: str) -> Request:
+    """The request `job` sends to `backend`: its own settings first, then the config's. The
+    token limit is `Config.max_tokens_for`, the rule the budget and the plan reserve by."""
+    temperature = job.temperature if job.temperature is not None else config.defaults.temperature
     return Request(
         messages=job.messages,
         system=job.system,
-        max_tokens=job.max_tokens or max_tokens,
-        temperature=job.temperature if job.temperature is not None else temperature,
+        max_tokens=config.max_tokens_for(backend, job),
+        temperature=temperature,
         stop=job.stop,
         response_format=job.response_format,
         job_id=job.id,

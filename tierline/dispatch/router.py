@@ -189,15 +189,12 @@ class Router:
     def chain(self, tier: int) -> list[str]:
         return self.config.route(tier)
 
-    def max_tokens_for(self, name: str) -> int:
-        """A backend's max_tokens for jobs that set none (`Config.max_tokens_for`)."""
-        return self.config.max_tokens_for(name)
-
-    async def dispatch(self, tier: int, build: Any) -> Outcome:
-        """Send the request built by `build(max_tokens)` along the tier's chain."""
+    async def dispatch(self, tier: int, build: Callable[[str], Request]) -> Outcome:
+        """Send the request `build(backend)` makes for each backend along the tier's chain
+        (each backend may resolve the job differently: `dispatch.base.request_for`)."""
         outcome = Outcome()
         for name in self.chain(tier):
-            hop = await self._try(name, build(self.max_tokens_for(name)))
+            hop = await self._try(name, build(name))
             outcome.hops.append(hop)
             if hop.status != "unavailable":
                 break

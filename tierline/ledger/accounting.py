@@ -7,7 +7,7 @@ hop, a completion or a backend kind."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import Config
@@ -62,13 +62,11 @@ class Accountant:
         self.cost_nanos = 0
         self.baseline_nanos = 0  # over the calls whose own cost is known: like for like
 
-    async def admit(
-        self, job: Job, chain: Sequence[str], max_tokens_for: Callable[[str], int]
-    ) -> Hold | Refusal | None:
+    async def admit(self, job: Job, chain: Sequence[str]) -> Hold | Refusal | None:
         """Reserve the job's worst case (None: no budget). A Refusal means: do not send it."""
         if self.budget is None:
             return None
-        worst = worst_case_micros(self.pricer, job, chain, max_tokens_for)
+        worst = worst_case_micros(self.config, self.pricer, job, chain)
         if isinstance(worst, Refusal):
             self.budget.refused += 1
             return worst
@@ -159,4 +157,3 @@ def _row(job_id: str, tier: int | None, call: CallFacts, hop: int, price: CallPr
         hop=hop,
         check_failed=call.check_failed,
     )
-

@@ -15,9 +15,10 @@ so under a budget its jobs are skipped and never sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..config import Config
 from ..jobs import Job
 from .estimate import input_token_bound
 from .pricing import GpuHourTariff, Pricer
@@ -77,18 +78,18 @@ class Budget:
 
 
 def worst_case_micros(
-    pricer: Pricer, job: Job, chain: Sequence[str], max_tokens_for: Callable[[str], int]
+    config: Config, pricer: Pricer, job: Job, chain: Sequence[str]
 ) -> int | Refusal:
     """The most `job` can cost along its route, or why it cannot be bounded.
 
+    Each hop may generate what `Config.max_tokens_for` allows it, the limit its request carries.
     Only one hop of a route is billed by tokens (a hop that falls through never answered), so
     token-priced backends count once at the dearest; busy-time-priced ones may all be billed.
     """
     prompt = input_token_bound(job)
     by_tokens, by_time = 0, 0
     for name in chain:
-        max_tokens = job.max_tokens or max_tokens_for(name)
-        worst = pricer.worst_case_micros(name, prompt, max_tokens)
+        worst = pricer.worst_case_micros(name, prompt, config.max_tokens_for(name, job))
         if worst is None:
             return Refusal(
                 f"backend {name!r} has no known price, so under --max-cost this job's cost "

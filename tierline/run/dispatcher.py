@@ -91,7 +91,7 @@ class Dispatcher:
         by another process, so this run must count it now to keep spend under the cap."""
         assert self.divert is not None
         chain = self.router.chain(vote.tier)[:1]
-        hold = await self.accountant.admit(job, chain, self.router.max_tokens_for)
+        hold = await self.accountant.admit(job, chain)
         if isinstance(hold, Refusal):
             return hold
         taken = await self.divert.offer(job, vote)
@@ -104,17 +104,13 @@ class Dispatcher:
         self, job: Job, tier: int, *, first_hop: int
     ) -> tuple[Outcome, JobCost, CheckFailure | None] | Refusal:
         """One pass along a tier's route: reserve, send, check the answer, record, settle."""
-        defaults = self.config.defaults
-        hold = await self.accountant.admit(job, self.router.chain(tier), self.router.max_tokens_for)
+        hold = await self.accountant.admit(job, self.router.chain(tier))
         if isinstance(hold, Refusal):
             return hold
         cost: JobCost | None = None
         try:
             outcome = await self.router.dispatch(
-                tier,
-                lambda max_tokens: request_for(
-                    job, max_tokens=max_tokens, temperature=defaults.temperature
-                ),
+                tier, lambda backend: request_for(job, self.config, backend)
             )
             for hop in outcome.hops:
                 hop.tier = tier

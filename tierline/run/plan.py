@@ -257,7 +257,7 @@ def make_plan(
             input_tokens=estimate_input_tokens(item, in_process=bc.entry.in_process),
             output_tokens=estimate_output_tokens(item, max_tokens),
         )
-        worst = worst_case_micros(pricer, item, chain, config.max_tokens_for)
+        worst = worst_case_micros(config, pricer, item, chain)
         row.add(
             usage=usage,
             max_tokens=max_tokens,

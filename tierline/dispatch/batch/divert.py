@@ -112,12 +112,7 @@ class BatchDiverter:
             return False
         self._open()
         backend = self.config.backends[name]
-        request = request_for(
-            job,
-            max_tokens=self.config.max_tokens_for(name, job),
-            temperature=self.config.defaults.temperature,
-        )
-        body = provider.encode(request)
+        body = provider.encode(request_for(job, self.config, name))
         custom_id = provider.custom_id(job.id, self._used.setdefault(name, set()))
         stub = Result.pending(job, vote, name, backend.display_model)
         packer = self._packers.setdefault(name, Packer(provider.limits, provider.overhead))
