@@ -3,11 +3,14 @@ the two rules (`Config.route`, `Config.max_tokens_for`) that used to be written 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import tierline
 from tierline.config import KINDS, Config, config_from_mapping
 from tierline.dispatch import registry
 from tierline.errors import ConfigError
@@ -92,3 +95,48 @@ def test_route_and_max_tokens_for() -> None:
     free = Job(id="k", line=2, source="-", messages=(Message("user", "hi"),))
     assert (c.max_tokens_for("a", job), c.max_tokens_for("a", free)) == (3, 100)
     assert (c.max_tokens_for("b"), c.max_tokens_for("b", free)) == (7, 7)
+
+
+def _kind_branches(tree: ast.AST) -> list[int]:
+    """Lines that decide something by a kind's name: a comparison with a kind name or with a
+    `.kind`, or a `.kind` / kind name used as a key (`x[cfg.kind]`, `x.get(cfg.kind)`)."""
+
+    def by_kind(node: ast.AST) -> bool:
+        named = isinstance(node, ast.Constant) and node.value in KINDS
+        return named or (isinstance(node, ast.Attribute) and node.attr == "kind")
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            hit = any(by_kind(n) for n in [node.left, *node.comparators])
+            hit = hit or any(
+                isinstance(c, ast.Tuple | ast.List | ast.Set) and any(map(by_kind, c.elts))
+                for c in node.comparators
+            )
+        elif isinstance(node, ast.Subscript):
+            hit = by_kind(node.slice)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            hit = node.func.attr == "get" and any(by_kind(a) for a in node.args[:1])
+        else:
+            continue
+        if hit:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_decides_by_a_kind_name() -> None:
+    """Every kind-dependent decision comes from its `KINDS` entry (issue 15): outside the table,
+    the registry that reads it and the modules an entry names (which implement that kind),
+    nothing compares or looks up a kind's name, so a new kind is one module and one entry."""
+    root = Path(tierline.__file__).parent
+    own = {root / "config.py", root / "dispatch" / "registry.py"}
+    for kind in KINDS.values():
+        for ref in filter(None, (kind.factory, kind.codec, kind.batch)):
+            own.add(root / "dispatch" / (ref.partition(":")[0].replace(".", "/") + ".py"))
+    found = {
+        f"{path.relative_to(root.parent)}:{line}"
+        for path in root.rglob("*.py")
+        if path not in own
+        for line in _kind_branches(ast.parse(path.read_text(encoding="utf-8")))
+    }
+    assert not found, f"decisions by a kind's name outside its KINDS entry: {sorted(found)}"

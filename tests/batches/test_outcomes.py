@@ -138,7 +138,7 @@ def test_packing_splits_at_the_request_limit(tmp_path: Path, oai: FakeOpenAI) ->
     cfg = load_config(str(write_config(tmp_path / "t.toml", openai_url=oai.base_url)))
     jobs = write_jobs(tmp_path / "jobs.jsonl", IDS[:7])
     writer = ResultWriter(str(tmp_path / "out.jsonl"))
-    options = BatchOptions(output=str(tmp_path / "out.jsonl"), limits={"openai": Limits(3, 10**9)})
+    options = BatchOptions(output=str(tmp_path / "out.jsonl"), limits={"gpt": Limits(3, 10**9)})
     summary = asyncio.run(
         run_files(
             [str(jobs)], config=cfg, writer=writer, ledger_path=tmp_path / "l.db", batches=options

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import pytest
 
 from tests.fakes import FakeOpenAI
@@ -112,4 +113,3 @@ async def test_the_request_the_hold_and_the_plan_use_one_limit(
         [row] = make_plan([job], config=config, tierer=Tierer.from_config(config.tiering)).rows
         limit = expected[job.id]
         assert (row.max_output_tokens, row.worst_micros) == (limit, limit * TOKEN)
-

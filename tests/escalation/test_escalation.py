@@ -93,7 +93,10 @@ async def test_failed_answer_moves_up_a_tier(fields: dict[str, Any], bad: Any, c
     assert result.status == "ok" and result.backend == "mid" and result.escalations == 1
     assert result.tier == 1  # the tier tiering decided; the route shows where it ended up
     assert [(h.backend, h.tier) for h in result.route] == [("small", 1), ("mid", 2)]
-    assert result.route[0].to_dict()["check"]["failed"] == check and "check" not in result.route[1].to_dict()
+    assert (
+        result.route[0].to_dict()["check"]["failed"] == check
+        and "check" not in result.route[1].to_dict()
+    )
     assert summary.tally.escalated[1] == 1 and summary.tally.failed_checks["small"] == 1
 
 

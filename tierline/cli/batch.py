@@ -38,7 +38,7 @@ ProviderBatch = Annotated[
     bool,
     typer.Option(
         "--provider-batch",
-        help="Send the jobs of every openai/anthropic backend through the provider's batch API "
+        help="Send the jobs of every backend whose kind has a provider batch API through it "
         '(50% off, done within 24 h); same as mode = "batch" on each of them.',
     ),
 ]

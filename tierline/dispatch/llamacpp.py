@@ -394,7 +394,7 @@ class LlamaCppBackend(BaseBackend):
     async def check(self) -> list[CheckResult]:
         """Load the model in a fresh worker and generate one token: a broken build or model
         file shows up here, not in the middle of a night's run."""
-        base = CheckResult(self.name, "llamacpp", "worker process", self.model, False)
+        base = CheckResult(self.name, self.config.kind, "worker process", self.model, False)
         try:
             settings = self._settings(parallel=1)
         except BackendUnavailable as exc:

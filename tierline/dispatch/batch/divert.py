@@ -30,12 +30,12 @@ ResultSink = Callable[[Result], None]
 class BatchOptions:
     """How a run uses provider batches (`run --provider-batch --wait`)."""
 
-    provider_batch: bool = False  # every openai/anthropic backend in batch mode
+    provider_batch: bool = False  # every backend whose kind has a batch API, in batch mode
     wait: bool = False
     output: str | None = None  # the results file, None for stdout
     poll: PollPolicy = field(default_factory=PollPolicy)
     on_progress: Callable[[Progress], None] | None = None
-    limits: Mapping[str, Limits] | None = None  # by provider kind; tests pack small batches
+    limits: Mapping[str, Limits] | None = None  # by backend name; tests pack small batches
 
 
 def batch_backends(config: Config, provider_batch: bool) -> set[str]:

@@ -128,8 +128,9 @@ def _seconds(start: str | None, end: str | None) -> float:
 class BatchEngine:
     """Submits, polls and collects provider batches for one config and ledger.
 
-    `limits` (by provider kind, "openai" / "anthropic") overrides the providers' batch limits:
-    tests pack with small numbers.
+    `limits` (by backend name) overrides the providers' batch limits: tests pack with small
+    numbers. Keyed by the configured name, not the kind: every kind with a batch API (its
+    `KINDS` entry) gets it, and two backends of one kind can differ.
     """
 
     def __init__(
@@ -151,7 +152,7 @@ class BatchEngine:
                     f"backend {backend!r} has provider batches in the ledger but is not in "
                     f"{self.config.origin}; collect with the config that submitted them"
                 )
-            self._providers[backend] = make_provider(backend, config, self.limits.get(config.kind))
+            self._providers[backend] = make_provider(backend, config, self.limits.get(backend))
         return self._providers[backend]
 
     async def aclose(self) -> None:
