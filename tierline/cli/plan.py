@@ -53,7 +53,8 @@ Calibrate = Annotated[
         min=0,
         metavar="N",
         help="First send N of these jobs to each gpu_hour_usd backend the plan uses and "
-        "measure its throughput (recorded in the ledger like a run; it costs their GPU time).",
+        "measure its throughput (recorded in the ledger like a run; it costs their GPU time, "
+        "paid within --max-cost like a run's calls).",
     ),
 ]
 
@@ -78,7 +79,7 @@ def plan(
     A gpu_hour_usd backend is priced through its throughput: measured on its newest calls in
     the ledger, else its `throughput` hint in the config; each row says which. Exit 0, or 3
     when --max-cost is given and the estimate passes it (or cannot be made because a backend
-    has no known price).
+    has no known price), or when --max-cost stopped --calibrate from sending all its jobs.
     """
     cfg = load_config(config)
     daily = parse_tokens(daily_tokens) if daily_tokens is not None else None  # before any work
@@ -117,7 +118,7 @@ def plan(
                     out.print(renderable)
         for line in _notes(result):
             err_console.print(f"tierline: {line}", markup=False)
-    raise typer.Exit(int(ExitCode.BUDGET) if result.over_budget else 0)
+    raise typer.Exit(int(ExitCode.BUDGET) if report.over_budget else 0)
 
 
 def _calibrated(done: list[Calibration]) -> None:
@@ -135,6 +136,12 @@ def _calibrated(done: list[Calibration]) -> None:
             f"cost ${t.cost_usd:,.6f} (run {c.run_id})",
             markup=False,
         )
+        if c.skipped_budget:
+            err_console.print(
+                f"tierline: --max-cost: {c.skipped_budget} calibration job(s) on {c.backend} "
+                "not sent: their worst case no longer fitted (exit 3)",
+                markup=False,
+            )
 
 
 def _plus_minus(cost: int | None, error: int | None) -> str:

@@ -28,6 +28,11 @@ class PlanReport:
     projection: Projection | None = None
     calibrations: list[Calibration] = field(default_factory=list)
 
+    @property
+    def over_budget(self) -> bool:
+        """The estimate passes --max-cost, or --max-cost stopped the calibration."""
+        return self.plan.over_budget or any(c.skipped_budget for c in self.calibrations)
+
 
 def plan_files(
     inputs: list[str],
@@ -40,12 +45,15 @@ def plan_files(
     calibrate: int = 0,
 ) -> PlanReport:
     """Plan the jobs of `inputs` against the throughput measured in the ledger (read only);
-    with `calibrate`, first send that many jobs to each gpu_hour_usd backend to measure it."""
+    with `calibrate`, first send that many jobs to each gpu_hour_usd backend to measure it,
+    spending at most `max_cost_micros` on them all."""
     calibrations = []
     if calibrate:
         from .calibrate import calibrate as measure  # sends jobs: imported only when asked
 
-        calibrations = measure(inputs, config, ledger_path, calibrate)
+        calibrations = measure(
+            inputs, config, ledger_path, calibrate, max_cost_micros=max_cost_micros
+        )
     conn = open_readonly(ledger_path)
     try:
         plan = make_plan(
