@@ -125,6 +125,7 @@ class _Loop:
         self.slots = asyncio.Semaphore(window)
         self.in_flight: set[asyncio.Task[None]] = set()
         self.feed: asyncio.Queue[_Entry | None] = asyncio.Queue(maxsize=TIER_CHUNK)
+        self.failure: Exception | None = None  # a bug in one job's path: the run re-raises it
 
     def emit(self, result: Result) -> None:
         self.tally.add(result)
@@ -137,12 +138,14 @@ class _Loop:
         reader = asyncio.create_task(self.read(items, read_in_thread))
         try:
             await self.tier_and_send()
-            if not self.stopped():
+            if not self.stopped() and self.failure is None:
                 await reader  # re-raises what reading raised
             if self.in_flight and self.stop is not None:
                 await self.stop.drain(self.in_flight)
             elif self.in_flight:
                 await asyncio.gather(*self.in_flight)
+            if self.failure is not None:
+                raise self.failure
         finally:
             reader.cancel()
             for task in self.in_flight:
@@ -186,6 +189,9 @@ class _Loop:
             for (job, key), vote in zip(entries, votes, strict=True):
                 if self.stopped() or not await _slot(self.slots, self.stop):
                     return
+                if self.failure is not None:
+                    self.slots.release()
+                    return
                 task = asyncio.create_task(self.one(job, vote, key))
                 self.in_flight.add(task)
                 task.add_done_callback(self.in_flight.discard)
@@ -196,6 +202,13 @@ class _Loop:
             result = await self.reuse.answer(job, key, lambda j: send(j, vote))
             if result is not None:
                 self.emit(result)
+        except Exception as exc:
+            # A bug in this job's path (a plugin's backend factory, say): it has no result to
+            # write, so the run sends nothing more, lets the calls in flight finish (they are
+            # paid) and re-raises it: exit 70, the results so far kept for a resume. Left to
+            # end the task, it was dropped with the task: the job vanished and the run said 0.
+            if self.failure is None:
+                self.failure = exc
         finally:
             self.slots.release()
 
