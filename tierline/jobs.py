@@ -709,11 +709,20 @@ def _job_id(value: Any, key: str, line: int, source: str, *, required: bool = Fa
 
 def parse_line(raw: bytes, line: int, source: str) -> Job:
     """Parse one JSONL line into a Job, or raise JobError saying why not."""
+    return parse_object(load_line(raw), raw, line, source)
+
+
+def load_line(raw: bytes) -> Any:
+    """The JSON value of one line, or JobError saying why it is not JSON."""
     try:
-        obj = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         reason = "invalid UTF-8" if "utf-8" in str(exc).lower() else f"invalid JSON ({exc})"
         raise JobError(reason, kind="invalid_json") from None
+
+
+def parse_object(obj: Any, raw: bytes, line: int, source: str) -> Job:
+    """The Job of a line already read as JSON (``raw``: its bytes), or JobError."""
     if not isinstance(obj, dict):
         raise JobError(f"a job line must be a JSON object, got {_type_name(obj)}")
     if isinstance(obj.get("id"), float) or isinstance(obj.get("custom_id"), float):
@@ -721,6 +730,51 @@ def parse_line(raw: bytes, line: int, source: str) -> Job:
     if "custom_id" in obj or "body" in obj:
         return _parse_batch(obj, line, source)
     return _parse_native(obj, line, source)
+
+
+_PROMPT_ONLY = frozenset({"prompt"})
+_ID_AND_PROMPT = frozenset({"id", "prompt"})
+
+
+def plain_prompt(obj: Any, line: int, source: str) -> tuple[str, str] | None:
+    """(id, prompt) of a line that is only a non-blank prompt and maybe an id, exactly as
+    `parse_object` reads it; None for any other line, which `parse_object` must read.
+
+    Most lines of a big file are this simple; `tierline classify` takes them without building
+    a `Job` (whose other fields would all be their defaults).
+    """
+    if type(obj) is not dict:
+        return None
+    keys = obj.keys()
+    if keys != _ID_AND_PROMPT and keys != _PROMPT_ONLY:
+        return None
+    prompt = obj["prompt"]
+    if type(prompt) is not str or not prompt.strip():
+        return None
+    job_id = obj.get("id")
+    if type(job_id) is str and job_id:
+        return job_id, prompt
+    if type(job_id) is int:
+        return str(job_id), prompt
+    if job_id is None:
+        return _job_id(None, "id", line, source), prompt
+    return None  # a float, an empty string, another type: parse_object says what is wrong
+
+
+def read_item(raw: bytes | None, line: int, source: str, obj: Any = None) -> Job | InvalidLine:
+    """One non-blank line (None: one over MAX_LINE_BYTES) as a Job or an InvalidLine; ``obj``:
+    the line already read as JSON, if it was (None: read it; a JSON null is read again). The
+    duplicate-id check is the reader's (`read_jobs`), which sees every line."""
+    if raw is None:
+        return InvalidLine(
+            line, source, f"line longer than {MAX_LINE_BYTES} bytes", kind="line_too_long"
+        )
+    try:
+        if obj is None:
+            return parse_line(raw, line, source)
+        return parse_object(obj, raw, line, source)
+    except JobError as exc:
+        return InvalidLine(line, source, str(exc), _best_effort_id(raw), exc.kind)
 
 
 def _exact_ids(raw: bytes, obj: dict[str, Any]) -> dict[str, Any]:
@@ -752,22 +806,44 @@ def _best_effort_id(raw: bytes) -> str | None:
     return None
 
 
+_BLOCK = 1 << 20
+
+
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """Yield (line number, bytes) with endings stripped; None for a line over MAX_LINE_BYTES."""
+    """Yield (line number, bytes) with endings stripped; None for a line over MAX_LINE_BYTES.
+
+    Read a block at a time (`read1`: what a pipe has now, so a slow producer's lines are not
+    held back) and split in C: a `readline` per line cost as much as parsing it. A line over
+    the limit is skipped without being kept, whatever its length.
+    """
     number = 0
+    pending: list[bytes] = []  # the unfinished line's pieces so far
+    held = 0  # their length; -1 while skipping a line over the limit
+    read = getattr(stream, "read1", None) or stream.read
     while True:
-        chunk = stream.readline(MAX_LINE_BYTES + 1)
-        if not chunk:
-            return
-        number += 1
-        if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
-            while chunk and not chunk.endswith(b"\n"):  # skip the rest without keeping it
-                chunk = stream.readline(MAX_LINE_BYTES)
-            yield number, None
-            continue
-        if number == 1 and chunk.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
-            chunk = chunk[3:]
-        yield number, chunk.rstrip(b"\r\n")
+        block = read(_BLOCK)
+        if not block:
+            if not pending and held == 0:
+                return
+            block = b"\n"  # the end finishes the last line, which had no newline
+        lines: list[bytes | None] = list(block.split(b"\n"))
+        last = lines.pop()  # what follows the block's last newline: an unfinished line
+        if lines and (pending or held):
+            lines[0] = None if held < 0 else b"".join([*pending, lines[0] or b""])
+            pending, held = [], 0
+        for line in lines:
+            number += 1
+            if line is None or len(line) > MAX_LINE_BYTES:
+                yield number, None
+                continue
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+                line = line[3:]
+            yield number, line.rstrip(b"\r\n")
+        if last and held >= 0:
+            pending.append(last)
+            held += len(last)
+            if held > MAX_LINE_BYTES:
+                pending, held = [], -1
 
 
 def _open(path: str) -> IO[bytes]:
@@ -844,22 +920,33 @@ def read_jobs(paths: Sequence[str]) -> Iterator[Job | InvalidLine]:
 
 def _read_one(stream: IO[bytes], source: str, seen: IdSet) -> Iterator[Job | InvalidLine]:
     for number, raw in _lines(stream):
-        if raw is None:
-            yield InvalidLine(
-                number, source, f"line longer than {MAX_LINE_BYTES} bytes", kind="line_too_long"
-            )
+        if raw is not None and not raw.strip():
             continue
-        if not raw.strip():
+        item = read_item(raw, number, source)
+        if isinstance(item, Job) and not seen.add(item.id):
+            yield duplicate(item.id, number, source)
             continue
+        yield item
+
+
+def duplicate(job_id: str, line: int, source: str) -> InvalidLine:
+    """The InvalidLine of a job whose id an earlier line of the run already had."""
+    return InvalidLine(line, source, f"duplicate id {job_id!r}", job_id, "duplicate_id")
+
+
+def raw_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes | None]]:
+    """(source, line number, bytes) of every non-blank line of `paths`, in order, unparsed
+    (None for a line over MAX_LINE_BYTES): `read_jobs` without the parsing, for a reader
+    that parses elsewhere (`tierline classify`'s worker processes)."""
+    for path in paths:
+        stream = _open(path)
         try:
-            job = parse_line(raw, number, source)
-        except JobError as exc:
-            yield InvalidLine(number, source, str(exc), _best_effort_id(raw), exc.kind)
-            continue
-        if not seen.add(job.id):
-            yield InvalidLine(number, source, f"duplicate id {job.id!r}", job.id, "duplicate_id")
-            continue
-        yield job
+            for number, raw in _lines(stream):
+                if raw is None or raw.strip():
+                    yield path, number, raw
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
 
 
 def jobs_from_lines(
@@ -897,6 +984,13 @@ class ResultWriter:
             record = record.to_dict()
         self._stream.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         self.count += 1
+        if self.flush_each:
+            self._stream.flush()
+
+    def write_lines(self, data: bytes, count: int) -> None:
+        """``count`` result lines already serialised, each ending in a newline."""
+        self._stream.write(data)
+        self.count += count
         if self.flush_each:
             self._stream.flush()
 

@@ -1,35 +1,461 @@
 """`tierline classify` behind the command: read, tier a chunk at a time, write each job back
 with its decision, in input order. No event loop, dispatch or ledger: a shell loop pays for
-this command on every call (tests/test_cli.py keeps its imports small)."""
+this command on every call (tests/test_cli.py keeps its imports small).
+
+A chunk is `BATCH` non-blank lines, the chunk `tiering.pipeline.classify` tiers, so the
+classifier sees the same batches (its float sums depend on a batch's size in their last bits).
+A big input is tiered by worker processes, forked once, a chunk each at a time, while this
+process reads ahead and writes the results back in input order (`_Pool`). Duplicate ids need
+every earlier line, so workers only report their ids; a chunk with a duplicate is tiered again
+here, with the duplicate taken out, as the one-process path would have (rare, and exact).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from itertools import chain, islice
+from typing import TYPE_CHECKING, Any
 
-from ..config import Config
-from ..jobs import ResultWriter, read_jobs
-from ..tiering.pipeline import Tierer, classify
+import orjson
 
-__all__ = ["Classified", "classify_files"]
+from ..config import Config, TieringConfig
+from ..errors import ExitCode, JobError, TierlineError
+from ..jobs import (
+    IdSet,
+    InvalidLine,
+    Result,
+    ResultWriter,
+    duplicate,
+    load_line,
+    plain_prompt,
+    raw_lines,
+    read_item,
+)
+from ..tiering.pipeline import BATCH, Tierer, UserRule
+from ..tiering.vote import TierVote
+
+if TYPE_CHECKING:
+    from io import BufferedReader, BufferedWriter
+
+__all__ = ["Classified", "WorkerLost", "classify_files", "tier_chunk"]
+
+Line = tuple[str, int, bytes | None]  # source, line number, bytes (None: over MAX_LINE_BYTES)
+
+# A worker process pays a numpy import and a model load (~0.2 s of CPU) and saves ~5 us per
+# job: below this many chunks (or bytes) read ahead, the input is tiered here, in one process.
+PARALLEL_CHUNKS = 16
+PARALLEL_BYTES = 32 * 2**20
+MAX_WORKERS = 4
+# Chunks and raw bytes in flight per worker: one being tiered, one waiting; the bytes bound
+# keeps memory flat when prompts are huge.
+IN_FLIGHT = 2
+IN_FLIGHT_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
 class Classified:
     lines: int  # result lines written: one per input line that is not blank
     invalid: int  # of which not a valid job (each with its error)
+    workers: int = 0  # worker processes that tiered it (0: this process alone)
 
 
-def classify_files(inputs: Sequence[str], output: str | None, config: Config) -> Classified:
-    """Tier every job of `inputs` into `output` (None: stdout), committed atomically."""
-    tierer = Tierer.from_config(config.tiering)
+class WorkerLost(TierlineError):
+    """A worker process died (killed from outside: the OOM killer, a kill -9)."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+def classify_files(
+    inputs: Sequence[str], output: str | None, config: Config, *, workers: int | None = None
+) -> Classified:
+    """Tier every job of `inputs` into `output` (None: stdout), committed atomically.
+
+    ``workers``: processes to tier with (None: one per core, when the input is big enough to
+    pay for them and forking is safe; 0: none).
+    """
     writer = ResultWriter(output, flush_each=False)
-    invalid = 0
     try:
-        for record in classify(read_jobs(inputs), tierer):
-            invalid += record.get("status") == "invalid"
-            writer.write(record)
+        chunks = _chunks(raw_lines(inputs))
+        head = _read_ahead(chunks)
+        n = _workers(workers, config.tiering, small=_ended(head))
+        rest = chain([chunk for chunk in head if chunk], chunks)
+        if n:
+            invalid = _parallel(rest, config.tiering, writer, n)
+        else:
+            invalid = _serial(rest, Tierer.from_config(config.tiering), writer)
         writer.commit()
     finally:
         writer.close()
-    return Classified(writer.count, invalid)
+    return Classified(writer.count, invalid, n)
+
+
+def tier_chunk(
+    lines: Sequence[Line], tierer: Tierer, duplicate_at: Callable[[int, str], bool] | None
+) -> _Done:
+    """The result lines of one chunk, in order, as one string of JSON lines.
+
+    ``duplicate_at(position, id)`` says whether a job is a duplicate (and records its id);
+    None: nobody here can tell, so each job's id is returned for the caller to check.
+    A line that is only a prompt (and an id) is tiered from its text, without a `Job`.
+    """
+    rules = tierer.text_rules
+    records: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []  # the jobs no rule decided, their records to complete
+    texts: list[str] = []
+    done = _Done()
+    for k, (source, number, raw) in enumerate(lines):
+        obj: Any = None
+        plain = None
+        if raw is not None and rules is not None:
+            try:
+                obj = load_line(raw)
+            except JobError:
+                obj = None  # read_item says why, as read_jobs does
+            plain = plain_prompt(obj, number, source)
+        raw_obj: Mapping[str, Any]
+        job = None
+        if plain is not None:
+            job_id, text = plain
+            raw_obj = obj
+        else:
+            item = read_item(raw, number, source, obj)
+            if isinstance(item, InvalidLine):
+                records.append(Result.invalid(item).to_dict())
+                done.invalid += 1
+                continue
+            job, job_id, text, raw_obj = item, item.id, item.text, item.raw
+        if duplicate_at is None:
+            done.ids.append((k, job_id))
+        elif duplicate_at(k, job_id):
+            records.append(Result.invalid(duplicate(job_id, number, source)).to_dict())
+            done.invalid += 1
+            continue
+        if job is not None:
+            vote = tierer.first_rule(job)
+        else:
+            assert rules is not None  # a plain line is read only when rules can vote on text
+            vote = _text_vote(rules, text)
+        if vote is None:
+            record = {**raw_obj, "tier": 0, "why": "", "confidence": 0.0}
+            pending.append(record)
+            texts.append(text)
+        else:
+            conf = round(vote.confidence, 3)
+            record = {**raw_obj, "tier": vote.tier, "why": vote.why, "confidence": conf}
+        records.append(record)
+    if texts:
+        tiers, whys, confidences = tierer.decide_texts(texts)
+        for record, tier, why, confidence in zip(pending, tiers, whys, confidences, strict=True):
+            record["tier"], record["why"] = tier, why
+            record["confidence"] = round(confidence, 3)
+    done.lines = len(records)
+    done.data = b"".join([orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records])
+    return done
+
+
+@dataclass(slots=True)
+class _Done:
+    """What one chunk became."""
+
+    data: bytes = b""  # its result lines
+    lines: int = 0
+    invalid: int = 0
+    ids: list[tuple[int, str]] = field(default_factory=list)  # (position, id) of its jobs
+
+
+def _text_vote(rules: Sequence[UserRule], text: str) -> TierVote | None:
+    for rule in rules:
+        vote = rule.on_text(text)
+        if vote is not None:
+            return vote
+    return None
+
+
+def _chunks(lines: Iterable[Line]) -> Iterator[list[Line]]:
+    it = iter(lines)
+    while chunk := list(islice(it, BATCH)):
+        yield chunk
+
+
+def _read_ahead(chunks: Iterator[list[Line]]) -> list[list[Line]]:
+    """The first chunks, until there are enough (or enough bytes) to be worth the workers."""
+    head: list[list[Line]] = []
+    size = 0
+    while len(head) < PARALLEL_CHUNKS and size < PARALLEL_BYTES:
+        chunk = next(chunks, None)
+        if chunk is None:
+            head.append([])  # the end: marks that the whole input is here
+            break
+        head.append(chunk)
+        size += _size(chunk)
+    return head
+
+
+def _ended(head: list[list[Line]]) -> bool:
+    return bool(head) and not head[-1]
+
+
+def _size(chunk: Sequence[Line]) -> int:
+    return sum(len(raw) for _, _, raw in chunk if raw is not None)
+
+
+def _workers(asked: int | None, config: TieringConfig, *, small: bool) -> int:
+    """How many worker processes to tier with (0: tier here)."""
+    if asked is not None:
+        return asked
+    if small or config.judge.enabled:  # the judge holds a llama.cpp model: one per process
+        return 0
+    if sys.platform != "linux" or not hasattr(os, "fork"):
+        return 0  # fork is the only start method that costs no re-import; elsewhere unsafe
+    import threading
+
+    if threading.active_count() > 1:  # a caller's threads: forking them is not safe
+        return 0
+    cores = len(os.sched_getaffinity(0))
+    return min(cores, MAX_WORKERS) if cores > 1 else 0
+
+
+def _serial(chunks: Iterable[list[Line]], tierer: Tierer, writer: ResultWriter) -> int:
+    seen = IdSet()
+
+    def duplicate_at(_: int, job_id: str) -> bool:
+        return not seen.add(job_id)
+
+    invalid = 0
+    for lines in chunks:
+        done = tier_chunk(lines, tierer, duplicate_at)
+        writer.write_lines(done.data, done.lines)
+        invalid += done.invalid
+    return invalid
+
+
+def _parallel(
+    chunks: Iterator[list[Line]], config: TieringConfig, writer: ResultWriter, n: int
+) -> int:
+    seen = IdSet()
+    tierer: Tierer | None = None
+    invalid = 0
+    with _Pool(n, config) as pool:
+        for lines, done in pool.map(chunks):
+            dups = {k for k, job_id in done.ids if not seen.add(job_id)}
+            if dups:  # tier it again as one process would: the duplicates are not jobs
+                tierer = tierer or Tierer.from_config(config)
+                done = tier_chunk(lines, tierer, _positions(dups))
+            writer.write_lines(done.data, done.lines)
+            invalid += done.invalid
+    return invalid
+
+
+def _positions(dups: set[int]) -> Callable[[int, str], bool]:
+    def duplicate_at(position: int, _: str) -> bool:
+        return position in dups
+
+    return duplicate_at
+
+
+class _Pool:
+    """Worker processes, forked once, each tiering the chunks it is sent, in order.
+
+    A feeder thread sends chunks round-robin while the caller receives the results in the
+    same order; at most `IN_FLIGHT` chunks per worker (and `IN_FLIGHT_BYTES`) are out at once.
+    Workers ignore SIGINT (Ctrl-C reaches the whole process group; this process decides) and
+    leave when their pipe closes, so an exiting parent never leaves one behind. A worker that
+    dies is noticed as the end of its pipe and raises `WorkerLost`.
+    """
+
+    def __init__(self, n: int, config: TieringConfig) -> None:
+        import threading
+
+        self._workers: list[_Worker] = []
+        self._window = threading.Condition()
+        self._count = 0
+        self._bytes = 0
+        self._stop = False
+        sys.stdout.flush()  # a child must not inherit unwritten output (it never flushes it)
+        sys.stderr.flush()
+        for _ in range(n):
+            self._workers.append(_Worker.fork(config, self._workers))
+
+    def __enter__(self) -> _Pool:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.close(kill=kind is not None)
+
+    def map(self, chunks: Iterator[list[Line]]) -> Iterator[tuple[list[Line], _Done]]:
+        """(chunk, what it became) for every chunk, in order."""
+        import pickle
+        import queue
+        import threading
+
+        order: queue.SimpleQueue[tuple[_Worker, list[Line], int] | BaseException | None]
+        order = queue.SimpleQueue()
+        feeder = threading.Thread(target=self._feed, args=(chunks, order), daemon=True)
+        feeder.start()
+        while (got := order.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            worker, lines, size = got
+            status, value = pickle.loads(worker.receive())
+            if status != "ok":
+                raise value
+            with self._window:
+                self._count -= 1
+                self._bytes -= size
+                self._window.notify()
+            yield lines, value
+
+    def _feed(self, chunks: Iterator[list[Line]], order: Any) -> None:
+        import pickle
+
+        try:
+            for i, lines in enumerate(chunks):
+                size = _size(lines)
+                with self._window:
+                    while not self._stop and not self._room(size):
+                        self._window.wait()
+                    if self._stop:
+                        return
+                    self._count += 1
+                    self._bytes += size
+                worker = self._workers[i % len(self._workers)]
+                worker.send(pickle.dumps(lines, protocol=pickle.HIGHEST_PROTOCOL))
+                order.put((worker, lines, size))
+        except BaseException as exc:  # the input's error (or a lost worker), raised in order
+            order.put(exc)
+            return
+        order.put(None)
+
+    def _room(self, size: int) -> bool:
+        if self._count == 0:
+            return True
+        full = self._count >= IN_FLIGHT * len(self._workers)
+        return not full and self._bytes + size <= IN_FLIGHT_BYTES
+
+    def close(self, *, kill: bool) -> None:
+        """Stop the workers (at once when `kill`: an error or an interrupt) and reap them."""
+        with self._window:
+            self._stop = True
+            self._window.notify_all()
+        for worker in self._workers:
+            worker.stop(kill=kill)
+
+
+@dataclass(slots=True)
+class _Worker:
+    pid: int
+    to: BufferedWriter
+    back: BufferedReader
+
+    @classmethod
+    def fork(cls, config: TieringConfig, others: Sequence[_Worker]) -> _Worker:
+        import warnings
+
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns when a process with threads forks; the only ones here are
+            # numpy's BLAS threads, which OpenBLAS stops and restarts around a fork itself.
+            warnings.filterwarnings("ignore", ".*fork.*", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 70
+            try:
+                os.close(down_w)
+                os.close(up_r)
+                for other in others:  # their ends stay only in the parent: EOF stays EOF
+                    os.close(other.to.fileno())
+                    os.close(other.back.fileno())
+                code = _serve(down_r, up_w, config)
+            finally:
+                os._exit(code)  # no atexit, no flush of the parent's buffers
+        os.close(down_r)
+        os.close(up_w)
+        return cls(pid, open(down_w, "wb"), open(up_r, "rb"))
+
+    def send(self, data: bytes) -> None:
+        try:
+            _write_frame(self.to, data)
+        except OSError:
+            raise self.lost() from None
+
+    def receive(self) -> bytes:
+        data = _read_frame(self.back)
+        if data is None:
+            raise self.lost()
+        return data
+
+    def lost(self) -> WorkerLost:
+        how = "it died"
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid and os.WIFSIGNALED(status):
+            how = f"killed by signal {os.WTERMSIG(status)}"
+        elif pid:
+            how = f"it exited with status {os.WEXITSTATUS(status)}"
+        if pid:
+            self.pid = 0  # reaped
+        return WorkerLost(f"a classify worker process died ({how}); the output was not committed")
+
+    def stop(self, *, kill: bool) -> None:
+        import signal
+
+        if kill and self.pid:
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        for stream in (self.to, self.back):
+            with suppress(OSError):  # a dead worker's pipe: nothing left to flush to
+                stream.close()
+        if self.pid:
+            with suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)  # bounded: without its pipe a worker ends at once
+            self.pid = 0
+
+
+def _serve(down: int, up: int, config: TieringConfig) -> int:
+    """A worker's loop: tier each chunk it receives and send back what it became."""
+    import pickle
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tierer: Tierer | None = None
+    with open(down, "rb") as inbox, open(up, "wb") as outbox:
+        while (data := _read_frame(inbox)) is not None:
+            reply: tuple[str, Any]
+            try:
+                if tierer is None:
+                    tierer = Tierer.from_config(config)
+                reply = ("ok", tier_chunk(pickle.loads(data), tierer, None))
+            except Exception as exc:  # sent back and raised there, as one process raises it
+                reply = ("error", exc)
+            try:
+                message = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # an exception that does not pickle: its text does
+                message = pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+            try:
+                _write_frame(outbox, message)
+            except OSError:  # the parent is gone
+                return 0
+    return 0
+
+
+def _write_frame(stream: BufferedWriter, data: bytes) -> None:
+    stream.write(len(data).to_bytes(8, "little"))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_frame(stream: BufferedReader) -> bytes | None:
+    """One message, or None at the end of the pipe (the other side closed it or died)."""
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    size = int.from_bytes(head, "little")
+    data = stream.read(size)
+    return data if len(data) == size else None

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .calibration import Calibration, decide, shift_prior
-from .features import DENSE_NAMES, FeatureBatch, featurize
+from .features import DENSE_NAMES, HASH_BITS, FeatureBatch, featurize
 from .model import TierModel, load_default, load_model, softmax
 from .vote import TierVote
 
@@ -62,20 +62,31 @@ class TierClassifier:
         """One vote per text: the calibrated tier, its posterior and the strongest evidence."""
         if not texts:
             return []
+        tiers, whys, post = self._decide(texts)
+        return [
+            TierVote(tier, why, probs[tier - 1], "classifier", (probs[0], probs[1], probs[2]))
+            for tier, why, probs in zip(tiers, whys, post, strict=True)
+        ]
+
+    def decisions(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[float]]:
+        """What `score` says, as plain lists (tier, why, confidence): no object per text, for
+        `tierline classify`, which only writes them out."""
+        if not texts:
+            return [], [], []
+        tiers, whys, post = self._decide(texts)
+        return tiers, whys, [probs[tier - 1] for tier, probs in zip(tiers, post, strict=True)]
+
+    def _decide(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[list[float]]]:
         batch = featurize(texts)
         post = self._posterior(batch)
         tiers = decide(post, self.calibration)
         evidence = self._evidence(batch, tiers)
-        return [
-            TierVote(
-                tier,
-                f"classifier p=({p1:.2f},{p2:.2f},{p3:.2f}): {ev}",
-                (p1, p2, p3)[tier - 1],
-                "classifier",
-                (p1, p2, p3),
-            )
-            for tier, (p1, p2, p3), ev in zip(tiers.tolist(), post.tolist(), evidence, strict=True)
+        rows: list[list[float]] = post.tolist()
+        whys = [
+            f"classifier p=({p1:.2f},{p2:.2f},{p3:.2f}): {ev}"
+            for (p1, p2, p3), ev in zip(rows, evidence, strict=True)
         ]
+        return tiers.tolist(), whys, rows
 
     def posterior(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Class probabilities under the configured prior, one (p1, p2, p3) row per text."""
@@ -89,14 +100,13 @@ class TierClassifier:
         """Per document: the dense features and the word that pushed hardest toward its tier."""
         dense = self._top_dense(batch, tiers)
         words = self._top_words(batch, tiers)
-        out = []
-        for d, w in zip(dense, words, strict=True):
-            parts = [*d, w] if w else d
-            out.append(", ".join(parts) if parts else "no strong feature")
-        return out
+        return [
+            (f"{d}, {w}" if d else w) if w else (d or "no strong feature")
+            for d, w in zip(dense, words, strict=True)
+        ]
 
-    def _top_dense(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[list[str]]:
-        """Up to two (differently named) dense features favouring each document's tier.
+    def _top_dense(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[str]:
+        """Up to two (differently named) dense features favouring each document's tier, joined.
 
         Only features the prompt has more of than usual count as evidence: "no LaTeX" may well
         push toward tier 1, but it reads badly as a reason.
@@ -105,10 +115,10 @@ class TierClassifier:
         contrib = np.where(z > 0, z * self._rel_dense[:, tiers - 1].T, 0.0)
         top = np.argsort(-contrib, axis=1)[:, :2]
         strong = np.take_along_axis(contrib, top, axis=1) > 0.5
-        return [
-            list(dict.fromkeys(_LABELS[j] for j, ok in zip(row, ok_row, strict=True) if ok))
-            for row, ok_row in zip(top.tolist(), strong.tolist(), strict=True)
-        ]
+        # The text of every (first, second, which are strong) is looked up, not built per job.
+        which = strong[:, 0] + 2 * strong[:, 1]
+        picked: list[str] = _DENSE_TEXT[top[:, 0], top[:, 1], which].tolist()
+        return picked
 
     def _top_words(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[str]:
         """The word whose weight favours each document's tier most, quoted ('' if none does)."""
@@ -117,10 +127,10 @@ class TierClassifier:
         if len(buckets) == 0:
             return out
         doc = np.repeat(np.arange(batch.size), np.diff(np.append(starts, len(buckets))))
-        contrib = self._rel_hash[buckets, tiers[doc] - 1]
+        contrib = self._rel_hash.ravel()[buckets * 3 + (tiers[doc] - 1)]
         # A reader learns nothing from "'a'" or "'the'": only longer, non-function words count.
         short = (batch.word_last - batch.word_first) < 2
-        contrib[short | np.isin(buckets, _STOP_BUCKETS)] = -np.inf
+        contrib[short | _STOP_MASK[buckets]] = -np.inf
         best = np.maximum.reduceat(np.append(contrib, -np.inf), np.minimum(starts, len(buckets)))
         winners = np.flatnonzero((contrib >= best[doc]) & (contrib >= 0.05))
         docs, first = np.unique(doc[winners], return_index=True)
@@ -133,9 +143,30 @@ class TierClassifier:
 
 
 _LABELS = [_label(name) for name in DENSE_NAMES]
-_STOP_BUCKETS = featurize(
-    [
+
+
+def _dense_texts() -> npt.NDArray[np.object_]:
+    """[first, second, which are strong (bit 0: first, bit 1: second)] -> the evidence text:
+    the strong features' labels, each once, joined."""
+    n = len(_LABELS)
+    table = np.empty((n, n, 4), dtype=object)
+    for j1, first in enumerate(_LABELS):
+        for j2, second in enumerate(_LABELS):
+            pair = first if first == second else f"{first}, {second}"
+            table[j1, j2] = ("", first, second, pair)
+    return table
+
+
+def _stop_mask() -> npt.NDArray[np.bool_]:
+    """True at the buckets of words too common to be evidence."""
+    mask = np.zeros(1 << HASH_BITS, dtype=bool)
+    words = (
         "the and for with this that from are was were you your have has had not but all can "
         "its into than then them they what which who how when where why does did our out about"
-    ]
-).parts[0][0]
+    )
+    mask[featurize([words]).parts[0][0]] = True
+    return mask
+
+
+_DENSE_TEXT = _dense_texts()
+_STOP_MASK = _stop_mask()

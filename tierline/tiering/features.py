@@ -59,6 +59,8 @@ def _byte_tables() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
 
 
 _NORM, _CLASS = _byte_tables()
+_NORM_TABLE, _CLASS_TABLE = _NORM.tobytes(), _CLASS.tobytes()  # for bytes.translate
+_WINDOW_CHARS = HEAD_CHARS + TAIL_CHARS
 
 # Single bytes counted per document (on the normalised window); each becomes a dense feature.
 _COUNTED = "$\\{}=^?`0;#*|-:"
@@ -181,13 +183,6 @@ def _pow_series(base: np.uint64, n: int) -> npt.NDArray[np.uint64]:
     return out
 
 
-def _window(text: str) -> str:
-    """The part of a prompt that is tokenised: all of it, or its head and tail."""
-    if len(text) <= HEAD_CHARS + TAIL_CHARS:
-        return text
-    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
-
-
 def _mix(h: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
     """Multiply-shift a 64-bit hash into a bucket index."""
     with np.errstate(over="ignore"):
@@ -207,101 +202,140 @@ class _Tokens:
     starts: npt.NDArray[np.int64]  # index of each document's first token
 
 
-def _tokens(b: npt.NDArray[np.uint8], byte_doc: npt.NDArray[np.int64], n_docs: int) -> _Tokens:
-    """Split at blanks, make every symbol byte its own token, and hash every token."""
-    cls = _CLASS[b]
-    prev = np.empty_like(cls)
-    prev[0] = 0
-    prev[1:] = cls[:-1]
-    nxt = np.empty_like(cls)
-    nxt[-1] = 0
-    nxt[:-1] = cls[1:]
-    sym = cls == 2
-    first = np.flatnonzero((cls != 0) & ((cls != prev) | sym))
-    last = np.flatnonzero((cls != 0) & ((cls != nxt) | sym))
-    pw, inv = _powers(len(b))
+def _tokens(
+    data: bytes, b: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], n_docs: int
+) -> _Tokens:
+    """Split at blanks, make every symbol byte its own token, and hash every token.
+
+    ``data`` is ``b`` as bytes: the byte tables are applied with `bytes.translate`, a tenth of
+    the cost of a numpy gather. A token's hash is its bytes' polynomial, read off one prefix
+    sum over the batch (one uint64 pass per step, into one buffer: these arrays are the
+    batch's largest, and fresh ones cost page faults).
+    """
+    cls = np.frombuffer(data.translate(_CLASS_TABLE), dtype=np.uint8)
+    n = len(cls)
+    edge = np.empty(n + 1, dtype=bool)  # edge[i]: bytes i-1 and i differ in class
+    edge[0] = edge[n] = True
+    np.not_equal(cls[1:], cls[:-1], out=edge[1:n])
+    sym = cls == 2  # a symbol is a token of its own: both its sides are edges
+    word = cls != 0
+    first = np.flatnonzero(word & (edge[:n] | sym))
+    last = np.flatnonzero(word & (edge[1:] | sym))
+    pw, inv = _powers(n)
+    prefix = np.empty(n + 1, dtype=np.uint64)  # prefix[i]: the hash sum of bytes before i
+    prefix[0] = 0
     with np.errstate(over="ignore"):
-        prefix = np.cumsum((b.astype(np.uint64) + np.uint64(1)) * pw)
-        before = prefix[np.maximum(first - 1, 0)]
-        before[first == 0] = 0
-        h = (prefix[last] - before) * inv[first]
-    doc = byte_doc[first]
-    starts = np.searchsorted(doc, np.arange(n_docs), side="left")
+        np.add(b, np.uint64(1), out=prefix[1:], dtype=np.uint64)
+        np.multiply(prefix[1:], pw, out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
+        h = (prefix[last + 1] - prefix[first]) * inv[first]
+    starts = np.searchsorted(first, offsets, side="left")
+    doc = np.repeat(np.arange(n_docs, dtype=np.int64), np.diff(np.append(starts, len(first))))
     return _Tokens(h, first, last, doc, starts)
 
 
-def _encode(
-    texts: Sequence[str],
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Lower-case, window and join the batch into one byte array.
+def _encode(texts: Sequence[str]) -> tuple[bytes, npt.NDArray[np.int64]]:
+    """Lower-case, window and join the batch into one byte string, and each document's offset.
 
-    Returns the bytes, each document's offset, and each byte's document. Every document ends in
-    a NUL byte, which is blank, so no token crosses two documents; four more NULs of padding at
-    the end (for look-ahead) belong to no document.
+    Only a head and a tail window of a long prompt are kept. Every document ends in a NUL byte,
+    which is blank, so no token crosses two documents; four more NULs of padding at the end
+    (for look-ahead) belong to no document. The batch is lower-cased and encoded as one string
+    (NUL breaks the one context `str.lower` reads, a final sigma's neighbours), so only a
+    non-ASCII window pays for a second encoding, to learn its length in bytes.
     """
-    parts = [_window(t).lower().encode("utf-8", "replace") for t in texts]
-    lens = np.fromiter((len(p) + 1 for p in parts), dtype=np.int64, count=len(parts))
-    offsets = np.zeros(len(parts), dtype=np.int64)
-    np.cumsum(lens[:-1], out=offsets[1:])
-    raw = np.frombuffer(b"\0".join(parts) + b"\0" * 5, dtype=np.uint8)
-    byte_doc = np.repeat(np.arange(len(parts), dtype=np.int64), lens)
-    return _NORM[raw], offsets, byte_doc
+    windows = [
+        t if len(t) <= _WINDOW_CHARS else f"{t[:HEAD_CHARS]}\n{t[-TAIL_CHARS:]}" for t in texts
+    ]
+    data = ("\0".join(windows).lower() + "\0\0\0\0\0").encode("utf-8", "replace")
+    lens = np.array(
+        [len(w) if w.isascii() else len(w.lower().encode("utf-8", "replace")) for w in windows],
+        dtype=np.int64,
+    )
+    offsets = np.zeros(len(windows), dtype=np.int64)
+    np.cumsum(lens[:-1] + 1, out=offsets[1:])
+    return data.translate(_NORM_TABLE), offsets
+
+
+def _text_tokens(text: str) -> _Tokens:
+    """The tokens of one already normalised ASCII text (for the tables built at import)."""
+    data = text.encode() + b"\0"
+    return _tokens(data, np.frombuffer(data, dtype=np.uint8), np.zeros(1, dtype=np.int64), 1)
 
 
 def _lexicon_table() -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
     """Sorted token hashes of every lexicon word and the lexicon each belongs to."""
     words = [(w, i) for i, ws in enumerate(_LEXICONS.values()) for w in ws.split()]
-    text = " ".join(w for w, _ in words)
-    b = np.frombuffer(text.encode(), dtype=np.uint8)
-    h = _tokens(_NORM[b], np.zeros(len(b), dtype=np.int64), 1).hashes
+    h = _text_tokens(" ".join(w for w, _ in words)).hashes
     groups = np.array([i for _, i in words], dtype=np.int64)
     order = np.argsort(h, kind="stable")
     return h[order], groups[order]
 
 
+def _bucket_mask(hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
+    """True at the bucket of each hash: a token outside these buckets is not in the list, so
+    only the few inside are looked up (one table read per token instead of a binary search)."""
+    mask = np.zeros(1 << HASH_BITS, dtype=bool)
+    mask[_mix(hashes)] = True
+    return mask
+
+
 _LEX_HASH, _LEX_GROUP = _lexicon_table()
+_LEX_BUCKETS = _bucket_mask(_LEX_HASH)
 
 
-def _lexicon_counts(tok: _Tokens, n_docs: int) -> npt.NDArray[np.float64]:
+def _lexicon_counts(
+    tok: _Tokens, buckets: npt.NDArray[np.int64], n_docs: int
+) -> npt.NDArray[np.float64]:
     """Per-document count of tokens in each lexicon (a word may be in several lexicons)."""
     n_lex = len(_LEXICONS)
-    lo = np.searchsorted(_LEX_HASH, tok.hashes, side="left")
-    hi = np.searchsorted(_LEX_HASH, tok.hashes, side="right")
+    cand = np.flatnonzero(_LEX_BUCKETS[buckets])
+    hashes = tok.hashes[cand]
+    lo = np.searchsorted(_LEX_HASH, hashes, side="left")
+    hi = np.searchsorted(_LEX_HASH, hashes, side="right")
     hit = np.flatnonzero(hi > lo)
     out = np.zeros(n_docs * n_lex, dtype=np.float64)
     # Most words are in one lexicon; loop over the (short) run of duplicates for the rest.
     for k in range(int((hi - lo).max(initial=0))):
         sel = hit[hi[hit] - lo[hit] > k]
-        out += np.bincount(tok.doc[sel] * n_lex + _LEX_GROUP[lo[sel] + k], minlength=n_docs * n_lex)
+        out += np.bincount(
+            tok.doc[cand[sel]] * n_lex + _LEX_GROUP[lo[sel] + k], minlength=n_docs * n_lex
+        )
     return out.reshape(n_docs, n_lex)
 
 
 def featurize(texts: Sequence[str]) -> FeatureBatch:
     """Turn a batch of prompts into hashed tokens and dense features."""
     n_docs = len(texts)
-    b, offsets, byte_doc = _encode(texts)
-    tok = _tokens(b, byte_doc, n_docs)
-    same = np.flatnonzero(tok.doc[1:] == tok.doc[:-1])
+    data, offsets = _encode(texts)
+    b = np.frombuffer(data, dtype=np.uint8)
+    tok = _tokens(data, b, offsets, n_docs)
+    # Bigrams pair each token with the next one of its document: every pair but the ones that
+    # start at a document's last token.
+    same = np.ones(max(len(tok.doc) - 1, 0), dtype=bool)
+    ends = tok.starts[1:] - 1
+    same[ends[(ends >= 0) & (ends < len(same))]] = False
+    same = np.flatnonzero(same)
     with np.errstate(over="ignore"):
         bigram = (tok.hashes[same] * _BIGRAM + tok.hashes[same + 1]) ^ _SALT_BIGRAM
-    bi_starts = np.searchsorted(tok.doc[same], np.arange(n_docs), side="left")
+    bi_starts = np.searchsorted(same, tok.starts, side="left")
+    unigrams = _mix(tok.hashes)
     parts: tuple[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]], ...] = (
-        (_mix(tok.hashes), tok.starts),
+        (unigrams, tok.starts),
         (_mix(bigram), bi_starts),
     )
     n_hashed = sum(np.diff(np.append(st, len(bk))) for bk, st in parts)
     scale = (1.0 / np.sqrt(np.maximum(n_hashed, 1))).astype(np.float32)
-    dense = _dense(texts, b, offsets, byte_doc, tok)
+    dense = _dense(texts, data, b, offsets, tok, unigrams)
     return FeatureBatch(parts, scale, dense, n_docs, b, tok.first, tok.last)
 
 
-def _byte_codes() -> tuple[npt.NDArray[np.uint8], int]:
+def _byte_codes() -> tuple[bytes, int]:
     """Byte -> dense-feature column: one per counted byte, then 'other symbol', then none."""
     code = np.full(256, len(_COUNTED) + 1, dtype=np.uint8)
     code[_CLASS == 2] = len(_COUNTED)
     for j, c in enumerate(_COUNTED):
         code[ord(c)] = j
-    return code, len(_COUNTED) + 2
+    return code.tobytes(), len(_COUNTED) + 2
 
 
 _BYTE_CODE, _N_CODES = _byte_codes()
@@ -310,10 +344,11 @@ _QMARK = ord("?")
 
 def _dense(
     texts: Sequence[str],
+    data: bytes,
     b: npt.NDArray[np.uint8],
     offsets: npt.NDArray[np.int64],
-    byte_doc: npt.NDArray[np.int64],
     tok: _Tokens,
+    unigrams: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.float32]:
     """Dense shape features: lengths, byte-class shares, counted bytes, lexicons, question form.
 
@@ -323,20 +358,24 @@ def _dense(
     """
     n_docs = len(texts)
     n_bytes = np.diff(np.append(offsets, len(b) - 4)).astype(np.float64)
-    # Histogram of the symbol bytes only (a minority), not of every byte.
-    code = _BYTE_CODE[b[: len(byte_doc)]]
+    # Histogram of the symbol bytes only (a minority), not of every byte; padding has no code.
+    code = np.frombuffer(data.translate(_BYTE_CODE), dtype=np.uint8)
     pos = np.flatnonzero(code <= len(_COUNTED))
-    hist = np.bincount(byte_doc[pos] * _N_CODES + code[pos], minlength=n_docs * _N_CODES)
+    doc = np.searchsorted(offsets, pos, side="right") - 1
+    hist = np.bincount(doc * _N_CODES + code[pos], minlength=n_docs * _N_CODES)
     hist = hist.reshape(n_docs, _N_CODES).astype(np.float64)
     counted, other_sym = hist[:, : len(_COUNTED)], hist[:, len(_COUNTED)]
     per_byte = np.maximum(n_bytes, 1.0)
     n_tok = np.diff(np.append(tok.starts, len(tok.doc))).astype(np.float64)
     has_tok = n_tok > 0
-    first_tok = tok.hashes[np.minimum(tok.starts, len(tok.hashes) - 1)]
-    q_start = np.isin(first_tok, _QUESTION_HASHES) & has_tok
-    last_tok = np.maximum(np.append(tok.starts[1:], len(tok.doc)) - 1, 0)
-    q_end = (b[tok.last[last_tok]] == _QMARK) & has_tok
-    chars = np.fromiter((len(t) for t in texts), dtype=np.float64, count=n_docs)
+    q_start = np.zeros(n_docs, dtype=bool)
+    q_end = np.zeros(n_docs, dtype=bool)
+    if len(tok.hashes):  # a batch may hold no token at all (a prompt of NULs)
+        first_tok = np.minimum(tok.starts, len(tok.hashes) - 1)
+        q_start = _is_question_word(tok.hashes[first_tok], unigrams[first_tok]) & has_tok
+        last_tok = np.maximum(np.append(tok.starts[1:], len(tok.doc)) - 1, 0)
+        q_end = (b[tok.last[last_tok]] == _QMARK) & has_tok
+    chars = np.array(list(map(len, texts)), dtype=np.float64)
     dense = np.column_stack(
         [
             np.log1p(chars),
@@ -344,7 +383,7 @@ def _dense(
             (counted.sum(axis=1) - counted[:, _COUNTED.index("0")] + other_sym) / per_byte,
             counted[:, _COUNTED.index("0")] / per_byte,
             np.log1p(counted),
-            np.log1p(_lexicon_counts(tok, n_docs)),
+            np.log1p(_lexicon_counts(tok, unigrams, n_docs)),
             q_start,
             q_end,
         ]
@@ -352,10 +391,18 @@ def _dense(
     return dense.astype(np.float32)
 
 
-def _question_hashes() -> npt.NDArray[np.uint64]:
-    words = "what who when where which how why is are does do can could should would"
-    b = np.frombuffer(words.encode(), dtype=np.uint8)
-    return _tokens(_NORM[b], np.zeros(len(b), dtype=np.int64), 1).hashes
+def _is_question_word(
+    hashes: npt.NDArray[np.uint64], buckets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Whether each token is one of the question words."""
+    out = np.zeros(len(hashes), dtype=bool)
+    cand = np.flatnonzero(_QUESTION_BUCKETS[buckets])
+    at = np.minimum(np.searchsorted(_QUESTION_HASHES, hashes[cand]), len(_QUESTION_HASHES) - 1)
+    out[cand] = _QUESTION_HASHES[at] == hashes[cand]
+    return out
 
 
-_QUESTION_HASHES = _question_hashes()
+_QUESTION_HASHES = np.unique(
+    _text_tokens("what who when where which how why is are does do can could should would").hashes
+)
+_QUESTION_BUCKETS = _bucket_mask(_QUESTION_HASHES)

@@ -14,7 +14,13 @@ from collections.abc import Callable
 from ..jobs import Job
 from .vote import TierVote
 
-__all__ = ["HEURISTICS", "default_rule", "empty_prompt_rule", "task_hint_rule"]
+__all__ = [
+    "HEURISTICS",
+    "default_rule",
+    "default_vote",
+    "empty_prompt_rule",
+    "task_hint_rule",
+]
 
 # A job's `task` hint, normalised to lower case, mapped to the tier it names.
 TASK_TIERS: dict[str, int] = {
@@ -79,7 +85,12 @@ def empty_prompt_rule(job: Job) -> TierVote | None:
 
 def default_rule(job: Job) -> TierVote:
     """No signal at all: the cheapest tier, said plainly."""
-    return TierVote(1, f"no signal in {len(job.text)} chars; default tier", 0.4, "default")
+    return default_vote(len(job.text))
+
+
+def default_vote(chars: int) -> TierVote:
+    """The default vote on a text of ``chars`` characters."""
+    return TierVote(1, f"no signal in {chars} chars; default tier", 0.4, "default")
 
 
 # Keyword voting (``prove`` -> 3, ``$...$`` -> 2, a short question -> 1, ...) was measured and

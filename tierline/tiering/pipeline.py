@@ -12,17 +12,25 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..config import TieringConfig, TieringRule
 from ..jobs import InvalidLine, Job, Result
-from .heuristics import HEURISTICS, default_rule
+from .heuristics import HEURISTICS, default_rule, default_vote, empty_prompt_rule, task_hint_rule
 from .vote import TierVote
 
 if TYPE_CHECKING:
     from .calibration import Calibration
 
-__all__ = ["BATCH", "Rule", "Scorer", "Tierer", "calibration_from_config", "classify"]
+__all__ = [
+    "BATCH",
+    "Rule",
+    "Scorer",
+    "Tierer",
+    "UserRule",
+    "calibration_from_config",
+    "classify",
+]
 
 Rule = Callable[[Job], TierVote | None]
 
@@ -35,6 +43,13 @@ class Scorer(Protocol):
     """A batch stage (the classifier, the judge): one vote per text."""
 
     def score(self, texts: Sequence[str]) -> list[TierVote]: ...
+
+
+@runtime_checkable
+class _Decides(Protocol):
+    """A scorer that can answer without building votes (the shipped classifier)."""
+
+    def decisions(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[float]]: ...
 
 
 class Judge(Protocol):
@@ -50,25 +65,38 @@ def override_rule(job: Job) -> TierVote | None:
     return TierVote(job.tier, "set by the job's 'tier' field", 1.0, "override")
 
 
-def user_rule(rule: TieringRule, index: int) -> Rule:
+class UserRule:
     """A config rule (regex, keywords or task hint) as a pipeline stage."""
-    pattern = re.compile(rule.pattern) if rule.pattern else None
-    keywords = [k.lower() for k in rule.keywords]
-    label = rule.name or f"tiering.rules[{index}]"
 
-    def apply(job: Job) -> TierVote | None:
+    def __init__(self, rule: TieringRule, index: int) -> None:
+        self.rule = rule
+        self.pattern = re.compile(rule.pattern) if rule.pattern else None
+        self.keywords = [k.lower() for k in rule.keywords]
+        self.label = rule.name or f"tiering.rules[{index}]"
+
+    def __call__(self, job: Job) -> TierVote | None:
+        rule = self.rule
         if rule.task is not None and job.task == rule.task:
-            return TierVote(rule.tier, f"rule {label}: task {rule.task!r}", 1.0, "rule")
-        if pattern is not None and (m := pattern.search(job.text)):
-            return TierVote(rule.tier, f"rule {label}: matched {m.group(0)[:40]!r}", 1.0, "rule")
-        if keywords:
-            text = job.text.lower()
-            for word in keywords:
-                if word in text:
-                    return TierVote(rule.tier, f"rule {label}: keyword {word!r}", 1.0, "rule")
+            return TierVote(rule.tier, f"rule {self.label}: task {rule.task!r}", 1.0, "rule")
+        return self.on_text(job.text)
+
+    def on_text(self, text: str) -> TierVote | None:
+        """The vote on a job's text alone (a job without a `task` hint)."""
+        if self.pattern is not None and (m := self.pattern.search(text)):
+            why = f"rule {self.label}: matched {m.group(0)[:40]!r}"
+            return TierVote(self.rule.tier, why, 1.0, "rule")
+        if self.keywords:
+            lowered = text.lower()
+            for word in self.keywords:
+                if word in lowered:
+                    why = f"rule {self.label}: keyword {word!r}"
+                    return TierVote(self.rule.tier, why, 1.0, "rule")
         return None
 
-    return apply
+
+def user_rule(rule: TieringRule, index: int) -> Rule:
+    """A config rule (regex, keywords or task hint) as a pipeline stage."""
+    return UserRule(rule, index)
 
 
 def calibration_from_config(
@@ -143,6 +171,34 @@ class Tierer:
             v if v is not None else default_rule(job) for v, job in zip(votes, jobs, strict=True)
         ]
 
+    @property
+    def text_rules(self) -> list[UserRule] | None:
+        """The stages that can vote on a plain job (a non-blank prompt, nothing else), in order;
+        None when a stage is of a kind this cannot tell, so every job must be built and asked.
+
+        The override and the heuristics say nothing about such a job (no `tier`, no `task`, not
+        empty); a user rule reads only its text. `tierline classify` asks these on the prompt
+        alone instead of building a `Job` per line.
+        """
+        rules = []
+        for stage in self.stages:
+            if isinstance(stage, UserRule):
+                rules.append(stage)
+            elif stage not in _SILENT_ON_PLAIN:
+                return None
+        return rules
+
+    def decide_texts(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[float]]:
+        """(tiers, whys, confidences) for the texts of jobs no rule decided, in order: what
+        `tier_batch` would vote on them, without a vote object per job."""
+        if self.classifier is None:
+            votes = [default_vote(len(text)) for text in texts]
+        elif self.judge is None and isinstance(self.classifier, _Decides):
+            return self.classifier.decisions(texts)
+        else:
+            votes = self._classify(texts)
+        return [v.tier for v in votes], [v.why for v in votes], [v.confidence for v in votes]
+
     def first_rule(self, job: Job) -> TierVote | None:
         """The vote of the first rule stage with an opinion (None: the classifier decides)."""
         for stage in self.stages:
@@ -162,6 +218,9 @@ class Tierer:
             for i, vote in zip(unsure, reviewed, strict=True):
                 votes[i] = vote
         return votes
+
+
+_SILENT_ON_PLAIN: tuple[Rule, ...] = (override_rule, task_hint_rule, empty_prompt_rule)
 
 
 def classify(items: Iterable[Job | InvalidLine], tierer: Tierer) -> Iterator[dict[str, Any]]:
