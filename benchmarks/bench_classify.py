@@ -6,12 +6,15 @@ For each size it generates a JSONL file of varied jobs (tier-1 chores, code, wri
 long documents), then runs, each in a fresh subprocess so peak RSS is per measurement:
 
 * ``floor``: read every line with orjson and write it back with orjson, nothing else;
-* ``classify``: the real `tierline classify` path (`read_jobs` -> `tiering.pipeline.classify`
-  -> `ResultWriter`) with the default config's pipeline (rules, heuristics, shipped classifier);
+* ``classify``: the real `tierline classify` path, `tierline.run.classify_files`, with the
+  default config's pipeline (rules, heuristics, shipped classifier): worker processes on every
+  core when the input is big (tierline/run/classify.py), the imports and model load included;
+* ``classify1``: the same kept in one process (``workers=0``: a one-core machine);
 * ``tier``: the tiering alone, on up to 100k jobs parsed beforehand (where the time goes).
 
-It prints one line per run and the classify/floor time ratio. One core: the pipeline is
-single-threaded, and numpy is limited to one thread by the environment set below.
+It prints the classify/floor ratios of wall time and of CPU time (this process's plus its
+workers': all cores' seconds), and the peak RSS of the command and of its largest worker.
+numpy is limited to one thread per process by the environment set below.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-# The classifier's numpy work must not borrow a second core.
+# The classifier's numpy work must not borrow another core: cores are the workers'.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
@@ -102,16 +105,17 @@ def run_floor(src: str, dst: str) -> None:
             fout.write(orjson.dumps(orjson.loads(line), option=orjson.OPT_APPEND_NEWLINE))
 
 
-def run_classify(src: str, dst: str) -> None:
+def run_classify(src: str, dst: str, workers: int | None = None) -> None:
+    """The real `tierline classify` path: worker processes when the input is big enough."""
     from tierline.config import embedded_default
-    from tierline.jobs import ResultWriter, read_jobs
-    from tierline.tiering.pipeline import Tierer, classify
+    from tierline.run.classify import classify_files
 
-    tierer = Tierer.from_config(embedded_default().tiering)
-    writer = ResultWriter(dst, flush_each=False)
-    for record in classify(read_jobs([src]), tierer):
-        writer.write(record)
-    writer.commit()
+    classify_files([src], dst, embedded_default(), workers=workers)
+
+
+def run_classify_one(src: str, dst: str) -> None:
+    """The same path kept in one process (what a machine with one core gets)."""
+    run_classify(src, dst, workers=0)
 
 
 def run_tier_only(src: str, _dst: str) -> float:
@@ -130,31 +134,42 @@ def run_tier_only(src: str, _dst: str) -> float:
     return time.process_time() - cpu
 
 
+RUNS = {"floor": run_floor, "classify": run_classify, "classify1": run_classify_one}
+
+
 def child(mode: str, src: str, dst: str) -> None:
-    """Print 'wall_seconds cpu_seconds peak_rss_mib' for one run (called in a fresh process).
+    """Print 'wall_seconds cpu_seconds peak_rss_mib worker_peak_rss_mib' for one run (called in
+    a fresh process).
 
     CPU time is reported beside wall time because a shared machine's other load inflates wall
-    time; the pipeline is single-threaded, so CPU seconds are one core's seconds.
+    time; it is this process's plus its worker processes' (all cores' seconds).
     """
     if mode == "tier":
         cpu = run_tier_only(src, dst)
-        print(f"{cpu:.3f} {cpu:.3f} 0")
+        print(f"{cpu:.3f} {cpu:.3f} 0 0")
         return
-    start, cpu = time.perf_counter(), time.process_time()
-    (run_floor if mode == "floor" else run_classify)(src, dst)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    start, cpu = time.perf_counter(), _cpu()
+    RUNS[mode](src, dst)
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{elapsed:.3f} {cpu:.3f} {peak:.1f}")
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"{elapsed:.3f} {cpu:.3f} {peak:.1f} {workers:.1f}")
 
 
-def measure(mode: str, src: Path, workdir: Path) -> tuple[float, float, float]:
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers, once reaped
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(mode: str, src: Path, workdir: Path) -> tuple[float, float, float, float]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(src), str(workdir / f"out-{mode}.jsonl")],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.split()
-    return float(out[0]), float(out[1]), float(out[2])
+    return float(out[0]), float(out[1]), float(out[2]), float(out[3])
 
 
 def main() -> None:
@@ -174,15 +189,19 @@ def main() -> None:
             src = work / f"jobs-{n}.jsonl"
             generate(src, n)
             size_mb = src.stat().st_size / 2**20
-            floor_s, floor_cpu, floor_rss = measure("floor", src, work)
-            cls_s, cls_cpu, cls_rss = measure("classify", src, work)
+            floor_s, floor_cpu, floor_rss, _ = measure("floor", src, work)
+            cls_s, cls_cpu, cls_rss, worker_rss = measure("classify", src, work)
+            one_s, one_cpu, one_rss, _ = measure("classify1", src, work)
             tier_cpu = measure("tier", src, work)[1]
             print(
                 f"{n:>9} jobs ({size_mb:.0f} MiB) | floor {n / floor_s:>8,.0f} jobs/s wall, "
-                f"{n / floor_cpu:>8,.0f}/s cpu, peak {floor_rss:4.0f} MiB | classify "
-                f"{n / cls_s:>7,.0f} jobs/s wall, {n / cls_cpu:>7,.0f}/s cpu, peak "
-                f"{cls_rss:4.0f} MiB | classify/floor x{cls_s / floor_s:.2f} wall, "
-                f"x{cls_cpu / floor_cpu:.2f} cpu | tiering alone (parsed jobs) "
+                f"{n / floor_cpu:>8,.0f}/s cpu, peak {floor_rss:4.0f} MiB\n"
+                f"          classify  {n / cls_s:>8,.0f} jobs/s wall, {n / cls_cpu:>8,.0f}/s cpu, "
+                f"peak {cls_rss:4.0f} MiB + {worker_rss:4.0f} MiB per worker | "
+                f"classify/floor x{cls_s / floor_s:.2f} wall, x{cls_cpu / floor_cpu:.2f} cpu\n"
+                f"          1 process {n / one_s:>8,.0f} jobs/s wall, {n / one_cpu:>8,.0f}/s cpu, "
+                f"peak {one_rss:4.0f} MiB | x{one_s / floor_s:.2f} wall, "
+                f"x{one_cpu / floor_cpu:.2f} cpu | tiering alone (parsed jobs) "
                 f"{min(n, 100_000) / tier_cpu:,.0f} jobs/s cpu"
             )
 

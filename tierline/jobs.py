@@ -23,6 +23,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
+from itertools import count
 from typing import IO, Any, Literal, Protocol
 
 import orjson
@@ -732,10 +733,6 @@ def parse_object(obj: Any, raw: bytes, line: int, source: str) -> Job:
     return _parse_native(obj, line, source)
 
 
-_PROMPT_ONLY = frozenset({"prompt"})
-_ID_AND_PROMPT = frozenset({"id", "prompt"})
-
-
 def plain_prompt(obj: Any, line: int, source: str) -> tuple[str, str] | None:
     """(id, prompt) of a line that is only a non-blank prompt and maybe an id, exactly as
     `parse_object` reads it; None for any other line, which `parse_object` must read.
@@ -743,14 +740,11 @@ def plain_prompt(obj: Any, line: int, source: str) -> tuple[str, str] | None:
     Most lines of a big file are this simple; `tierline classify` takes them without building
     a `Job` (whose other fields would all be their defaults).
     """
-    if type(obj) is not dict:
+    if type(obj) is not dict or type(prompt := obj.get("prompt")) is not str:
         return None
-    keys = obj.keys()
-    if keys != _ID_AND_PROMPT and keys != _PROMPT_ONLY:
-        return None
-    prompt = obj["prompt"]
-    if type(prompt) is not str or not prompt.strip():
-        return None
+    size = len(obj)
+    if size > 2 or (size == 2 and "id" not in obj) or not prompt or prompt.isspace():
+        return None  # isspace: blank as strip() sees it, without copying the prompt
     job_id = obj.get("id")
     if type(job_id) is str and job_id:
         return job_id, prompt
@@ -810,13 +804,20 @@ _BLOCK = 1 << 20
 
 
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
-    """Yield (line number, bytes) with endings stripped; None for a line over MAX_LINE_BYTES.
+    """Yield (line number, bytes) with endings stripped; None for a line over MAX_LINE_BYTES."""
+    for first, lines in _line_blocks(stream):
+        yield from zip(count(first), lines)
+
+
+def _line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes | None]]]:
+    """The lines of `stream` a block at a time: (number of the first, the lines with their
+    endings stripped, None for one over MAX_LINE_BYTES).
 
     Read a block at a time (`read1`: what a pipe has now, so a slow producer's lines are not
     held back) and split in C: a `readline` per line cost as much as parsing it. A line over
     the limit is skipped without being kept, whatever its length.
     """
-    number = 0
+    number = 1  # of the next line
     pending: list[bytes] = []  # the unfinished line's pieces so far
     held = 0  # their length; -1 while skipping a line over the limit
     read = getattr(stream, "read1", None) or stream.read
@@ -828,22 +829,39 @@ def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
             block = b"\n"  # the end finishes the last line, which had no newline
         lines: list[bytes | None] = list(block.split(b"\n"))
         last = lines.pop()  # what follows the block's last newline: an unfinished line
-        if lines and (pending or held):
-            lines[0] = None if held < 0 else b"".join([*pending, lines[0] or b""])
+        if lines:
+            _finish(lines, pending, held, number, len(block), b"\r" in block)
             pending, held = [], 0
-        for line in lines:
-            number += 1
-            if line is None or len(line) > MAX_LINE_BYTES:
-                yield number, None
-                continue
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
-                line = line[3:]
-            yield number, line.rstrip(b"\r\n")
+            yield number, lines
+            number += len(lines)
         if last and held >= 0:
             pending.append(last)
             held += len(last)
             if held > MAX_LINE_BYTES:
                 pending, held = [], -1
+
+
+def _finish(
+    lines: list[bytes | None], pending: list[bytes], held: int, number: int, size: int, cr: bool
+) -> None:
+    """Complete a block's lines in place: the first one with the pieces before it, None for a
+    line over the limit, no byte order mark on line 1, no line ending."""
+    first = lines[0]
+    if held < 0:
+        lines[0] = None
+    elif pending:
+        lines[0] = first = b"".join([*pending, first or b""])
+    if first is not None and first.endswith(b"\r"):
+        cr = True
+    # Past the first, a line is no longer than its block: look at each only in a huge block.
+    if (first is not None and len(first) > MAX_LINE_BYTES) or size > MAX_LINE_BYTES:
+        for i, line in enumerate(lines):
+            if line is not None and len(line) > MAX_LINE_BYTES:
+                lines[i] = None
+    if number == 1 and (line := lines[0]) is not None and line.startswith(b"\xef\xbb\xbf"):
+        lines[0] = line[3:]  # a UTF-8 byte order mark
+    if cr:
+        lines[:] = [None if line is None else line.rstrip(b"\r\n") for line in lines]
 
 
 def _open(path: str) -> IO[bytes]:
@@ -872,31 +890,48 @@ class IdSet:
 
     def add(self, job_id: str) -> bool:
         """Record the id; False when it was already there."""
+        return not self.seen_before((job_id,))
+
+    def seen_before(self, ids: Iterable[str | None]) -> list[int]:
+        """Record every id (None: no id, skipped); the positions of those already there.
+
+        `add` for a batch, in one loop: it is the one per-job step left to the process that
+        writes `tierline classify`'s results while workers tier them.
+        """
+        again = []
         # Python's own string hash: 64 bits, keyed per process (all this set needs), and cached
         # on the string; a tenth of the cost of a cryptographic digest per job.
-        digest = hash(job_id) & _MASK_64 or 1  # 0 marks an empty slot
-        slots = self._slots
+        slots, count = self._slots, self._count
         mask = len(slots) - 1
-        i = digest & mask
-        while slots[i]:
-            if slots[i] == digest:
-                return False
-            i = (i + 1) & mask
-        slots[i] = digest
-        self._count += 1
-        if self._count * 2 > mask:
-            self._grow()
-        return True
+        for position, job_id in enumerate(ids):
+            if job_id is None:
+                continue
+            digest = hash(job_id) & _MASK_64 or 1  # 0 marks an empty slot
+            i = digest & mask
+            while slots[i]:
+                if slots[i] == digest:
+                    again.append(position)
+                    break
+                i = (i + 1) & mask
+            else:
+                slots[i] = digest
+                count += 1
+                if count * 2 > mask:
+                    self._count = count
+                    self._grow()
+                    slots, mask = self._slots, len(self._slots) - 1
+        self._count = count
+        return again
 
     def _grow(self) -> None:
         old, self._slots = self._slots, array("Q", [0]) * (len(self._slots) * 2)
         mask = len(self._slots) - 1
-        for digest in old:
-            if digest:
-                i = digest & mask
-                while self._slots[i]:
-                    i = (i + 1) & mask
-                self._slots[i] = digest
+        slots = self._slots
+        for digest in filter(None, old):  # 0 marks an empty slot
+            i = digest & mask
+            while slots[i]:
+                i = (i + 1) & mask
+            slots[i] = digest
 
     def __len__(self) -> int:
         return self._count
@@ -934,16 +969,17 @@ def duplicate(job_id: str, line: int, source: str) -> InvalidLine:
     return InvalidLine(line, source, f"duplicate id {job_id!r}", job_id, "duplicate_id")
 
 
-def raw_lines(paths: Sequence[str]) -> Iterator[tuple[str, int, bytes | None]]:
+def raw_lines(paths: Sequence[str]) -> Iterator[list[tuple[str, int, bytes | None]]]:
     """(source, line number, bytes) of every non-blank line of `paths`, in order, unparsed
-    (None for a line over MAX_LINE_BYTES): `read_jobs` without the parsing, for a reader
-    that parses elsewhere (`tierline classify`'s worker processes)."""
+    (None for a line over MAX_LINE_BYTES), a block of lines at a time: `read_jobs` without
+    the parsing, for a reader that parses elsewhere (`tierline classify`'s worker processes).
+    """
     for path in paths:
         stream = _open(path)
         try:
-            for number, raw in _lines(stream):
-                if raw is None or raw.strip():
-                    yield path, number, raw
+            for first, lines in _line_blocks(stream):
+                numbered = zip(count(first), lines)
+                yield [(path, n, raw) for n, raw in numbered if raw is None or raw.strip()]
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()

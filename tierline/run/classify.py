@@ -17,20 +17,19 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..config import Config, TieringConfig
-from ..errors import ExitCode, JobError, TierlineError
+from ..errors import ExitCode, TierlineError
 from ..jobs import (
     IdSet,
     InvalidLine,
     Result,
     ResultWriter,
     duplicate,
-    load_line,
     plain_prompt,
     raw_lines,
     read_item,
@@ -40,6 +39,7 @@ from ..tiering.vote import TierVote
 
 if TYPE_CHECKING:
     from io import BufferedReader, BufferedWriter
+    from threading import Lock
 
 __all__ = ["Classified", "WorkerLost", "classify_files", "tier_chunk"]
 
@@ -103,17 +103,18 @@ def tier_chunk(
     A line that is only a prompt (and an id) is tiered from its text, without a `Job`.
     """
     rules = tierer.text_rules
-    records: list[dict[str, Any]] = []
-    pending: list[dict[str, Any]] = []  # the jobs no rule decided, their records to complete
+    records: list[dict[str, Any] | None] = []  # None: the classifier's, filled in below
+    pending: list[tuple[int, Mapping[str, Any]]] = []  # (its place, its line) for those
     texts: list[str] = []
     done = _Done()
+    ids = done.ids
     for k, (source, number, raw) in enumerate(lines):
         obj: Any = None
         plain = None
         if raw is not None and rules is not None:
             try:
-                obj = load_line(raw)
-            except JobError:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
                 obj = None  # read_item says why, as read_jobs does
             plain = plain_prompt(obj, number, source)
         raw_obj: Mapping[str, Any]
@@ -126,10 +127,12 @@ def tier_chunk(
             if isinstance(item, InvalidLine):
                 records.append(Result.invalid(item).to_dict())
                 done.invalid += 1
+                if duplicate_at is None:
+                    ids.append(None)
                 continue
             job, job_id, text, raw_obj = item, item.id, item.text, item.raw
         if duplicate_at is None:
-            done.ids.append((k, job_id))
+            ids.append(job_id)
         elif duplicate_at(k, job_id):
             records.append(Result.invalid(duplicate(job_id, number, source)).to_dict())
             done.invalid += 1
@@ -137,21 +140,18 @@ def tier_chunk(
         if job is not None:
             vote = tierer.first_rule(job)
         else:
-            assert rules is not None  # a plain line is read only when rules can vote on text
-            vote = _text_vote(rules, text)
+            vote = _text_vote(rules, text) if rules else None
         if vote is None:
-            record = {**raw_obj, "tier": 0, "why": "", "confidence": 0.0}
-            pending.append(record)
+            pending.append((len(records), raw_obj))
             texts.append(text)
+            records.append(None)
         else:
             conf = round(vote.confidence, 3)
-            record = {**raw_obj, "tier": vote.tier, "why": vote.why, "confidence": conf}
-        records.append(record)
+            records.append({**raw_obj, "tier": vote.tier, "why": vote.why, "confidence": conf})
     if texts:
-        tiers, whys, confidences = tierer.decide_texts(texts)
-        for record, tier, why, confidence in zip(pending, tiers, whys, confidences, strict=True):
-            record["tier"], record["why"] = tier, why
-            record["confidence"] = round(confidence, 3)
+        decided = zip(pending, *tierer.decide_texts(texts), strict=True)
+        for (at, raw_obj), tier, why, conf in decided:
+            records[at] = {**raw_obj, "tier": tier, "why": why, "confidence": round(conf, 3)}
     done.lines = len(records)
     done.data = b"".join([orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records])
     return done
@@ -164,10 +164,11 @@ class _Done:
     data: bytes = b""  # its result lines
     lines: int = 0
     invalid: int = 0
-    ids: list[tuple[int, str]] = field(default_factory=list)  # (position, id) of its jobs
+    ids: list[str | None] = field(default_factory=list)  # each line's job id (None: invalid)
 
 
-def _text_vote(rules: Sequence[UserRule], text: str) -> TierVote | None:
+def _text_vote(rules: Sequence[UserRule] | None, text: str) -> TierVote | None:
+    assert rules is not None  # a line is taken as plain only when its text is all rules read
     for rule in rules:
         vote = rule.on_text(text)
         if vote is not None:
@@ -175,10 +176,16 @@ def _text_vote(rules: Sequence[UserRule], text: str) -> TierVote | None:
     return None
 
 
-def _chunks(lines: Iterable[Line]) -> Iterator[list[Line]]:
-    it = iter(lines)
-    while chunk := list(islice(it, BATCH)):
-        yield chunk
+def _chunks(blocks: Iterable[list[Line]]) -> Iterator[list[Line]]:
+    """The lines again, `BATCH` at a time."""
+    held: list[Line] = []
+    for block in blocks:
+        held += block
+        while len(held) >= BATCH:
+            yield held[:BATCH]
+            del held[:BATCH]
+    if held:
+        yield held
 
 
 def _read_ahead(chunks: Iterator[list[Line]]) -> list[list[Line]]:
@@ -236,14 +243,14 @@ def _serial(chunks: Iterable[list[Line]], tierer: Tierer, writer: ResultWriter) 
 def _parallel(
     chunks: Iterator[list[Line]], config: TieringConfig, writer: ResultWriter, n: int
 ) -> int:
+    # Loaded once, before the fork: the workers share its pages instead of each loading it.
+    tierer = Tierer.from_config(config)
     seen = IdSet()
-    tierer: Tierer | None = None
     invalid = 0
-    with _Pool(n, config) as pool:
+    with _Pool(n, tierer) as pool:
         for lines, done in pool.map(chunks):
-            dups = {k for k, job_id in done.ids if not seen.add(job_id)}
+            dups = set(seen.seen_before(done.ids))
             if dups:  # tier it again as one process would: the duplicates are not jobs
-                tierer = tierer or Tierer.from_config(config)
                 done = tier_chunk(lines, tierer, _positions(dups))
             writer.write_lines(done.data, done.lines)
             invalid += done.invalid
@@ -257,6 +264,12 @@ def _positions(dups: set[int]) -> Callable[[int, str], bool]:
     return duplicate_at
 
 
+def _lock() -> Lock:
+    import threading
+
+    return threading.Lock()
+
+
 class _Pool:
     """Worker processes, forked once, each tiering the chunks it is sent, in order.
 
@@ -267,7 +280,7 @@ class _Pool:
     dies is noticed as the end of its pipe and raises `WorkerLost`.
     """
 
-    def __init__(self, n: int, config: TieringConfig) -> None:
+    def __init__(self, n: int, tierer: Tierer) -> None:
         import threading
 
         self._workers: list[_Worker] = []
@@ -278,7 +291,7 @@ class _Pool:
         sys.stdout.flush()  # a child must not inherit unwritten output (it never flushes it)
         sys.stderr.flush()
         for _ in range(n):
-            self._workers.append(_Worker.fork(config, self._workers))
+            self._workers.append(_Worker.fork(tierer, self._workers))
 
     def __enter__(self) -> _Pool:
         return self
@@ -347,12 +360,15 @@ class _Pool:
 
 @dataclass(slots=True)
 class _Worker:
-    pid: int
+    pid: int  # 0 once reaped
     to: BufferedWriter
     back: BufferedReader
+    how: str = "it closed its pipe"  # how it ended, once reaped
+    # Both the feeder (a failed send) and the reader (an end of pipe) may find it dead.
+    reaping: Lock = field(default_factory=_lock)
 
     @classmethod
-    def fork(cls, config: TieringConfig, others: Sequence[_Worker]) -> _Worker:
+    def fork(cls, tierer: Tierer, others: Sequence[_Worker]) -> _Worker:
         import warnings
 
         down_r, down_w = os.pipe()
@@ -370,7 +386,7 @@ class _Worker:
                 for other in others:  # their ends stay only in the parent: EOF stays EOF
                     os.close(other.to.fileno())
                     os.close(other.back.fileno())
-                code = _serve(down_r, up_w, config)
+                code = _serve(down_r, up_w, tierer)
             finally:
                 os._exit(code)  # no atexit, no flush of the parent's buffers
         os.close(down_r)
@@ -390,18 +406,33 @@ class _Worker:
         return data
 
     def lost(self) -> WorkerLost:
-        how = "it died"
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status = 0, 0
-        if pid and os.WIFSIGNALED(status):
-            how = f"killed by signal {os.WTERMSIG(status)}"
-        elif pid:
-            how = f"it exited with status {os.WEXITSTATUS(status)}"
-        if pid:
-            self.pid = 0  # reaped
-        return WorkerLost(f"a classify worker process died ({how}); the output was not committed")
+        self._reap(timeout=5)  # its pipe is closed: it is exiting, if not yet gone
+        return WorkerLost(
+            f"a classify worker process died ({self.how}); the output was not committed"
+        )
+
+    def _reap(self, timeout: float | None) -> None:
+        """Wait for it to end (None: however long) and say how it did."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.reaping:
+            while self.pid:
+                try:
+                    pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+                except ChildProcessError:  # not ours to wait for any more
+                    self.pid = 0
+                    return
+                if pid:
+                    self.pid = 0
+                    if os.WIFSIGNALED(status):
+                        self.how = f"killed by signal {os.WTERMSIG(status)}"
+                    else:
+                        self.how = f"it exited with status {os.WEXITSTATUS(status)}"
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
 
     def stop(self, *, kill: bool) -> None:
         import signal
@@ -412,25 +443,19 @@ class _Worker:
         for stream in (self.to, self.back):
             with suppress(OSError):  # a dead worker's pipe: nothing left to flush to
                 stream.close()
-        if self.pid:
-            with suppress(ChildProcessError):
-                os.waitpid(self.pid, 0)  # bounded: without its pipe a worker ends at once
-            self.pid = 0
+        self._reap(timeout=None)  # bounded: killed, or without its pipe, a worker ends at once
 
 
-def _serve(down: int, up: int, config: TieringConfig) -> int:
+def _serve(down: int, up: int, tierer: Tierer) -> int:
     """A worker's loop: tier each chunk it receives and send back what it became."""
     import pickle
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tierer: Tierer | None = None
     with open(down, "rb") as inbox, open(up, "wb") as outbox:
         while (data := _read_frame(inbox)) is not None:
             reply: tuple[str, Any]
             try:
-                if tierer is None:
-                    tierer = Tierer.from_config(config)
                 reply = ("ok", tier_chunk(pickle.loads(data), tierer, None))
             except Exception as exc:  # sent back and raised there, as one process raises it
                 reply = ("error", exc)

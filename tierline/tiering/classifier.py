@@ -138,7 +138,11 @@ class TierClassifier:
         raw = batch.window.tobytes()  # one copy, then cheap bytes slices
         spans = zip(batch.word_first[tok].tolist(), batch.word_last[tok].tolist(), strict=True)
         for d, (a, b) in zip(docs.tolist(), spans, strict=True):
-            out[d] = repr(raw[a : b + 1].decode("utf-8", "replace"))
+            word = raw[a : b + 1]
+            # An ASCII word is letters, digits and '_' (features.py): its repr is it, quoted.
+            out[d] = (
+                f"'{word.decode()}'" if word.isascii() else repr(word.decode("utf-8", "replace"))
+            )
         return out
 
 
