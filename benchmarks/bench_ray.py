@@ -99,6 +99,9 @@ def _stat(pid: int) -> tuple[int, int, float] | None:
     return int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / TICK
 
 
+SETTLED = ("driver", "dispatchers", "run state", "raylet", "gcs", "ray other")
+
+
 def _kind(pid: int, root: int) -> str:
     if pid == root:
         return "driver"
@@ -106,8 +109,13 @@ def _kind(pid: int, root: int) -> str:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "ray other"
-    if any(arg.endswith(b"default_worker.py") for arg in cmd):
-        return "ray workers"  # the actors: dispatchers, the run state, Ray Data's own
+    # a Ray worker's title names the actor it became (`ray::MapWorker(MapBatches(Dispatcher))`)
+    if cmd and cmd[0].startswith(b"ray::MapWorker"):
+        return "dispatchers"
+    if cmd and cmd[0].startswith(b"ray::RunState"):
+        return "run state"
+    if cmd and (cmd[0].startswith(b"ray::") or any(a.endswith(b"default_worker.py") for a in cmd)):
+        return "ray workers"  # idle, or Ray Data's own; checked again at each sample
     if cmd and cmd[0].endswith(b"raylet"):
         return "raylet"
     if cmd and cmd[0].endswith(b"gcs_server"):
@@ -142,7 +150,8 @@ class TreeCPU:
         for pid in mine:
             if pid in stats:
                 key = (pid, stats[pid][1])
-                kind = self.seen[key][0] if key in self.seen else _kind(pid, self.root)
+                known = self.seen.get(key, ("", 0.0))[0]
+                kind = known if known in SETTLED else _kind(pid, self.root)
                 self.seen[key] = (kind, stats[pid][2])
         if threading.current_thread() is self.thread:
             self.own = time.thread_time()
