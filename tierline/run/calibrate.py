@@ -59,7 +59,7 @@ def _sample(items: Iterable[Job | InvalidLine], config: Config, backend: str, n:
     for item in items:
         if not isinstance(item, Job):
             continue
-        if config.routes[tierer(item).tier][0] == backend:  # type: ignore[index]
+        if config.route(tierer(item).tier)[0] == backend:
             mine.append(item)
             if len(mine) == n:
                 break
