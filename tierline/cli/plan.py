@@ -139,7 +139,8 @@ def _calibrated(done: list[Calibration]) -> None:
         if c.skipped_budget:
             err_console.print(
                 f"tierline: --max-cost: {c.skipped_budget} calibration job(s) on {c.backend} "
-                "not sent: their worst case no longer fitted (exit 3)",
+                "not sent: each reserves its worst case first (gpu_hour_usd for timeout_s x "
+                "max_attempts of busy time), and it no longer fitted (exit 3)",
                 markup=False,
             )
 
