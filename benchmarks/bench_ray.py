@@ -326,7 +326,10 @@ class ServedRate:
 
     def _poll(self) -> None:
         while not self.done.wait(0.1):
-            self.samples.append((time.perf_counter(), self._count()))
+            try:
+                self.samples.append((time.perf_counter(), self._count()))
+            except OSError:  # the fake too busy to answer in time: the next sample counts
+                continue
 
     def __enter__(self) -> ServedRate:
         self.samples.append((time.perf_counter(), self._count()))
@@ -426,7 +429,7 @@ def run_one(
     # the fake's CPU over the whole contender (Ray's warm-up job included: one job, negligible)
     result["fake_cpu"] = after[2] - fake_cpu[2] if after and fake_cpu else float("nan")
     start, end, requests = served.window()
-    result["steady"] = requests / (end - start)
+    result["steady"] = requests / (end - start) if end > start else float("nan")
     result["in_flight"] = served.in_flight(start, end)
     series = result.pop("cpu_series")
     lo, hi = _at(series, start), _at(series, end)
