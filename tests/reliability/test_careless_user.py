@@ -150,3 +150,61 @@ def test_config_errors_read_file_key_reason(tmp_path: Path, table: str, message:
     )
     assert proc.returncode == ExitCode.USAGE
     assert proc.stderr.decode().strip() == f"tierline: error: {config}: {message}"
+
+
+def tierline_sh(script: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """`tierline` in a shell, so that `>&-` and `<&-` are the shell's own."""
+    env = {**os.environ, "TIERLINE_HOME": str(cwd / "home"), "TL": f"{sys.executable} -m tierline"}
+    return subprocess.run(["sh", "-c", script], cwd=cwd, env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ("plan jobs.jsonl -c t.toml >&-", "standard output is closed"),
+        ("plan jobs.jsonl -c t.toml --json >&-", "standard output is closed"),
+        ("plan - -c t.toml <&-", "standard input is closed"),
+        ("ledger summary --ledger l.db >&-", "standard output is closed"),
+        ("ledger runs --ledger l.db --json >&-", "standard output is closed"),
+        ("ledger export --ledger l.db >&-", "standard output is closed"),
+        ("tiering eval jobs.jsonl >&-", "standard output is closed"),
+    ],
+)
+def test_a_closed_stdin_or_stdout_is_a_usage_error_for_every_command(
+    tmp_path: Path, calls: Calls, three_tiers: Path, command: str, words: str
+) -> None:
+    """`run` and `classify` said so (exit 2); the others crashed as a bug (exit 70,
+    "AttributeError: 'NoneType' object has no attribute 'buffer'") or, worse, printed their
+    data nowhere and exited 0 (`tiering eval`)."""
+    jobs_file(tmp_path / "jobs.jsonl", 6)
+    (tmp_path / "t.toml").write_text(three_tiers.read_text())
+    args = ["-c", "t.toml", "--ledger", str(tmp_path / "l.db"), "-o", str(tmp_path / "o.jsonl")]
+    assert main(["run", str(tmp_path / "jobs.jsonl"), *args]) == 0
+    proc = tierline_sh(f"$TL {command}", tmp_path)
+    err = proc.stderr.decode().splitlines()
+    assert proc.returncode == ExitCode.USAGE and len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("run", "-o"),
+        ("run", "-c"),
+        ("run", "--ledger"),
+        ("run", "--cache"),
+        ("classify", "-o"),
+        ("plan", "-c"),
+    ],
+)
+def test_an_empty_path_is_a_usage_error(
+    tmp_path: Path, calls: Calls, capsys: pytest.CaptureFixture[str], command: str, flag: str
+) -> None:
+    """`-c "$CONFIG"` with the variable unset: the run went on with the embedded default (or
+    the default ledger, or the default cache) as if the flag had not been given; `-o ""`
+    answered "is a directory; ... e.g. -o /results.jsonl". Exit 2, naming the flag."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 3)
+    assert main([command, str(jobs), flag, ""]) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert flag in err and "empty" in err, err
+    assert calls.job_ids == []
+    assert not (tmp_path / "home").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import io
 import os
 import sys
 import traceback
@@ -19,7 +20,7 @@ import typer
 import typer.core
 from typer._click import Command, Context, HelpFormatter  # Typer vendors Click
 
-from ..errors import ExitCode, TierlineError, redact
+from ..errors import ExitCode, TierlineError, UsageError, redact
 
 __all__ = ["RAISE_INTERNAL_ERRORS", "app", "cli_exit", "main"]
 
@@ -199,8 +200,46 @@ def _root() -> None:
 RAISE_INTERNAL_ERRORS = False
 
 
+class _Closed(io.TextIOBase):
+    """Stands for stdin or stdout when the shell closed it (`<&-`, `>&-`), where Python leaves
+    None: reading or writing it is a usage error that says so, not an AttributeError (exit 70)
+    or data printed nowhere (exit 0). `closed` is true, so cli/preflight.py refuses it first."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        super().__init__()
+        self.message = f"standard {what} is closed; {fix}"
+
+    @property
+    def closed(self) -> bool:
+        return True
+
+    @property
+    def buffer(self) -> Any:
+        raise UsageError(self.message)
+
+    def read(self, *_: Any) -> str:
+        raise UsageError(self.message)
+
+    def write(self, *_: Any) -> int:
+        raise UsageError(self.message)
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        """Nothing was written (Python flushes stdout at exit)."""
+
+
+def _stand_in_for_closed_streams() -> None:
+    if sys.stdin is None:
+        sys.stdin = _Closed("input", "pipe jobs in or give a job file")
+    if sys.stdout is None:
+        sys.stdout = _Closed("output", "redirect it (> FILE) or give -o PATH where there is one")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (README "Exit codes")."""
+    _stand_in_for_closed_streams()
     try:
         app(args=argv, prog_name="tierline")
     except SystemExit as exc:

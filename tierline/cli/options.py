@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from ..errors import UsageError
+
+
+def not_empty(flag: str) -> Callable[[str | None], str | None]:
+    """An empty path is a mistake (`-c "$CONFIG"` with the variable unset), not "use the
+    default": the run would go on with the embedded default config, the default ledger."""
+
+    def check(value: str | None) -> str | None:
+        if value == "":
+            raise UsageError(f"{flag} is empty; give a path (is a shell variable unset?)")
+        return value
+
+    return check
+
 
 Inputs = Annotated[
     list[str],
@@ -15,13 +29,19 @@ Inputs = Annotated[
 ]
 Output = Annotated[
     str | None,
-    typer.Option("--output", "-o", help="Write results here (atomically) instead of stdout."),
+    typer.Option(
+        "--output",
+        "-o",
+        callback=not_empty("--output"),
+        help="Write results here (atomically) instead of stdout.",
+    ),
 ]
 ConfigPath = Annotated[
     str | None,
     typer.Option(
         "--config",
         "-c",
+        callback=not_empty("--config"),
         help="TOML config. Default: $TIERLINE_CONFIG, then ./tierline.toml, then the embedded "
         "default (every tier on the local SmolLM2 model).",
     ),
@@ -30,6 +50,7 @@ LedgerPath = Annotated[
     str | None,
     typer.Option(
         "--ledger",
+        callback=not_empty("--ledger"),
         help="SQLite ledger file. Default: the config's ledger.path, else the user data dir.",
     ),
 ]

@@ -23,7 +23,7 @@ from ..run.command import Engine as RunEngine
 from ..run.command import RunRequest, Select, local_engine, run_command
 from ..shard import Shard
 from . import batch
-from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet
+from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet, not_empty
 from .output import count_lines, err_console, silence_stdout
 from .preflight import answer_cache, check_inputs, check_ledger, check_stdio, resolve_output
 from .progress import run_progress
@@ -93,6 +93,7 @@ CachePath = Annotated[
     typer.Option(
         "--cache",
         metavar="PATH",
+        callback=not_empty("--cache"),
         help="Answer cache (SQLite): reuse ok answers of earlier runs at no cost, store new "
         "ones. Default: the config's [cache] section, else off (docs/cache.md).",
     ),
