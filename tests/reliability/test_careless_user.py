@@ -208,3 +208,28 @@ def test_an_empty_path_is_a_usage_error(
     assert flag in err and "empty" in err, err
     assert calls.job_ids == []
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("which", ["input", "config"])
+def test_a_file_name_that_is_not_utf8_is_a_usage_error(
+    tmp_path: Path, calls: Calls, three_tiers: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    """A file name is bytes on Linux; a result line's `source` and the ledger's `inputs` and
+    `config_origin` are UTF-8. An input or config named `j\\xff.jsonl` crashed the run as a bug
+    (exit 70: "surrogates not allowed"), after its output was locked and its .partial made."""
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/odd-\xff.jsonl")
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 3)
+    config, out = str(three_tiers), str(tmp_path / "out.jsonl")
+    if which == "input":
+        jobs = jobs_file(Path(odd), 3)
+    else:
+        config = odd
+        Path(odd).write_text(three_tiers.read_text())
+    args = ["run", str(jobs), "-c", config, "-o", out, "--ledger", str(tmp_path / "l.db")]
+    assert main(args) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "odd-\\xff.jsonl" in err and "UTF-8" in err, err
+    assert calls.job_ids == []
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(("out", "odd-\udcff.jsonl."))]
+    if which == "input":
+        assert main(["classify", str(jobs)]) == ExitCode.USAGE

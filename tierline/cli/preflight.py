@@ -24,7 +24,14 @@ from pathlib import Path
 from ..config import CacheConfig, Config
 from ..errors import UsageError
 
-__all__ = ["answer_cache", "check_inputs", "check_ledger", "check_stdio", "resolve_output"]
+__all__ = [
+    "answer_cache",
+    "check_inputs",
+    "check_ledger",
+    "check_names",
+    "check_stdio",
+    "resolve_output",
+]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # What tierline writes beside an output PATH (resume.py, dispatch/batch): none of them may be
@@ -47,9 +54,25 @@ def check_stdio(inputs: Sequence[str], output: str | None) -> None:
         raise UsageError("standard output is closed; give -o PATH to write the results to a file")
 
 
+def check_names(names: Sequence[str | None], what: str) -> None:
+    """A file name is bytes; results (`source`) and the ledger (`inputs`, `config_origin`)
+    are UTF-8, so a name that is not (`j\\xff.jsonl`) would crash the run as a bug."""
+    for name in names:
+        if name is None:
+            continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            raise UsageError(
+                f"{what} {shown}: its name is not valid UTF-8; rename the file"
+            ) from None
+
+
 def check_inputs(inputs: Sequence[str]) -> None:
     """Every input file can be opened: a missing second file must not wait until the first
     file's jobs were all sent."""
+    check_names(inputs, "input")
     for path in inputs:
         if path == "-":
             continue

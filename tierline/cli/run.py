@@ -25,7 +25,14 @@ from ..shard import Shard
 from . import batch
 from .options import ConfigPath, Inputs, LedgerPath, MaxCost, Output, Quiet, not_empty
 from .output import count_lines, err_console, silence_stdout
-from .preflight import answer_cache, check_inputs, check_ledger, check_stdio, resolve_output
+from .preflight import (
+    answer_cache,
+    check_inputs,
+    check_ledger,
+    check_names,
+    check_stdio,
+    resolve_output,
+)
 from .progress import run_progress
 
 ShardOption = Annotated[
@@ -136,6 +143,7 @@ def run(
     check_stdio(inputs, output)
     _check_retry(retry_failed, output, fresh)
     check_inputs(inputs)
+    check_names([config or os.environ.get("TIERLINE_CONFIG")], "config")
     cache_file = answer_cache(cfg, cache)
     output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg), cache_file)
     check_ledger(ledger_path, _ledger_origin(ledger, cfg))
