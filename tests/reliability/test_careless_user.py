@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,65 @@ def test_a_file_name_that_is_not_utf8_is_a_usage_error(
     assert not [p for p in os.listdir(tmp_path) if p.startswith(("out", "odd-\udcff.jsonl."))]
     if which == "input":
         assert main(["classify", str(jobs)]) == ExitCode.USAGE
+
+
+def ledger_calls(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, calls: Calls, three_tiers: Path) -> Path:
+    """A ledger with the calls of a 6-job run."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 6)
+    path = tmp_path / "l.db"
+    args = ["-c", str(three_tiers), "--ledger", str(path), "-o", str(tmp_path / "out.jsonl")]
+    assert main(["run", str(jobs), *args]) == 0
+    assert ledger_calls(path) == 6
+    return path
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+@pytest.mark.parametrize("target", ["ledger", "wal", "fifo", "dir"])
+def test_ledger_report_and_export_never_replace_what_they_read(
+    tmp_path: Path, ledger: Path, command: str, target: str
+) -> None:
+    """`ledger export -o ledger.db` emptied the ledger (it was opened for writing while being
+    read: 6 calls, then 0); `ledger report -o /dev/full` renamed the page over the device node
+    (as root /dev/full became a regular file; here a FIFO stands in for it); `-o DIR` was an
+    internal error. Like `run -o`: exit 2, nothing touched."""
+    where = {
+        "ledger": ledger,
+        "wal": Path(f"{ledger}-wal"),
+        "fifo": tmp_path / "fifo",
+        "dir": tmp_path,
+    }[target]
+    reader = None
+    if target == "fifo":
+        os.mkfifo(where)
+        reader = os.open(where, os.O_RDONLY | os.O_NONBLOCK)  # a writer must not block
+    try:
+        code = main(["ledger", command, "--ledger", str(ledger), "-o", str(where)])
+    finally:
+        if reader is not None:
+            os.close(reader)
+    assert code == ExitCode.USAGE
+    assert ledger_calls(ledger) == 6
+    assert stat.S_ISFIFO(os.stat(where).st_mode) if target == "fifo" else True
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ledger", "summary"], ["ledger", "runs"], ["ledger", "export"], ["batch", "status"]],
+)
+def test_a_ledger_that_is_not_sqlite_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """`--ledger jobs.jsonl` (a typo): "internal error: DatabaseError: file is not a
+    database" (exit 70) for the commands that read the ledger; `run` already said exit 2."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 2)
+    before = jobs.read_bytes()
+    assert main([*command, "--ledger", str(jobs)]) == ExitCode.USAGE
+    assert "not a SQLite database" in capsys.readouterr().err
+    assert jobs.read_bytes() == before

@@ -11,18 +11,20 @@ import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..config import load_config
+from ..config import Config, load_config
 from ..dispatch import batch as batches
 from ..errors import ExitCode
 from ..jobs import Result, dumps
 from ..ledger.store import ledger_path_for
 from .options import ConfigPath, Json, LedgerPath, Quiet
 from .output import err_console, print_summary
+from .preflight import check_sqlite
 
 if TYPE_CHECKING:
     from ..run import RunSummary
@@ -135,7 +137,7 @@ def status(
     Exit 0 when nothing is pending, 4 when some batch has jobs still pending.
     """
     cfg = load_config(config)
-    rows = asyncio.run(batches.batch_status(cfg, ledger_path_for(ledger, cfg), everything=every))
+    rows = asyncio.run(batches.batch_status(cfg, _ledger(ledger, cfg), everything=every))
     rows = [r for r in rows if not run_ids or r.batch.run_id in run_ids]
     for r in rows if as_json else []:
         record = {**dataclasses.asdict(r.batch), "live": r.live, "note": r.note}
@@ -157,6 +159,11 @@ def status(
         err_console.print("tierline: no provider batches pending", markup=False)
     pending = any(r.batch.collected_at is None for r in rows)
     raise typer.Exit(int(ExitCode.PENDING if pending else ExitCode.OK))
+
+
+def _ledger(path: str | None, cfg: Config) -> Path:
+    target = ledger_path_for(path, cfg)
+    return check_sqlite(target, f"ledger {target}")
 
 
 @app.command()
@@ -183,7 +190,7 @@ def collect(
         report = asyncio.run(
             batches.collect(
                 cfg,
-                ledger_path_for(ledger, cfg),
+                _ledger(ledger, cfg),
                 run_ids or None,
                 wait=wait,
                 resubmit=resubmit,
@@ -202,5 +209,5 @@ def cancel(
 ) -> None:
     """Ask the providers to cancel open batches; what finished is kept (collect fetches it)."""
     cfg = load_config(config)
-    count = asyncio.run(batches.cancel_batches(cfg, ledger_path_for(ledger, cfg), run_ids or []))
+    count = asyncio.run(batches.cancel_batches(cfg, _ledger(ledger, cfg), run_ids or []))
     err_console.print(f"tierline: asked to cancel {count} batch(es)", markup=False)

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -32,6 +33,7 @@ from ..ledger.reports import (
 from ..ledger.store import Ledger, ledger_path_for
 from .options import ConfigPath, Json, LedgerPath
 from .output import err_console, print_table
+from .preflight import check_sqlite, resolve_output
 
 __all__ = ["app", "open_ledger"]
 
@@ -59,14 +61,26 @@ Until = Annotated[
 RunId = Annotated[str | None, typer.Option("--run", help="Only this run (see `ledger runs`).")]
 
 
-@contextmanager
-def open_ledger(path: str | None, config: str | None) -> Iterator[Ledger]:
+def ledger_file(path: str | None, config: str | None) -> Path:
     """The ledger named by --ledger / the config; an error (exit 2) if there is none yet."""
     target = ledger_path_for(path, load_config(config))
     if not target.is_file():
         raise UsageError(f"no ledger at {target} (it is created by the first `tierline run`)")
-    with Ledger(target) as ledger:
+    return check_sqlite(target, f"ledger {target}")
+
+
+@contextmanager
+def open_ledger(path: str | None, config: str | None) -> Iterator[Ledger]:
+    with Ledger(ledger_file(path, config)) as ledger:
         yield ledger
+
+
+def output_beside(output: str, ledger: Path) -> str:
+    """`-o` of a report or an export: never the ledger, a device or a directory (the same
+    checks as `run -o`, cli/preflight.py); the real path."""
+    real = resolve_output(output, [], ledger, None)
+    assert real is not None  # output is not stdout
+    return real
 
 
 def _filters(run: str | None, since: str | None, until: str | None = None) -> Filters:
@@ -209,7 +223,9 @@ def report(
         for name, value in (("run", run), ("since", since), ("until", until))
         if value
     )
-    with open_ledger(ledger, config) as book:
+    target = ledger_file(ledger, config)
+    output = output if output == "-" else output_beside(output, target)
+    with Ledger(target) as book:
         data = report_data(book.conn, _filters(run, since, until))
     page = render_report(data, window=window or "all calls").encode()
     if output == "-":
@@ -235,7 +251,10 @@ def export(
     config: ConfigPath = None,
 ) -> None:
     """Every call row with all its ledger columns (costs in micro-dollars and in USD)."""
-    with open_ledger(ledger, config) as book:
+    target = ledger_file(ledger, config)
+    if output not in (None, "-"):
+        output = output_beside(output, target)
+    with Ledger(target) as book:
         if output is None or output == "-":
             export_calls(book.conn, _filters(run, since, until), fmt, sys.stdout.buffer)
             sys.stdout.buffer.flush()

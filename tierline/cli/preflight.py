@@ -29,6 +29,7 @@ __all__ = [
     "check_inputs",
     "check_ledger",
     "check_names",
+    "check_sqlite",
     "check_stdio",
     "resolve_output",
 ]
@@ -219,7 +220,14 @@ def check_ledger(path: Path, origin: str) -> None:
         raise UsageError(
             f"{where}: cannot create its directory {path.parent} ({why}); {fix}"
         ) from None
-    if path.exists() and path.stat().st_size:
+    check_sqlite(path, where)
+    _check_writable(path, where, fix)
+
+
+def check_sqlite(path: Path, where: str) -> Path:
+    """An existing ledger is a SQLite file: `--ledger jobs.jsonl` is a typo, to be said so
+    before SQLite fails on it ("file is not a database", an internal error)."""
+    if path.is_file() and path.stat().st_size:
         with open(path, "rb") as fh:
             head = fh.read(len(SQLITE_MAGIC))
         if head != SQLITE_MAGIC:
@@ -227,7 +235,7 @@ def check_ledger(path: Path, origin: str) -> None:
                 f"{where} is not a SQLite database; give the ledger file tierline made, "
                 "or a new path"
             )
-    _check_writable(path, where, fix)
+    return path
 
 
 def _check_writable(path: Path, where: str, fix: str) -> None:
