@@ -109,6 +109,20 @@ def varied(path: Path, n: int, seed: int, *, huge: bool = False) -> Path:
     return path
 
 
+def plain_only(path: Path, n: int, seed: int) -> Path:
+    """n lines of the commonest kind, an id and a prompt (whole chunks of it take a shortcut),
+    with a few ids repeated from `varied`'s files and a few lines without an id."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        job = {"id": f"p{i}" if rng.random() < 0.98 else f"j{rng.randrange(3000)}"}
+        if rng.random() < 0.02:
+            job = {}
+        lines.append(json.dumps({**job, "prompt": _prompt(rng)}, ensure_ascii=False).encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
 def plain_path(inputs: list[str], out: Path, config: Config) -> bytes:
     """What `tierline classify` wrote before its fast path: one Job per line, tiered a batch
     of BATCH lines at a time, every record written on its own."""
@@ -141,13 +155,14 @@ def test_fast_path_writes_the_plain_paths_bytes(
 ) -> None:
     """Two files of varied lines (plain jobs, every other format, invalid lines, blank lines,
     non-ASCII, duplicate ids within and across chunks and files, a huge prompt, a line over
-    the limit): in one process and with two workers, byte for byte the plain path's output,
-    with the same counts."""
+    the limit) and one of plain jobs only: in one process and with two workers, byte for byte
+    the plain path's output, with the same counts."""
     assert callable(configure)
     config: Config = configure(embedded_default())
     a = varied(tmp_path / "a.jsonl", 3 * BATCH + 17, seed=1, huge=True)
     b = varied(tmp_path / "b.jsonl", BATCH + 300, seed=2)  # repeats a's ids: duplicates
-    inputs = [str(a), str(b)]
+    c = plain_only(tmp_path / "c.jsonl", 3 * BATCH, seed=3)
+    inputs = [str(a), str(b), str(c)]
     expected = plain_path(inputs, tmp_path / "plain.jsonl", config)
     done = classify_files(inputs, str(tmp_path / "fast.jsonl"), config, workers=workers)
     assert (tmp_path / "fast.jsonl").read_bytes() == expected

@@ -103,6 +103,10 @@ def tier_chunk(
     A line that is only a prompt (and an id) is tiered from its text, without a `Job`.
     """
     rules = tierer.text_rules
+    if duplicate_at is None and rules == []:
+        done = _plain_chunk(lines, tierer)
+        if done is not None:
+            return done
     records: list[dict[str, Any] | None] = []  # None: the classifier's, filled in below
     pending: list[tuple[int, Mapping[str, Any]]] = []  # (its place, its line) for those
     texts: list[str] = []
@@ -155,6 +159,35 @@ def tier_chunk(
     done.lines = len(records)
     done.data = b"".join([orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records])
     return done
+
+
+def _plain_chunk(lines: Sequence[Line], tierer: Tierer) -> _Done | None:
+    """`tier_chunk` of a chunk of plain prompt lines only (most chunks of a big file), a step
+    at a time over the whole chunk; None if any line is another kind."""
+    raws = [raw for _, _, raw in lines if raw is not None]
+    if len(raws) < len(lines):  # a line over the limit
+        return None
+    loads = orjson.loads
+    try:
+        objs = [loads(raw) for raw in raws]
+    except orjson.JSONDecodeError:
+        return None
+    plain = [plain_prompt(obj, n, source) for obj, (source, n, _) in zip(objs, lines, strict=True)]
+    pairs = [p for p in plain if p is not None]
+    if len(pairs) < len(plain):
+        return None
+    ids: list[str | None] = [job_id for job_id, _ in pairs]
+    tiers, whys, confidences = tierer.decide_texts([text for _, text in pairs])
+    option = orjson.OPT_APPEND_NEWLINE
+    data = b"".join(
+        [
+            orjson.dumps(
+                {**obj, "tier": tier, "why": why, "confidence": round(conf, 3)}, option=option
+            )
+            for obj, tier, why, conf in zip(objs, tiers, whys, confidences, strict=True)
+        ]
+    )
+    return _Done(data, len(objs), 0, ids)
 
 
 @dataclass(slots=True)
@@ -227,17 +260,8 @@ def _workers(asked: int | None, config: TieringConfig, *, small: bool) -> int:
 
 
 def _serial(chunks: Iterable[list[Line]], tierer: Tierer, writer: ResultWriter) -> int:
-    seen = IdSet()
-
-    def duplicate_at(_: int, job_id: str) -> bool:
-        return not seen.add(job_id)
-
-    invalid = 0
-    for lines in chunks:
-        done = tier_chunk(lines, tierer, duplicate_at)
-        writer.write_lines(done.data, done.lines)
-        invalid += done.invalid
-    return invalid
+    done = ((lines, tier_chunk(lines, tierer, None)) for lines in chunks)
+    return _write(done, tierer, writer)
 
 
 def _parallel(
@@ -245,15 +269,21 @@ def _parallel(
 ) -> int:
     # Loaded once, before the fork: the workers share its pages instead of each loading it.
     tierer = Tierer.from_config(config)
+    with _Pool(n, tierer) as pool:
+        return _write(pool.map(chunks), tierer, writer)
+
+
+def _write(chunks: Iterable[tuple[list[Line], _Done]], tierer: Tierer, writer: ResultWriter) -> int:
+    """Write the tiered chunks in order, after the duplicate-id check only this process can
+    make (it sees every line); the invalid lines written."""
     seen = IdSet()
     invalid = 0
-    with _Pool(n, tierer) as pool:
-        for lines, done in pool.map(chunks):
-            dups = set(seen.seen_before(done.ids))
-            if dups:  # tier it again as one process would: the duplicates are not jobs
-                done = tier_chunk(lines, tierer, _positions(dups))
-            writer.write_lines(done.data, done.lines)
-            invalid += done.invalid
+    for lines, done in chunks:
+        dups = set(seen.seen_before(done.ids))
+        if dups:  # tier it again as one process would: the duplicates are not jobs
+            done = tier_chunk(lines, tierer, _positions(dups))
+        writer.write_lines(done.data, done.lines)
+        invalid += done.invalid
     return invalid
 
 

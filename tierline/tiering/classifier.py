@@ -82,9 +82,10 @@ class TierClassifier:
         tiers = decide(post, self.calibration)
         evidence = self._evidence(batch, tiers)
         rows: list[list[float]] = post.tolist()
+        p1, p2, p3 = _two_decimals(post).T.tolist()
         whys = [
-            f"classifier p=({p1:.2f},{p2:.2f},{p3:.2f}): {ev}"
-            for (p1, p2, p3), ev in zip(rows, evidence, strict=True)
+            f"classifier p=({a},{b},{c}): {ev}"
+            for a, b, c, ev in zip(p1, p2, p3, evidence, strict=True)
         ]
         return tiers.tolist(), whys, rows
 
@@ -147,6 +148,22 @@ class TierClassifier:
 
 
 _LABELS = [_label(name) for name in DENSE_NAMES]
+_HUNDREDTHS = np.array([f"{k / 100:.2f}" for k in range(101)], dtype=object)
+
+
+def _two_decimals(p: npt.NDArray[np.float64]) -> npt.NDArray[np.object_]:
+    """`f"{x:.2f}"` of each probability, looked up instead of formatted one by one.
+
+    Rounding x * 100 gives the same hundredth as formatting x (correctly rounded, ties to
+    even) unless x * 100 is within float error of a tie; those few are formatted.
+    """
+    scaled = p * 100
+    k = np.rint(scaled).astype(np.int64)
+    out = _HUNDREDTHS[np.clip(k, 0, 100)]
+    near_tie = (np.abs(np.abs(scaled - k) - 0.5) < 1e-6) | (k < 0) | (k > 100) | ~np.isfinite(p)
+    for i, j in zip(*np.nonzero(near_tie), strict=True):
+        out[i, j] = f"{p[i, j]:.2f}"
+    return out
 
 
 def _dense_texts() -> npt.NDArray[np.object_]:

@@ -166,7 +166,7 @@ _pow_cache: list[npt.NDArray[np.uint64]] = []
 def _powers(n: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     """P**i and P**-i mod 2**64 for i < n, grown on demand and kept for the next batch."""
     if not _pow_cache or len(_pow_cache[0]) < n:
-        size = max(n, 1 << 16)
+        size = 1 << max(16, (n - 1).bit_length())  # doubling: batches vary a little in size
         _pow_cache[:] = [_pow_series(_P, size), _pow_series(_P_INV, size)]
     return _pow_cache[0][:n], _pow_cache[1][:n]
 
