@@ -45,8 +45,8 @@ __all__ = ["Classified", "WorkerLost", "classify_files", "tier_chunk"]
 
 Line = tuple[str, int, bytes | None]  # source, line number, bytes (None: over MAX_LINE_BYTES)
 
-# A worker process pays a numpy import and a model load (~0.2 s of CPU) and saves ~5 us per
-# job: below this many chunks (or bytes) read ahead, the input is tiered here, in one process.
+# Below this many chunks (or bytes) read ahead, the input is tiered here, in one process: a
+# shell loop calling `tierline classify` on a few jobs must not pay for forks and pipes.
 PARALLEL_CHUNKS = 16
 PARALLEL_BYTES = 32 * 2**20
 MAX_WORKERS = 4

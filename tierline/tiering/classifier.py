@@ -124,9 +124,8 @@ class TierClassifier:
     def _top_words(self, batch: FeatureBatch, tiers: npt.NDArray[np.int64]) -> list[str]:
         """The word whose weight favours each document's tier most, quoted ('' if none does)."""
         buckets, starts = batch.parts[0]
-        out = [""] * batch.size
         if len(buckets) == 0:
-            return out
+            return [""] * batch.size
         doc = np.repeat(np.arange(batch.size), np.diff(np.append(starts, len(buckets))))
         contrib = self._rel_hash.ravel()[buckets * 3 + (tiers[doc] - 1)]
         # A reader learns nothing from "'a'" or "'the'": only longer, non-function words count.
@@ -135,15 +134,22 @@ class TierClassifier:
         best = np.maximum.reduceat(np.append(contrib, -np.inf), np.minimum(starts, len(buckets)))
         winners = np.flatnonzero((contrib >= best[doc]) & (contrib >= 0.05))
         docs, first = np.unique(doc[winners], return_index=True)
+        if len(docs) == 0:
+            return [""] * batch.size
         tok = winners[first]
         raw = batch.window.tobytes()  # one copy, then cheap bytes slices
         spans = zip(batch.word_first[tok].tolist(), batch.word_last[tok].tolist(), strict=True)
-        for d, (a, b) in zip(docs.tolist(), spans, strict=True):
-            word = raw[a : b + 1]
-            # An ASCII word is letters, digits and '_' (features.py): its repr is it, quoted.
-            out[d] = (
-                f"'{word.decode()}'" if word.isascii() else repr(word.decode("utf-8", "replace"))
-            )
+        words = [raw[a : b + 1] for a, b in spans]
+        joined = b"\0".join(words)  # a word has no NUL (features.py: NUL is blank)
+        if joined.isascii():
+            # An ASCII word is letters, digits and '_': its repr is itself, quoted. Quote them
+            # all at once and scatter them to their documents, with no step per document.
+            quoted = ("'" + joined.decode().replace("\0", "'\0'") + "'").split("\0")
+        else:
+            quoted = [repr(word.decode("utf-8", "replace")) for word in words]
+        texts = np.full(batch.size, "", dtype=object)
+        texts[docs] = quoted
+        out: list[str] = texts.tolist()
         return out
 
 
