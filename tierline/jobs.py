@@ -864,7 +864,7 @@ def _finish(
         lines[:] = [None if line is None else line.rstrip(b"\r\n") for line in lines]
 
 
-def _open(path: str) -> IO[bytes]:
+def open_input(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     try:
@@ -937,15 +937,18 @@ class IdSet:
         return self._count
 
 
-def read_jobs(paths: Sequence[str]) -> Iterator[Job | InvalidLine]:
+def read_jobs(
+    paths: Sequence[str], opener: Callable[[str], IO[bytes]] | None = None
+) -> Iterator[Job | InvalidLine]:
     """Stream jobs from JSONL files ('-' is stdin), one item per non-blank line, in order.
 
     Blank lines are skipped (they are not jobs). Every other line yields a Job or an
-    InvalidLine; duplicate ids are InvalidLines after the first.
+    InvalidLine; duplicate ids are InvalidLines after the first. `opener` opens each path
+    (default: a local file; --engine ray also serves URIs, tierline/ray/inputs.py).
     """
     seen = IdSet()
     for path in paths:
-        stream = _open(path)
+        stream = (opener or open_input)(path)
         try:
             yield from _read_one(stream, path, seen)
         finally:
@@ -975,7 +978,7 @@ def raw_lines(paths: Sequence[str]) -> Iterator[list[tuple[str, int, bytes | Non
     the parsing, for a reader that parses elsewhere (`tierline classify`'s worker processes).
     """
     for path in paths:
-        stream = _open(path)
+        stream = open_input(path)
         try:
             for first, lines in _line_blocks(stream):
                 numbered = zip(count(first), lines)

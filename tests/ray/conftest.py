@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.fakes import FakeVLLM
+from tests.fakes._core import BODY
 
 MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 DUPLICATES = 4
@@ -46,6 +48,7 @@ class CountingVLLM(FakeVLLM):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.completed = 0  # 200 replies to /v1/chat/completions whose client was still there
+        self.by_prompt: Counter[str] = Counter()  # the same, by the job's (last) message
         self.holding = False
 
     def _wrap(self, handler: Any) -> Any:
@@ -57,9 +60,20 @@ class CountingVLLM(FakeVLLM):
             alive = transport is not None and not transport.is_closing()
             if request.path.endswith("/chat/completions") and response.status == 200 and alive:
                 self.completed += 1
+                self.by_prompt[_prompt(request.get(BODY))] += 1
             return response
 
         return super()._wrap(counted)
+
+
+def _prompt(body: object) -> str:
+    assert isinstance(body, dict)
+    return str(body["messages"][-1]["content"])
+
+
+def paid_per_job(replicas: list[CountingVLLM]) -> Counter[str]:
+    """Completions answered per job (by its prompt), over every replica."""
+    return sum((r.by_prompt for r in replicas), Counter())
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from tests.fakes import FakeVLLM
 from tierline.cli import main
 
-from .conftest import EXTRA, CountingVLLM, content, jobs, vllm_config
+from .conftest import DUPLICATES, EXTRA, CountingVLLM, content, jobs, vllm_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,6 +53,37 @@ def test_same_exit_code_and_summary_as_local(
     assert code == code_ray == 1
     assert local.strip() and _timeless(on_ray) == _timeless(local)
     assert content(tmp_path / "r.jsonl") == content(tmp_path / "l.jsonl")
+
+
+def _run_rows(ledger: Path) -> list[tuple[int, int, int, int, int]]:
+    with sqlite3.connect(ledger) as db:
+        rows = db.execute(
+            "SELECT jobs, ok, failed, deduped, cached FROM runs ORDER BY started_at"
+        ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def test_ledger_rows_count_deduped_and_cached_jobs_as_local(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ray run's row in the ledger counts the jobs answered by dedup and by the answer cache
+    as a local run's does (they were 0 on Ray before 3acae84): a first run with identical jobs,
+    a second one answered from the --cache file the first filled."""
+    with FakeVLLM() as srv:
+        config = str(vllm_config(tmp_path / "t.toml", [srv]))
+        inputs = str(jobs(tmp_path / "jobs.jsonl", 100))
+        for engine in ("local", "ray"):
+            for attempt in ("1", "2"):
+                code, _ = run(
+                    capsys, inputs, "-c", config, "-o", f"{engine}{attempt}.jsonl",
+                    "--ledger", f"{engine}.db", "--cache", f"{engine}-cache.db", "--engine", engine,
+                )  # fmt: skip
+                assert code == 1  # the two bad lines
+    ray_rows = _run_rows(tmp_path / "ray.db")
+    assert ray_rows == _run_rows(tmp_path / "local.db")
+    (_, _, _, deduped, _), (_, _, _, _, cached) = ray_rows
+    # the identical jobs (temperature 0: cacheable): 3 copies of 1 answer, then 4 from the cache
+    assert deduped == DUPLICATES - 1 and cached == DUPLICATES
 
 
 def test_budget_holds_across_actors(
@@ -135,23 +166,51 @@ def test_bad_ray_address_is_a_usage_error_before_anything_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl", "t.toml"]
 
 
+STRAGGLERS_S = 2.0  # a pause to let calls made after the stop show, not a measurement
+
+
 def _lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
-def test_sigterm_ends_cleanly_and_every_paid_call_is_recorded(tmp_path: Path) -> None:
-    """SIGTERM mid-run: exit 143 with the resume hint, the fragment merged into the ledger (no
-    orphan left); the same command again finishes with one result per job, and the ledger holds
-    every call the server answered, both runs' (within the 2-call in-flight window of a stop).
+def _ledger(path: Path) -> tuple[int, int, int]:
+    """Calls, distinct jobs called and spend (nano-dollars) in a ledger."""
+    with sqlite3.connect(path) as db:
+        calls, jobs_called, cost = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT job_id), SUM(cost_nanos) FROM calls"
+        ).fetchone()
+    return int(calls), int(jobs_called), int(cost)
 
-    Not asserted: one call per job. Jobs an actor answered after the driver stopped taking
-    results are sent again by the rerun (recorded, so paid twice but never unrecorded): the
-    bound is the blocks in flight, not the in-flight calls (docs/scale-out.md)."""
-    with CountingVLLM(latency_ms=100) as srv:
+
+@pytest.mark.parametrize("joined", [False, True], ids=["own-cluster", "ray-address"])
+def test_sigterm_then_rerun_pays_each_job_once(
+    tmp_path: Path, request: pytest.FixtureRequest, joined: bool
+) -> None:
+    """SIGTERM mid-run: exit 143 with the resume hint, the fragment merged into the ledger (no
+    orphan left), the actors told to stop. The same command again finishes with one result per
+    line, and the server answered each job exactly once over both runs: the jobs the actor
+    answered after the driver stopped taking results are taken from its fragment, not sent
+    again. Results and ledger are the local run's in content.
+
+    On a cluster the driver joined (`--ray-address`), the actors outlive the driver's exit
+    unless they read the stop flag: calls they made after it would be paid and unrecorded."""
+    join = []
+    if joined:
+        cluster = request.getfixturevalue("ray_cluster")
+        join = ["--ray-address", cluster.get_runtime_context().gcs_address]
+    with CountingVLLM() as srv:
         config = vllm_config(tmp_path / "t.toml", [srv], max_concurrency=2)
         inputs = jobs(tmp_path / "jobs.jsonl", 300)
         args = [sys.executable, "-m", "tierline", "run", str(inputs), "-c", str(config)]
-        args += ["-o", "r.jsonl", "--ledger", "l.db", "--engine", "ray", "--ray-actors", "1"]
+        local = subprocess.run(
+            [*args, "-o", "local.jsonl", "--ledger", "local.db", "-q"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert local.returncode == 1, local.stderr  # the two bad lines
+        srv.by_prompt.clear()
+        srv.completed = 0
+        srv.latency = 0.1  # slow enough to stop it mid-run
+        args += ["-o", "r.jsonl", "--ledger", "l.db", "--engine", "ray", "--ray-actors", "1", *join]
         partial = tmp_path / "r.jsonl.partial"
         proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
         while proc.poll() is None and _lines(partial) < 20:  # results are arriving
@@ -161,15 +220,18 @@ def test_sigterm_ends_cleanly_and_every_paid_call_is_recorded(tmp_path: Path) ->
         assert proc.returncode == 143, err
         assert "rerun the same command to resume" in err
         assert not list(tmp_path.glob(".l.db.ray-*")), "the fragment was left unmerged"
-        with sqlite3.connect(tmp_path / "l.db") as db:
-            assert db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] > 0
+        time.sleep(STRAGGLERS_S)  # an actor still sending would be seen by the server meanwhile
+        stopped_at = srv.completed
+        assert 0 < _ledger(tmp_path / "l.db")[0] == stopped_at < 300 + 1
+        srv.latency = 0.0
         again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1, again.stderr  # the two bad lines
-    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert sorted(r["line"] for r in lines) == list(range(1, 300 + EXTRA + 1))
+    twice = {prompt: n for prompt, n in srv.by_prompt.items() if n > 1}
+    assert len(srv.by_prompt) == 300 + 1 and not twice, twice  # 1: the identical jobs' one
+    assert content(tmp_path / "r.jsonl") == content(tmp_path / "local.jsonl")
+    assert _ledger(tmp_path / "l.db") == _ledger(tmp_path / "local.db")
     with sqlite3.connect(tmp_path / "l.db") as db:
-        calls = db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-    assert 0 <= srv.completed - calls <= 2, (srv.completed, calls)
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
 
 
 def test_local_run_never_imports_ray(tmp_path: Path) -> None:
@@ -257,3 +319,83 @@ def test_rerun_after_the_driver_dies_resumes(
     assert runs == 2  # the killed run (from its fragment) and the resume
     sent = {r["id"] for r in results if r["status"] == "ok" and "dedup_of" not in r}
     assert sent <= paid
+
+
+def _clean_jobs(path: Path, n: int, start: int = 0) -> Path:
+    """Jobs with no bad line: a run of them succeeds (exit 0)."""
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"j{i}", "prompt": f"Summarize ticket {i}."}) + "\n"
+            for i in range(start, start + n)
+        )
+    )
+    return path
+
+
+def test_uri_inputs_are_read_through_ray_data(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URI Ray Data reads (file:// here: s3:// needs a network) names a directory of JSONL
+    parts: each part is read and validated as a local file is, its URI is each result's
+    `source`, and the results are a local run's over the same files."""
+    parts = tmp_path / "in"
+    parts.mkdir()
+    _clean_jobs(parts / "a.jsonl", 30)
+    (parts / "b.jsonl").write_text('{"id": "j3", "prompt": "again"}\n{not json\n')
+    with FakeVLLM() as srv:
+        config = str(vllm_config(tmp_path / "t.toml", [srv]))
+        local_inputs = [str(parts / "a.jsonl"), str(parts / "b.jsonl")]
+        code, _ = run(capsys, *local_inputs, "-c", config, "-o", "l.jsonl", "--ledger", "l.db")
+        code_ray, _ = run(
+            capsys, parts.as_uri(), "-c", config, "-o", "r.jsonl", "--ledger", "r.db",
+            "--engine", "ray",
+        )  # fmt: skip
+    assert code == code_ray == 1  # the duplicate id and the bad line of b.jsonl
+    results = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in results} == {(parts / n).as_uri() for n in ("a.jsonl", "b.jsonl")}
+    # the same lines, but for the URI where the local run names the path (sources, errors)
+    as_paths = tmp_path / "r-paths.jsonl"
+    as_paths.write_text((tmp_path / "r.jsonl").read_text().replace("file://", ""))
+    assert content(as_paths) == content(tmp_path / "l.jsonl")
+
+
+def test_uri_without_engine_ray_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A local run reads files and stdin: a URI is refused (exit 2) before anything is sent."""
+    with FakeVLLM() as srv:
+        config = str(vllm_config(tmp_path / "t.toml", [srv]))
+        code, err = run(capsys, "s3://bucket/jobs/", "-c", config, "-o", "r.jsonl")
+        assert srv.request_count == 0
+    assert code == 2 and "s3://bucket/jobs/" in err and "--engine ray" in err
+    assert not list(tmp_path.glob("r.jsonl*"))
+
+
+def test_unreadable_uri_is_a_usage_error_before_anything_is_written(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeVLLM() as srv:
+        config = str(vllm_config(tmp_path / "t.toml", [srv]))
+        missing = (tmp_path / "nowhere.jsonl").as_uri()
+        code, err = run(
+            capsys, missing, "-c", config, "-o", "r.jsonl", "--ledger", "l.db", "--engine", "ray"
+        )
+        assert srv.request_count == 0
+    assert code == 2 and f"cannot read {missing}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.toml"]
+
+
+def test_quiet_run_on_its_own_cluster_prints_nothing(tmp_path: Path) -> None:
+    """-q on success prints nothing, Ray's own start-up and actor lines included (they are
+    written out only when the run breaks); the results are all there."""
+    with FakeVLLM() as srv:
+        config = vllm_config(tmp_path / "t.toml", [srv])
+        inputs = _clean_jobs(tmp_path / "jobs.jsonl", 40)
+        done = subprocess.run(
+            [sys.executable, "-m", "tierline", "run", inputs.as_uri(), "-c", str(config),
+             "-o", "r.jsonl", "--ledger", "l.db", "--engine", "ray", "-q"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""
+    assert _lines(tmp_path / "r.jsonl") == 40

@@ -20,7 +20,7 @@ from tierline.ray.engine import run_files as run_ray
 from tierline.resume import Journal
 from tierline.run import run_files as run_local
 
-from .conftest import DUPLICATES, EXTRA, CountingVLLM, content, jobs, vllm_config
+from .conftest import DUPLICATES, EXTRA, CountingVLLM, content, jobs, paid_per_job, vllm_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -72,6 +72,7 @@ def test_killed_actor_same_results_and_every_paid_call_in_the_ledger(
     config = vllm_config(tmp_path / "t.toml", replicas)
     base = local(inputs, config, tmp_path / "local.jsonl", tmp_path / "local.db")
     served_before = sum(r.completed for r in replicas)
+    paid_before = paid_per_job(replicas)
     with sqlite3.connect(tmp_path / "local.db") as db:
         assert db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == served_before
 
@@ -114,6 +115,11 @@ def test_killed_actor_same_results_and_every_paid_call_in_the_ledger(
     assert summary.tally.by_status == base.tally.by_status
     assert summary.exit_code == base.exit_code == 1  # the two bad lines
     served = sum(r.completed for r in replicas) - served_before
+    # no job paid twice: those the killed actor answered are reused from its fragment by the
+    # retried block and the driver, not sent again (its held, in-flight ones got no reply)
+    paid = paid_per_job(replicas) - paid_before
+    twice = {prompt: n for prompt, n in paid.items() if n > 1}
+    assert len(paid) == N + 1 and not twice, twice
     with sqlite3.connect(tmp_path / "ray.db") as db:
         assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
         calls, ok, jobs_called, cost = db.execute(

@@ -4,6 +4,7 @@ that cannot see the run directory."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -12,7 +13,14 @@ import pytest
 
 from tierline.jobs import Usage
 from tierline.ledger.store import CallRecord
-from tierline.ray.fragments import NOT_SHARED, DriverFragment, merge_orphans, open_actor_fragment
+from tierline.ray.fragments import (
+    NOT_SHARED,
+    DriverFragment,
+    Orphans,
+    StoredResults,
+    merge_orphans,
+    open_actor_fragment,
+)
 
 
 def call(job: str) -> CallRecord:
@@ -80,3 +88,42 @@ def test_an_actor_that_cannot_see_the_run_directory_refuses(tmp_path: Path) -> N
     with pytest.raises(RuntimeError, match=NOT_SHARED + ".*cannot see the run directory"):
         open_actor_fragment(str(missing), "r", "a")
     assert not missing.exists()
+
+
+def test_answers_are_stored_with_their_calls_and_found_by_key(tmp_path: Path) -> None:
+    """An actor keeps each answer by resume key in its fragment, committed with the job's calls
+    before it is handed on; any reader of the run directory finds it (a retried block)."""
+    fragment = DriverFragment(tmp_path / "l.db")
+    directory = fragment.actors.resolve()
+    book = open_actor_fragment(str(directory), "r", "a")
+    stored = StoredResults([directory])
+
+    async def answer() -> dict[str, str]:
+        book.record_call("r", call("j1"))
+        book.record_result("r", "k1", '{"id": "j1"}')
+        await book.durable()  # what an actor awaits before its results leave it
+        return stored.find(["k1", "k2"])
+
+    assert asyncio.run(answer()) == {"k1": '{"id": "j1"}'}
+    with sqlite3.connect(directory / "a.db") as db:  # the answer's call is in the same file
+        assert db.execute("SELECT job_id FROM calls").fetchall() == [("j1",)]
+    book.close()
+    stored.close()
+
+
+def test_a_dead_drivers_answers_stay_until_the_next_run_ends(tmp_path: Path) -> None:
+    """The next run merges a dead driver's calls at once but keeps its actors' files (their
+    answers are reused by it) until it ends; a call recorded late is merged then."""
+    fragment, run_id = start(tmp_path)
+    book = open_actor_fragment(str(fragment.actors.resolve()), run_id, "c")
+    fragment.ledger.close()
+    os.close(fragment._lock)  # the driver dies
+    orphans = Orphans(tmp_path / "l.db")
+    assert len(calls(tmp_path / "l.db")) == 3  # merged at once
+    assert orphans.directories == [fragment.actors]
+    assert merge_orphans(tmp_path / "l.db") == 0  # held by the run that found them
+    book.record_call(run_id, call("j4"))  # a straggler of the dead run's actors
+    book.close()
+    orphans.close()
+    assert [job for job, _ in calls(tmp_path / "l.db")] == ["j1", "j2", "j3", "j4"]
+    assert not list(tmp_path.glob(".l.db.ray-*"))

@@ -73,7 +73,8 @@ Engine = Annotated[
         "--engine",
         metavar="local|ray",
         help="Where jobs are dispatched: this process (local), or an actor pool on a Ray "
-        "cluster (ray; needs the `tierline[ray]` extra; docs/scale-out.md).",
+        "cluster (ray; needs the `tierline[ray]` extra; inputs may then also be URIs Ray Data "
+        "reads, e.g. s3://bucket/jobs/; docs/scale-out.md).",
     ),
 ]
 RayAddress = Annotated[
@@ -142,7 +143,7 @@ def run(
     # on `output` is the real file (symlinks resolved) or None for stdout.
     check_stdio(inputs, output)
     _check_retry(retry_failed, output, fresh)
-    check_inputs(inputs)
+    check_inputs(_local_inputs(inputs, on_ray))
     check_names([config or os.environ.get("TIERLINE_CONFIG")], "config")
     cache_file = answer_cache(cfg, cache)
     output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg), cache_file)
@@ -171,7 +172,7 @@ def run(
             kept=lambda: journal.kept,
         )
 
-    where = _ray_engine(ray_address, ray_actors) if on_ray else local_engine
+    where = _ray_engine(ray_address, ray_actors, quiet) if on_ray else local_engine
     outcome = run_command(request, Stop(grace_s=grace), progress, batch.RunView(quiet), where)
     done = outcome.run
     if done is not None and done.journal.error is not None:
@@ -199,12 +200,28 @@ def _check_engine(engine: str, address: str | None, actors: int | None, batches:
     return True
 
 
-def _ray_engine(address: str | None, actors: int | None) -> RunEngine:
+def _local_inputs(inputs: list[str], on_ray: bool) -> list[str]:
+    """The inputs that are local files or stdin; a URI (s3://, file://, ...) is read by Ray Data,
+    so only with --engine ray (a usage error otherwise, before anything is sent)."""
+    from ..ray.inputs import check_uris, is_uri  # no Ray import
+
+    uris = [path for path in inputs if is_uri(path)]
+    if uris and not on_ray:
+        raise UsageError(
+            f"input {uris[0]}: a URI is read through Ray Data, with --engine ray only; "
+            "a local run reads files and stdin"
+        )
+    check_uris(uris)
+    return [path for path in inputs if not is_uri(path)]
+
+
+def _ray_engine(address: str | None, actors: int | None, quiet: bool) -> RunEngine:
     """The same run on a Ray cluster (tierline/ray/engine.py)."""
     from ..ray.engine import RayOptions
     from ..ray.engine import run_files as run_on_ray
 
-    options = RayOptions(address=address or os.environ.get("RAY_ADDRESS"), actors=actors)
+    address = address or os.environ.get("RAY_ADDRESS")
+    options = RayOptions(address=address, actors=actors, quiet=quiet)
 
     def on_ray(
         request: RunRequest,

@@ -7,16 +7,22 @@ Valid jobs go to a Ray Dataset and through `map_batches` over a pool of `Dispatc
 
 * each result is written once, by its resume key (the first one wins; a second one, from a
   block retried after an actor died, is dropped);
-* each call is already on disk: every actor records its calls in its own *ledger fragment* in
-  this run's directory beside the ledger, committed before the result leaves the actor, so a
-  killed actor loses none (tierline/ray/fragments.py);
+* each call and each answer is already on disk: every actor records its calls and its jobs'
+  result lines in its own *ledger fragment* in this run's directory beside the ledger,
+  committed before the result leaves the actor, so a killed actor loses none
+  (tierline/ray/fragments.py);
 * at the end the actors' calls are gathered into this run's fragment, which is merged into the
   ledger with `ledger merge` (both steps idempotent), and removed. A driver that dies leaves
   them; the next Ray run on that ledger merges them first, so no paid call is lost, and the
   rerun resumes from `-o PATH.partial` as a local run.
 
-Any job left without a result after the pass (an actor died after marking it answered, before
-its chunk reached the driver) is sent again in another pass.
+Exactly once, paid once: a job answered by an actor whose result never reached the driver
+(the actor was killed with it in an unsent chunk, Ray dropped a retried block's output, the
+driver was stopped or died) is taken from the fragments, never sent again: by the actor of a
+retried block, by the driver after each pass and after a stop, and by the rerun from a dead
+driver's fragments. Only jobs in flight when an actor died are sent again (another pass).
+SIGINT/SIGTERM set the run's stop flag: the actors start no new call and finish (for the
+grace period at most) those in flight, whose answers the driver then takes from the fragments.
 """
 
 from __future__ import annotations
@@ -25,29 +31,34 @@ import contextlib
 import importlib.util
 import logging
 import math
+import os
+import queue
 import signal
 import socket
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..config import Config
 from ..dispatch.answers import Answers
 from ..errors import UsageError
-from ..interrupts import Stop
+from ..interrupts import DEFAULT_GRACE_S, Stop
 from ..jobs import InvalidLine, Job, Result, dumps, read_jobs
 from ..ledger.accounting import Accountant
 from ..ledger.store import Ledger
-from ..resume import job_key, route_fingerprint
+from ..resume import DONE_STATUSES, RETRY_KEEPS, job_key, route_fingerprint
 from ..run.files import ResultSink as RecordWriter
 from ..run.files import _answers, finish_run, start_run
 from ..run.loop import _reuse_notes
 from ..run.tally import DEFAULT_NOTE, RunSummary, Tally
-from .fragments import NOT_SHARED, DriverFragment, merge_orphans
+from .fragments import NOT_SHARED, DriverFragment, Orphans, stored_results
+from .inputs import is_uri, read_uris
 from .limits import actors_for
-from .state import RunState
+from .state import STOP_POLL_S, RunState
 from .worker import Dispatcher
 
 __all__ = ["RayOptions", "require_ray", "run_files"]
@@ -107,11 +118,13 @@ class RayOptions:
         actors: int | None = None,
         batch_size: int | None = None,
         on_started: Callable[[Any], None] | None = None,
+        quiet: bool = False,
     ) -> None:
         self.address = address
         self.actors = actors
         self.batch_size = batch_size
         self.on_started = on_started  # called with the RunState actor (tests kill actors)
+        self.quiet = quiet  # -q: what Ray writes to stderr is shown only if the run breaks
 
 
 def check_config(config: Config) -> None:
@@ -122,6 +135,35 @@ def check_config(config: Config) -> None:
             f"--engine ray does not send provider batches (backend(s) {', '.join(batched)} have "
             'mode = "batch"); run those without --engine ray'
         )
+
+
+@contextlib.contextmanager
+def _held_stderr(quiet: bool) -> Iterator[None]:
+    """With -q, what Ray writes to stderr itself (its start-up warnings, its C++ core worker's
+    lines about actor restarts) is held in a temporary file, and written out only if the run
+    breaks with an error here: a successful quiet run prints nothing, a broken one shows all.
+    At the file descriptor: Ray's C++ side writes to fd 2, not to sys.stderr."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except Exception:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                held.seek(0)
+                sys.stderr.buffer.write(held.read())
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager
@@ -216,9 +258,28 @@ class _Driver:
         # Write-ahead holds without a write here: the actor committed each call to its own
         # fragment before the result left it (fragments.py); the `calls` column is not used.
         for key, line in fresh:
-            result = Result.from_record(_loads(line))
-            self.result(result, key)
-            self.copies(key, result)
+            self.deliver(key, _loads(line))
+
+    def deliver(self, key: str, record: dict[str, Any]) -> None:
+        result = Result.from_record(record)
+        self.result(result, key)
+        self.copies(key, result)
+
+    def recover(
+        self,
+        rows: dict[str, dict[str, Any]],
+        directories: list[Path],
+        keep: frozenset[str] = DONE_STATUSES,
+    ) -> None:
+        """Write the answers stored in the actors' fragments (`directories`) for the jobs of
+        `rows` that have no result yet: answered and paid, lost on the way here. A dead run's
+        answer keeps the job's current place in the input (it may have been edited since)."""
+        missing = [key for key in rows if key not in self.written]
+        for key, line in stored_results(directories, missing):
+            record = _loads(line)
+            if record.get("status") in keep:
+                record["line"], record["source"] = rows[key]["line"], rows[key]["source"]
+                self.deliver(key, record)
 
     def copies(self, key: str, result: Result) -> None:
         """The identical jobs that waited for this one get a copy of its answer (dedup)."""
@@ -259,7 +320,16 @@ def run_files(
     ray = require_ray()
     check_config(config)
     started = time.perf_counter()
-    merge_orphans(ledger_path)
+    cluster = contextlib.ExitStack()  # joined to read URIs, else only when a job is to send
+    sources, opener = inputs, None
+    if any(is_uri(path) for path in inputs):
+        try:
+            _join(cluster, ray, options, stop)
+            sources, opener = read_uris(ray, inputs)  # unreadable: exit 2, nothing written yet
+        except BaseException:
+            cluster.close()
+            raise
+    orphans = Orphans(ledger_path)  # dead drivers' runs: merged now, their answers reused
     fragment = DriverFragment(ledger_path)
     run_id = start_run(
         fragment.ledger,
@@ -272,18 +342,24 @@ def run_files(
     answers = _answers(config, cache_path, batches=False)
     driver = _Driver(config, writer, fragment.ledger, run_id, on_result, answers)
     interrupted = False
+    rows: dict[str, dict[str, Any]] = {}
+    keep = RETRY_KEEPS if getattr(writer, "retry_failed", False) else DONE_STATUSES
     try:
-        with _interrupts(stop):
-            rows = _rows(inputs, config, select, driver)
-            if rows:
-                # again inside: ray.init installs its own SIGTERM handler (sys.exit(15)),
-                # which would skip the merge of the fragment and the resume hint
-                with _cluster(ray, options.address), _interrupts(stop):
-                    _dispatch(ray, rows, config, run_id, driver, options, max_cost_micros, fragment)
+        with cluster, _interrupts(stop):
+            rows = _rows(sources, config, select, driver, opener)
+            driver.recover(rows, orphans.directories, keep)  # paid by a dead run, never written
+            if len(driver.written) < len(rows):
+                if opener is None:  # not joined yet
+                    _join(cluster, ray, options, stop)
+                _dispatch(
+                    ray, rows, config, run_id, driver, options, max_cost_micros, fragment, stop
+                )
     except KeyboardInterrupt:
         interrupted = True
         if stop is not None and stop.signum is None:
             stop.request(signal.SIGINT)
+    # after a stop: the answers the actors stored and the driver had not received yet
+    driver.recover(rows, [fragment.actors])
     fragment.gather(run_id)  # every actor's calls, a killed one's included
     driver.account()
     t = driver.tally
@@ -292,6 +368,7 @@ def run_files(
     if hasattr(writer, "before_sync"):
         setattr(writer, "before_sync", None)  # noqa: B010
     fragment.merge_into(ledger_path)
+    orphans.close()
     if answers is not None and answers.cache is not None:
         answers.cache.close()
     notes = ([DEFAULT_NOTE] if config.is_default else []) + driver.money.notes()
@@ -302,6 +379,15 @@ def run_files(
             "(kept once)"
         )
     return RunSummary(run_id, config.origin, t, time.perf_counter() - started, notes)
+
+
+def _join(stack: contextlib.ExitStack, ray: Any, options: RayOptions, stop: Stop | None) -> None:
+    """Start or join the cluster until `stack` closes."""
+    stack.enter_context(_held_stderr(options.quiet))
+    stack.enter_context(_cluster(ray, options.address))
+    # again inside: ray.init installs its own SIGTERM handler (sys.exit(15)), which would skip
+    # the merge of the fragment and the resume hint
+    stack.enter_context(_interrupts(stop))
 
 
 @contextlib.contextmanager
@@ -322,11 +408,15 @@ def _interrupts(stop: Stop | None) -> Iterator[None]:
 
 
 def _rows(
-    inputs: list[str], config: Config, select: Select | None, driver: _Driver
+    inputs: list[str],
+    config: Config,
+    select: Select | None,
+    driver: _Driver,
+    opener: Callable[[str], IO[bytes]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The jobs to send, by resume key; invalid lines get their result here at once."""
     route = route_fingerprint(config)
-    items: Iterable[Job | InvalidLine] = read_jobs(inputs)
+    items: Iterable[Job | InvalidLine] = read_jobs(inputs, opener)
     rows: dict[str, dict[str, Any]] = {}
     reuse = Answers.or_off(driver.answers, config)
     for item in select(items) if select is not None else items:
@@ -361,13 +451,14 @@ def _dispatch(
     options: RayOptions,
     max_cost_micros: int | None,
     fragment: DriverFragment,
+    stop: Stop | None,
 ) -> None:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = actors_for(config, options.actors or max(1, cpus))
     state = ray.remote(RunState).options(num_cpus=0).remote(max_cost_micros)
     if options.on_started is not None:
         options.on_started(state)
-    todo = list(rows.values())
+    todo = [row for key, row in rows.items() if key not in driver.written]
     for _ in range(PASSES):
         batch = options.batch_size or max(16, min(512, math.ceil(len(todo) / (4 * actors))))
         blocks = max(1, math.ceil(len(todo) / batch))
@@ -391,14 +482,81 @@ def _dispatch(
             num_cpus=min(1.0, cpus / actors),
         )
         try:
-            for table in out.iter_batches(batch_format="pyarrow", batch_size=None):
-                driver.batch(table)
+            _drain(out, driver, state, stop)
         except Exception as exc:
             if NOT_SHARED in str(exc):  # an actor refused: the run directory is not on its node
                 raise UsageError(str(exc).split(NOT_SHARED, 1)[1].split("\n", 1)[0]) from None
             raise
+        # answered, but lost on the way here (Ray dropped a killed actor's output): stored
+        driver.recover(rows, [fragment.actors])
         todo = [row for key, row in rows.items() if key not in driver.written]
         if not todo:
             return
-        ray.get(state.forget.remote([row["key"] for row in todo]))
     raise RuntimeError(f"{len(todo)} job(s) got no result after {PASSES} passes on Ray")
+
+
+def _drain(out: Any, driver: _Driver, state: Any, stop: Stop | None) -> None:
+    """Write the results of a pass as they come. On SIGINT/SIGTERM set the run's stop flag and
+    keep writing for the grace period, as a local run lets its calls in flight finish: the
+    actors start no new call, so their blocks end with what they answered (Ray Data hands a
+    block's rows over only when it ends, and an actor whose output is not taken stalls). Then
+    raise KeyboardInterrupt, which ends the run as interrupted; a second signal raises at once.
+
+    The rows are read on a thread and the signals only noted here: a signal raised inside Ray's
+    iterator would break it, or inside a result's write would lose it."""
+    tables: queue.Queue[Any] = queue.Queue(maxsize=2)
+
+    def pump() -> None:
+        try:
+            for table in out.iter_batches(batch_format="pyarrow", batch_size=None):
+                tables.put(table)
+            tables.put(_END)
+        except BaseException as exc:
+            tables.put(exc)
+
+    threading.Thread(target=pump, name="tierline-ray-results", daemon=True).start()
+    signals: list[int] = []
+    deadline: float | None = None
+    with _noted(signals, stop):
+        while deadline is None or time.monotonic() < deadline:
+            if signals and deadline is None:
+                state.stop.remote()
+                grace = stop.grace_s if stop is not None else DEFAULT_GRACE_S
+                deadline = time.monotonic() + grace
+            try:
+                item = tables.get(timeout=STOP_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            driver.batch(item)
+    if signals:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _noted(signals: list[int], stop: Stop | None) -> Iterator[None]:
+    """SIGINT and SIGTERM appended to `signals` (and requested of `stop`), not raised; a second
+    one raises KeyboardInterrupt. Only the main thread can handle signals: elsewhere, as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, _frame: Any) -> None:
+        if signals:
+            raise KeyboardInterrupt
+        signals.append(signum)
+        if stop is not None:
+            stop.request(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_END = object()  # the end of a pass's rows

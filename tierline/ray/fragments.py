@@ -7,6 +7,11 @@ Beside the ledger `L`, a run keeps:
 * `.L.ray-HEX.actors/`: one ledger per actor incarnation (`PID-HEX.db`), where the actor records
   each call as it completes (group commit within milliseconds, as a local run) and commits
   before it hands any result to Ray. A killed actor leaves its file with every call it paid.
+  Each file also keeps the result line of every job the actor answered, by resume key
+  (`ray_results`), committed with (never before) that job's calls: a job answered once is
+  never paid again in this run or its rerun, wherever its result was lost on the way (a
+  killed actor's unsent chunk, a block Ray retried, a stopped or dead driver). A retried
+  block reuses them (`StoredResults`), and so does the driver (`stored_results`).
 
 The actor files are the only source of truth for calls (the rows an actor returns with its
 results are not written by the driver, so nothing is counted twice). At the end `gather` copies
@@ -22,24 +27,82 @@ sends anything (`open_actor_fragment`): no paid call can go unrecorded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
 import shutil
 import socket
 import sqlite3
+import time
 import uuid
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..ledger.merge import merge_ledgers
 from ..ledger.migrations import transaction
-from ..ledger.store import Ledger
+from ..ledger.store import _INSERT, Ledger
 
-__all__ = ["NOT_SHARED", "DriverFragment", "gather", "merge_orphans", "open_actor_fragment"]
+__all__ = [
+    "NOT_SHARED",
+    "ActorFragment",
+    "DriverFragment",
+    "Orphans",
+    "StoredResults",
+    "gather",
+    "merge_orphans",
+    "open_actor_fragment",
+    "stored_results",
+]
 
 NOT_SHARED = "tierline-not-shared: "  # the refusal's prefix, which the driver turns into exit 2
 MARKER = "RUN"  # written by the driver in the run directory: an actor that sees it shares its disk
+RESULTS_TABLE = """CREATE TABLE IF NOT EXISTS ray_results (
+    key TEXT PRIMARY KEY, run_id TEXT NOT NULL, result TEXT NOT NULL)"""
+_SAVE = "INSERT OR REPLACE INTO ray_results (key, run_id, result) VALUES (?, ?, ?)"
+LOOKUP_CHUNK = 500  # keys per query (SQLite's bound-parameter limit is 32,766)
+
+
+class ActorFragment(Ledger):
+    """An actor's ledger file: its calls, and the result line of each job it answered.
+
+    A result rides in the same group commit as the calls recorded before it (its job's
+    included), so a stored result's calls are always in the file: reusing it never hides a
+    paid call. One transaction per group commit, as for calls alone: no extra commit per job."""
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path)
+        self.conn.execute(RESULTS_TABLE)
+        self._results: list[tuple[str, str, str]] = []
+
+    def record_result(self, run_id: str, key: str, line: str) -> None:
+        """Keep `line` (a result record, JSON) as the answer of `key`; committed within
+        milliseconds, as a call is."""
+        self._results.append((key, run_id, line))
+        if self._commit is None:
+            self._commit = asyncio.get_running_loop().create_task(self._group_commit())
+
+    def flush(self) -> None:
+        if not self._results:
+            super().flush()
+            return
+        self._flushed_at = time.monotonic()
+        rows, self._buffer = self._buffer, []
+        results, self._results = self._results, []
+        try:
+            with transaction(self.conn):
+                self.conn.executemany(_INSERT, rows)
+                self.conn.executemany(_SAVE, results)
+        except BaseException:
+            self._buffer[:0] = rows  # not written: kept for the next flush or close()
+            self._results[:0] = results
+            raise
+
+    async def durable(self) -> None:
+        await super().durable()
+        if self._results:  # results recorded after the last call: no commit was waiting
+            self.flush()
 
 
 class DriverFragment:
@@ -68,7 +131,7 @@ def actors_dir(fragment: Path) -> Path:
     return fragment.with_suffix(".actors")
 
 
-def open_actor_fragment(directory: str, run_id: str, actor: str) -> Ledger:
+def open_actor_fragment(directory: str, run_id: str, actor: str) -> ActorFragment:
     """The ledger this actor records its calls in; refuses when the run directory is not here."""
     root = Path(directory)
     if not (root / MARKER).is_file():
@@ -77,7 +140,7 @@ def open_actor_fragment(directory: str, run_id: str, actor: str) -> Ledger:
             f"{root}: --engine ray records each call on the driver's filesystem, so every node "
             "must mount the ledger's directory at the same path (docs/scale-out.md)"
         )
-    ledger = Ledger(root / f"{actor}.db")
+    ledger = ActorFragment(root / f"{actor}.db")
     with transaction(ledger.conn):  # the run row the calls refer to; the driver's is the real one
         ledger.conn.execute(
             "INSERT OR IGNORE INTO runs (id, started_at, command, config_origin, inputs) "
@@ -123,23 +186,97 @@ def _remove(path: Path) -> None:
             os.unlink(f"{path}{suffix}")
 
 
+class Orphans:
+    """The fragments of Ray runs whose driver died (no one holds their lock), found when a run
+    starts: merged into the ledger at once, their stored answers reused by this run (jobs the
+    dead run paid for but never wrote are not sent again), and removed at this run's end, after
+    a second gather takes in what their last actors recorded late. Locked meanwhile, so a
+    concurrent Ray run on the ledger leaves them alone; if this run dies too, the next one
+    finds them again (merging is idempotent)."""
+
+    def __init__(self, ledger_path: Path) -> None:
+        self.ledger_path = ledger_path
+        self.held: list[tuple[Path, int]] = []
+        for path in sorted(ledger_path.parent.glob(f".{ledger_path.name}.ray-*.db")):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a live run's
+            self.held.append((path, fd))
+            _merge(path, ledger_path)
+
+    @property
+    def directories(self) -> list[Path]:
+        return [actors_dir(path) for path, _ in self.held]
+
+    def close(self) -> None:
+        held, self.held = self.held, []
+        for path, fd in held:
+            try:
+                _merge(path, self.ledger_path)
+                _remove(path)
+            finally:
+                os.close(fd)
+
+
+def _merge(path: Path, ledger_path: Path) -> None:
+    with Ledger(path) as fragment:
+        for (run_id,) in fragment.conn.execute("SELECT id FROM runs").fetchall():
+            gather(fragment, run_id, actors_dir(path))
+    merge_ledgers([path], ledger_path)
+
+
 def merge_orphans(ledger_path: Path) -> int:
-    """Gather and merge the fragments of Ray runs whose driver died (no one holds their lock)."""
-    merged = 0
-    for path in sorted(ledger_path.parent.glob(f".{ledger_path.name}.ray-*.db")):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # a live run's
-        try:
-            with Ledger(path) as fragment:
-                for (run_id,) in fragment.conn.execute("SELECT id FROM runs").fetchall():
-                    gather(fragment, run_id, actors_dir(path))
-            merge_ledgers([path], ledger_path)
-            _remove(path)
-            merged += 1
-        finally:
-            os.close(fd)
-    return merged
+    """Gather, merge and remove the fragments of Ray runs whose driver died."""
+    orphans = Orphans(ledger_path)
+    count = len(orphans.held)
+    orphans.close()
+    return count
+
+
+class StoredResults:
+    """The answers stored in the actor files of run directories, looked up by resume key.
+
+    Read while their actors write (WAL readers do not block the writer); a file's answers are
+    committed with their calls, so what is found here was paid and is recorded."""
+
+    def __init__(self, directories: Iterable[Path]) -> None:
+        self.directories = list(directories)
+        self._conns: dict[Path, sqlite3.Connection] = {}
+
+    def find(self, keys: list[str]) -> dict[str, str]:
+        """The stored result line of each of `keys` that has one."""
+        found: dict[str, str] = {}
+        if not keys:
+            return found
+        for path in (p for d in self.directories for p in sorted(d.glob("*.db"))):
+            conn = self._conns.get(path)
+            if conn is None:
+                conn = self._conns[path] = sqlite3.connect(path, timeout=30)
+            for start in range(0, len(keys), LOOKUP_CHUNK):
+                chunk = keys[start : start + LOOKUP_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                query = f"SELECT key, result FROM ray_results WHERE key IN ({marks})"
+                try:
+                    found.update(conn.execute(query, chunk).fetchall())
+                except sqlite3.OperationalError as exc:
+                    if "no such table" not in str(exc):
+                        raise
+                    break  # an actor file being created: nothing stored in it yet
+        return found
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
+def stored_results(directories: Iterable[Path], keys: list[str]) -> Iterator[tuple[str, str]]:
+    """(key, result line) for each of `keys` answered in one of `directories` (the driver)."""
+    stored = StoredResults(directories)
+    try:
+        yield from stored.find(keys).items()
+    finally:
+        stored.close()

@@ -1,5 +1,5 @@
-"""The run's shared state on the cluster: one small actor that owns the budget and remembers
-which jobs are answered.
+"""The run's shared state on the cluster: one small actor that owns the budget and carries
+the driver's stop request to the actors.
 
 **Budget** (`--max-cost`): money must never pass the cap, whatever the number of actors, so it
 is not split up front (a split strands headroom in idle actors and would skip jobs a local run
@@ -12,11 +12,12 @@ An actor that cannot get enough waits for its own in-flight jobs to settle, or h
 it holds and asks again; a job is refused (`skipped_budget`) only when it would not fit even
 with nothing in flight anywhere, as in a local run.
 
-**Answered jobs**: an actor marks each job's resume key here just before it hands the result
-to Ray. When an actor dies, Ray Data retries its block on a restarted actor, which asks here and
-skips what was already answered: no job is paid twice beyond the in-flight window. The driver
-remains the judge of "exactly one result per job" (it keeps the first result of each key and
-sends again any job left without one, tierline/ray/engine.py).
+**Stop** (SIGINT/SIGTERM on the driver): the driver sets the flag here; each actor reads it
+when a block starts and every `STOP_POLL_S` while it works, and then starts no new call: its
+calls in flight finish, and its blocks end early with what they answered, which the driver
+keeps taking for the grace period (tierline/ray/engine.py). Answered jobs are not remembered
+here: each actor's fragment holds them, durably, which a retried block and a rerun read
+(tierline/ray/fragments.py).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from typing import Any
 
 from ..ledger.budget import Budget, Hold
 
-__all__ = ["REFUSE", "LeasedBudget", "RunState"]
+__all__ = ["REFUSE", "STOP_POLL_S", "LeasedBudget", "RunState"]
 
 REFUSE = -1  # grant(): the job cannot fit even with nothing in flight anywhere
 POLL_S = 0.05  # how often an actor that holds nothing asks again for a lease
+STOP_POLL_S = 0.1  # how often an actor reads the stop flag
 
 
 class RunState:
@@ -43,8 +45,8 @@ class RunState:
         self.cap_micros = cap_micros
         self.leased = 0  # micro-dollars granted and not handed back (spent ones included)
         self.spent: dict[str, int] = {}  # each actor's spend, as last reported
-        self.answered_keys: set[int] = set()
         self.handles: list[Any] = []
+        self.stopped = False
 
     # --- budget ------------------------------------------------------------------------------
 
@@ -66,17 +68,13 @@ class RunState:
         self.spent[actor] = spent
         self.leased -= micros
 
-    # --- answered jobs -----------------------------------------------------------------------
+    # --- stop --------------------------------------------------------------------------------
 
-    def answered(self, keys: list[str]) -> list[bool]:
-        return [int(k, 16) in self.answered_keys for k in keys]
+    def stop(self) -> None:
+        self.stopped = True
 
-    def mark(self, keys: list[str]) -> None:
-        self.answered_keys.update(int(k, 16) for k in keys)
-
-    def forget(self, keys: list[str]) -> None:
-        """Jobs marked answered whose result never reached the driver: they may run again."""
-        self.answered_keys.difference_update(int(k, 16) for k in keys)
+    def stopping(self) -> bool:
+        return self.stopped
 
     # --- actors ------------------------------------------------------------------------------
 

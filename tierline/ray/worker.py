@@ -7,14 +7,19 @@ as long as the actor), one in-flight window, the actor's share of the limits
 (tierline/ray/limits.py) and a lease on the run's budget (tierline/ray/state.py).
 
 Each output row is one job: its resume `key`, its result line (`result`, JSON) and the ledger
-rows of its calls (`calls`, JSON). Rows leave in small chunks as jobs finish, each chunk's keys
-marked answered first: a block retried after the actor died skips them.
+rows of its calls (`calls`, JSON). Rows leave in small chunks as jobs finish.
 
 Under `tierline run --engine ray` (`fragments` given) each actor also records every call in
-its own ledger fragment as the call completes, and commits it before any result leaves the
+its own ledger fragment as the call completes, and each job's result line as it is answered
+(in the same group commit, after the job's calls), all committed before any result leaves the
 actor: that file, not the returned `calls`, is what reaches the ledger, so an actor killed
-mid-block loses no paid call (tierline/ray/fragments.py). A library user's `dispatch` has only
-the returned rows: the calls of a killed actor's unreturned results are not in them.
+mid-block loses no paid call (tierline/ray/fragments.py). A block starts by looking its jobs
+up in the run's fragments: a block Ray retries after an actor died reuses the answers the dead
+actor stored instead of paying for them again; only its calls in flight are sent again. The
+actors also read the driver's stop flag (tierline/ray/state.py): once set, no new call starts.
+
+A library user's `dispatch` has only the returned rows: the calls of a killed actor's
+unreturned results are not in them, and a retried block sends its jobs again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,18 +40,19 @@ from ..errors import JobError
 from ..jobs import InvalidLine, Job, Result, parse_line
 from ..ledger.accounting import Accountant
 from ..ledger.store import CallRecord, Ledger
-from ..resume import job_key, route_fingerprint
+from ..resume import DONE_STATUSES, job_key, route_fingerprint
 from ..run.dispatcher import Dispatcher as JobDispatcher
 from ..tiering.pipeline import Tierer
 from ..tiering.vote import TierVote
-from .fragments import open_actor_fragment
+from .fragments import ActorFragment, StoredResults, open_actor_fragment
 from .limits import split_limits
-from .state import LeasedBudget
+from .state import STOP_POLL_S, LeasedBudget
 
 __all__ = ["CallCapture", "Dispatcher", "calls_from_json"]
 
 CHUNK = 64  # results per output chunk ...
 CHUNK_S = 0.5  # ... or this often, whichever first: the driver sees progress, a retry skips more
+Answer = tuple[dict[str, Any], str]  # a job's result record and its JSON line
 COLUMNS = ("key", "id", "line", "source", "status", "output", "cost_usd", "result", "calls")
 
 
@@ -55,7 +62,7 @@ class CallCapture(Ledger):
     The Accountant writes through `record_call` exactly as in a local run; the rows go out
     with the result, and into `fragment` (this actor's ledger file) when there is one."""
 
-    def __init__(self, fragment: Ledger | None = None) -> None:
+    def __init__(self, fragment: ActorFragment | None = None) -> None:
         super().__init__(":memory:")
         self.fragment = fragment
         self.by_job: dict[str | None, list[CallRecord]] = {}
@@ -64,6 +71,10 @@ class CallCapture(Ledger):
         if self.fragment is not None:
             self.fragment.record_call(run_id, call)  # committed within milliseconds
         self.by_job.setdefault(call.job_id, []).append(call)
+
+    def record_result(self, run_id: str, key: str, line: str) -> None:
+        if self.fragment is not None:  # in the same group commit as the job's calls
+            self.fragment.record_result(run_id, key, line)
 
     async def durable(self) -> None:
         """Every call so far committed: the group commit each job waits for, as in a local run."""
@@ -133,6 +144,8 @@ class Dispatcher:
         )
         self.name = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.cap_micros = cap_micros  # --max-cost, leased from `state` in chunks
+        self.stopping = False  # the driver asked the run to stop: no new call
+        self.stored: StoredResults | None = None
         self._ready = False
 
     def _start(self) -> None:
@@ -149,6 +162,7 @@ class Dispatcher:
         fragment = None
         if self.fragments is not None:  # before any call: refuses if the disk is not shared
             fragment = open_actor_fragment(self.fragments, self.run_id, self.name)
+            self.stored = StoredResults([Path(self.fragments)])
         self.capture = CallCapture(fragment)
         self.router = Router(self.config)
         accountant = Accountant(self.config, ledger=self.capture, run_id=self.run_id, budget=budget)
@@ -159,7 +173,15 @@ class Dispatcher:
             import ray
 
             self.state.register.remote(ray.get_runtime_context().current_actor)
+            if self.fragments is not None:  # the CLI's run: the driver may ask it to stop
+                self._watcher = asyncio.ensure_future(self._watch())
         self._ready = True
+
+    async def _watch(self) -> None:
+        """Read the driver's stop flag while blocks run (a block's queued jobs then end early)."""
+        while not self.stopping:
+            await asyncio.sleep(STOP_POLL_S)
+            self.stopping = await self.state.stopping.remote()
 
     async def __call__(self, batch: Any) -> AsyncIterator[dict[str, list[Any]]]:
         if not self._ready:
@@ -170,28 +192,36 @@ class Dispatcher:
             row.get("key") or job_key(item, self.route)
             for row, item in zip(rows, items, strict=True)
         ]
-        if self.state is not None:  # a retried block: skip what a dead actor already answered
-            done = await self.state.answered.remote(keys)
-            items = [i for i, d in zip(items, done, strict=True) if not d]
-            keys = [k for k, d in zip(keys, done, strict=True) if not d]
+        if self.stored is not None and self.state is not None:
+            if not self.stopping:  # the driver's stop flag, as each block starts (and `_watch`)
+                self.stopping = await self.state.stopping.remote()
+            # a retried block (its actor died) or a later pass: what is answered is reused
+            found = self.stored.find(keys)
+            if found:
+                reused = [(orjson.loads(found[k]), found[k]) for k in keys if k in found]
+                yield await self._emit(reused, reused=True)
+                items = [i for i, k in zip(items, keys, strict=True) if k not in found]
+                keys = [k for k in keys if k not in found]
+        if self.stopping:
+            return
         # tiered as one batch, off the event loop (the classifier's cost is per call)
         jobs = [item for item in items if isinstance(item, Job)]
         votes = iter(await asyncio.to_thread(self.tierer.tier_batch, jobs))
-        tasks = {
+        pending = {
             asyncio.ensure_future(
-                self._one(item, None if isinstance(item, InvalidLine) else next(votes))
-            ): key
+                self._one(item, None if isinstance(item, InvalidLine) else next(votes), key)
+            )
             for item, key in zip(items, keys, strict=True)
         }
-        pending = set(tasks)
         try:
             while pending:
-                chunk: list[tuple[str, Result]] = []
+                chunk: list[Answer] = []
                 while pending and len(chunk) < CHUNK:
                     done_now, pending = await asyncio.wait(
                         pending, timeout=CHUNK_S, return_when=asyncio.FIRST_COMPLETED
                     )
-                    chunk += [(tasks[t], t.result()) for t in done_now]
+                    # None: not sent, the run is stopping (the rerun sends it)
+                    chunk += [a for t in done_now if (a := t.result()) is not None]
                     if not done_now:
                         break
                 if chunk:
@@ -202,26 +232,35 @@ class Dispatcher:
             if self.budget is not None:
                 self.budget.give_back()
 
-    async def _one(self, item: Job | InvalidLine, vote: TierVote | None) -> Result:
+    async def _one(self, item: Job | InvalidLine, vote: TierVote | None, key: str) -> Answer | None:
+        """The job's result (record and line, its resume key included), stored in the fragment
+        as soon as it is known; None when the run stopped before the job was sent."""
         if isinstance(item, InvalidLine):
-            return Result.invalid(item)
-        assert vote is not None  # every job of the block was tiered (__call__)
-        async with self.slots:
-            result = await self.dispatcher.send(item, vote)
-        assert result is not None  # no provider batches on Ray (engine.py refuses them)
-        return result
+            result = Result.invalid(item)
+        else:
+            assert vote is not None  # every job of the block was tiered (__call__)
+            async with self.slots:
+                if self.stopping:
+                    return None
+                sent = await self.dispatcher.send(item, vote)
+            assert sent is not None  # no provider batches on Ray (engine.py refuses them)
+            result = sent
+        record = {**result.to_dict(), "key": key}
+        line = orjson.dumps(record).decode()
+        if result.status in DONE_STATUSES:  # a budget skip is decided again, at no cost
+            self.capture.record_result(self.run_id, key, line)
+        return record, line
 
-    async def _emit(self, chunk: list[tuple[str, Result]]) -> dict[str, list[Any]]:
-        keys = [key for key, _ in chunk]
+    async def _emit(self, chunk: list[Answer], *, reused: bool = False) -> dict[str, list[Any]]:
+        """The output rows of `chunk`, once their calls and answers are committed. A reused
+        answer's calls were recorded by the actor that paid for them."""
         await self.capture.durable()
         self.capture.sync()
-        if self.state is not None:
-            await self.state.mark.remote(keys)
         out: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-        for key, result in chunk:
-            record = {**result.to_dict(), "key": key}
+        for record, line in chunk:
             for name in ("key", "id", "line", "source", "status", "output", "cost_usd"):
                 out[name].append(record[name])
-            out["result"].append(orjson.dumps(record).decode())
-            out["calls"].append(calls_to_json(self.capture.take(result.id)))
+            out["result"].append(line)
+            calls = [] if reused else self.capture.take(record["id"])
+            out["calls"].append(calls_to_json(calls))
         return out
