@@ -190,7 +190,8 @@ def test_sigterm_then_rerun_pays_each_job_once(
     orphan left), the actors told to stop. The same command again finishes with one result per
     line, and the server answered each job exactly once over both runs: the jobs the actor
     answered after the driver stopped taking results are taken from its fragment, not sent
-    again. Results and ledger are the local run's in content.
+    again. Results and ledger are the local run's in content. The actors stop starting calls
+    (the run ends with jobs left for the rerun, well within the grace period).
 
     On a cluster the driver joined (`--ray-address`), the actors outlive the driver's exit
     unless they read the stop flag: calls they made after it would be paid and unrecorded."""
@@ -211,6 +212,9 @@ def test_sigterm_then_rerun_pays_each_job_once(
         srv.completed = 0
         srv.latency = 0.1  # slow enough to stop it mid-run
         args += ["-o", "r.jsonl", "--ledger", "l.db", "--engine", "ray", "--ray-actors", "1", *join]
+        # a grace long enough for every job: the run stops early only if the actors read the
+        # stop flag (else they answer all 300 while the driver waits)
+        args += ["--grace", "120"]
         partial = tmp_path / "r.jsonl.partial"
         proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
         while proc.poll() is None and _lines(partial) < 20:  # results are arriving
