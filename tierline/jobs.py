@@ -445,6 +445,14 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _as_written(value: Any) -> str:
+    """A value as the line spelled it (`true`, `"2"`, `7`), or the type of a container."""
+    if isinstance(value, dict | list):
+        return _type_name(value)
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _want(obj: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], what: str) -> Any:
     value = obj.get(key)
     if value is None:
@@ -572,11 +580,32 @@ def _expect(value: Any) -> str | tuple[str, ...] | None:
     raise JobError("'expect' must be a regex string or a non-empty array of labels")
 
 
+# `metadata` is copied into every result line and hashed into the resume key; orjson, which
+# writes both, stops at 254 levels, so deeper JSON crashed the run instead of being a bad line.
+MAX_METADATA_DEPTH = 64
+
+
+def _shallow(value: Any, key: str) -> Any:
+    """`value` (an object of the line, or None) nested at most MAX_METADATA_DEPTH levels."""
+    level, frontier = 0, [value] if value is not None else []
+    while frontier:
+        level += 1
+        if level > MAX_METADATA_DEPTH:
+            raise JobError(f"'{key}' is nested deeper than {MAX_METADATA_DEPTH} levels")
+        frontier = [
+            inner
+            for outer in frontier
+            for inner in (outer.values() if isinstance(outer, dict) else outer)
+            if isinstance(inner, dict | list)
+        ]
+    return value
+
+
 def _tier(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or value not in (1, 2, 3):
-        raise JobError(f"'tier' must be 1, 2 or 3; got {value!r}")
+        raise JobError(f"'tier' must be 1, 2 or 3; got {_as_written(value)}")
     return int(value)
 
 
@@ -620,10 +649,11 @@ def _parse_native(obj: Mapping[str, Any], line: int, source: str) -> Job:
     elif prompt is None:
         raise JobError("missing 'prompt' (or 'messages')")
     else:
-        raise JobError(f"'prompt' must be a non-empty string, got {_type_name(prompt)}")
+        got = "an empty one" if isinstance(prompt, str) else _type_name(prompt)
+        raise JobError(f"'prompt' must be a non-empty string, got {got}")
     if PLAIN_FIELDS.issuperset(obj):  # the common job, without the checks it cannot need
         return Job(job_id, line, source, turns, system, raw=obj)
-    metadata = _want(obj, "metadata", dict, "an object")
+    metadata = _shallow(_want(obj, "metadata", dict, "an object"), "metadata")
     return Job(
         id=job_id,
         line=line,
@@ -668,7 +698,7 @@ def _parse_batch(obj: Mapping[str, Any], line: int, source: str) -> Job:
         tier=_tier(obj.get("tier")),
         stop=_stop(body.get("stop")),
         response_format=_response_format(body.get("response_format")),
-        metadata=_want(body, "metadata", dict, "an object"),
+        metadata=_shallow(_want(body, "metadata", dict, "an object"), "body.metadata"),
         format="openai-batch",
         requested_model=model if isinstance(model, str) else None,
         raw=obj,

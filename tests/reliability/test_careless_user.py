@@ -16,7 +16,7 @@ from tierline.cli import main
 from tierline.errors import ExitCode
 from tierline.resume import RunLock
 
-from .conftest import Calls, jobs_file
+from .conftest import Calls, jobs_file, read_results
 
 
 def run_into_closed_pipe(args: list[str], home: Path) -> tuple[int, str]:
@@ -296,3 +296,48 @@ def test_a_ledger_that_is_not_sqlite_is_a_usage_error(
     assert main([*command, "--ledger", str(jobs)]) == ExitCode.USAGE
     assert "not a SQLite database" in capsys.readouterr().err
     assert jobs.read_bytes() == before
+
+
+def test_metadata_nested_too_deep_is_an_invalid_line_not_a_crash(
+    tmp_path: Path, calls: Calls, three_tiers: Path
+) -> None:
+    """Valid JSON nested 300 levels deep under `metadata` parsed, then crashed `run` (the
+    resume key) and `classify` (the writer) as a bug: exit 70 on every rerun, so one line
+    blocked the whole file. It is a bad line like any other: an error result naming where."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        '{"id": "a", "prompt": "first", "tier": 1}\n'
+        f'{{"id": "deep", "prompt": "second", "tier": 1, "metadata": {deep}}}\n'
+        '{"id": "b", "prompt": "third", "tier": 1}\n'
+    )
+    out = tmp_path / "out.jsonl"
+    args = ["-c", str(three_tiers), "--ledger", str(tmp_path / "l.db"), "-o", str(out)]
+    assert main(["run", str(jobs), *args]) == ExitCode.JOBS_FAILED
+    results = {r["id"]: r for r in read_results(out)}
+    assert results["a"]["status"] == results["b"]["status"] == "ok"
+    assert results["deep"]["status"] == "invalid"
+    assert results["deep"]["error"]["message"].startswith(f"{jobs}:2: 'metadata'")
+    assert sorted(calls.job_ids) == ["a", "b"]
+    classified = tmp_path / "classified.jsonl"
+    assert main(["classify", str(jobs), "-o", str(classified)]) == ExitCode.JOBS_FAILED
+    assert [r.get("status") for r in read_results(classified)] == [None, "invalid", None]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "e", "prompt": ""}', "'prompt' must be a non-empty string, got an empty one"),
+        ('{"id": "s", "prompt": "  "}', "'prompt' must be a non-empty string, got an empty one"),
+        ('{"id": "t", "prompt": "x", "tier": true}', "'tier' must be 1, 2 or 3; got true"),
+        ('{"id": "u", "prompt": "x", "tier": "2"}', "'tier' must be 1, 2 or 3; got \"2\""),
+    ],
+)
+def test_job_errors_quote_the_line_in_json(tmp_path: Path, line: str, message: str) -> None:
+    """The message reads in the user's terms: it said "must be a non-empty string, got
+    string" for "" and quoted JSON's `true` as Python's `True`."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(line + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["classify", str(jobs), "-o", str(out)]) == ExitCode.JOBS_FAILED
+    assert read_results(out)[0]["error"]["message"] == f"{jobs}:1: {message}"
