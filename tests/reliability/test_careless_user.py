@@ -341,3 +341,19 @@ def test_job_errors_quote_the_line_in_json(tmp_path: Path, line: str, message: s
     out = tmp_path / "out.jsonl"
     assert main(["classify", str(jobs), "-o", str(out)]) == ExitCode.JOBS_FAILED
     assert read_results(out)[0]["error"]["message"] == f"{jobs}:1: {message}"
+
+
+@pytest.mark.parametrize("which", ["source", "output"])
+def test_ledger_merge_with_a_file_that_is_not_sqlite_is_a_usage_error(
+    tmp_path: Path, ledger: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    """`ledger merge jobs.jsonl -o all.db` or `-o jobs.jsonl`: exit 70, "file is not a
+    database"; now exit 2 naming the file, which is left as it was."""
+    jobs = tmp_path / "jobs.jsonl"
+    before = jobs.read_bytes()
+    sources, output = ([str(jobs)], str(tmp_path / "all.db"))
+    if which == "output":
+        sources, output = [str(ledger)], str(jobs)
+    assert main(["ledger", "merge", *sources, "-o", output]) == ExitCode.USAGE
+    assert "not a SQLite database" in capsys.readouterr().err
+    assert jobs.read_bytes() == before

@@ -274,6 +274,8 @@ def merge(
     """Combine the ledgers of `--shard` runs on several hosts; merging twice adds nothing."""
     from ..ledger.merge import merge_ledgers  # only this command needs it
 
+    for path in [*sources, output]:
+        check_sqlite(Path(path), f"ledger {path}")
     report = merge_ledgers(sources, output)
     if not quiet:
         rows = ", ".join(f"{n} {t}" for t, n in sorted(report.rows.items())) or "no rows"
