@@ -107,6 +107,34 @@ def test_output_over_the_answer_cache_is_refused(
     assert cache.read_bytes().startswith(b"SQLite format 3\x00")
 
 
+@pytest.mark.parametrize("how", ["same name", "symlink"])
+def test_the_ledger_as_answer_cache_is_refused(
+    tmp_path: Path, calls: Calls, three_tiers: Path, how: str
+) -> None:
+    """`--cache` the ledger (by name or through a symlink): the cache's table landed among the
+    run's money records. Exit 2 before the cache is opened: nothing sent, no new ledger run,
+    no cache table in the ledger."""
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 6)
+    ledger = tmp_path / "l.db"
+    args = ["run", str(jobs), "-c", str(three_tiers), "--ledger", str(ledger)]
+    assert main([*args, "-o", str(tmp_path / "first.jsonl")]) == 0
+    tables_before = _tables(ledger)
+    cache = ledger
+    if how == "symlink":
+        cache = tmp_path / "cache.sqlite"
+        cache.symlink_to(ledger)
+    assert main([*args, "-o", str(tmp_path / "second.jsonl"), "--cache", str(cache)]) == 2
+    assert len(calls.job_ids) == 6
+    assert ledger_runs(ledger) == 1
+    assert _tables(ledger) == tables_before
+    assert not (tmp_path / "second.jsonl").exists()
+
+
+def _tables(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
 @pytest.mark.parametrize("side", [".partial", ".lock", ".partial.resume", ".collect"])
 def test_output_named_like_another_outputs_own_file_is_refused(
     tmp_path: Path, calls: Calls, three_tiers: Path, side: str

@@ -254,14 +254,19 @@ def _check_writable(path: Path, where: str, fix: str) -> None:
         conn.close()
 
 
-def answer_cache(config: Config, path: str | None) -> Path | None:
+def answer_cache(config: Config, path: str | None, ledger: Path) -> Path | None:
     """The answer cache the run will use (None: off), opened once as the run opens it: a
     directory, a device or a file that is not SQLite is found here, before the output is
-    locked and the run entered in the ledger."""
+    locked and the run entered in the ledger. The ledger itself is refused before it is
+    opened: the cache's table would land among the run's money records (and in what `ledger
+    merge` copies), and clearing the cache would mean editing the ledger."""
     if path is None and config.cache is None:
         return None
     from ..dispatch.answers import AnswerCache, cache_path
 
     settings = config.cache or CacheConfig()
+    where = cache_path(settings, path)
+    if _same(os.path.realpath(where), os.path.realpath(ledger)):
+        raise UsageError(f"--cache {where}: that is the ledger; give the answer cache its own file")
     AnswerCache.from_config(settings, path).close()
-    return cache_path(settings, path)
+    return where

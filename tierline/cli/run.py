@@ -145,7 +145,7 @@ def run(
     _check_retry(retry_failed, output, fresh)
     check_inputs(_local_inputs(inputs, on_ray))
     check_names([config or os.environ.get("TIERLINE_CONFIG")], "config")
-    cache_file = answer_cache(cfg, cache)
+    cache_file = answer_cache(cfg, cache, ledger_path)
     output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg), cache_file)
     check_ledger(ledger_path, _ledger_origin(ledger, cfg))
     request = RunRequest(
