@@ -68,7 +68,11 @@ class _Strict(BaseModel):
     # Unknown keys are errors: a typo like `max_concurency` must not be silently ignored.
     # `inf` and `nan` are TOML floats but never a meaningful setting (`timeout_s = inf` would
     # wait forever, a nan threshold compares false everywhere): refused for every float.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # defer_build: a model's validator is built on its first use, not at import; `tierline
+    # classify` validates one Config (nested models built inside it) and nothing else.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True
+    )
 
 
 class PriceConfig(_Strict):
