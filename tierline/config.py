@@ -30,11 +30,6 @@ from pydantic import (
 
 from .errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
-
 __all__ = [
     "KINDS",
     "AnthropicBackendConfig",
@@ -70,9 +65,7 @@ class _Strict(BaseModel):
     # wait forever, a nan threshold compares false everywhere): refused for every float.
     # defer_build: a model's validator is built on its first use, not at import; `tierline
     # classify` validates one Config (nested models built inside it) and nothing else.
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 class PriceConfig(_Strict):
@@ -644,6 +637,12 @@ def load_config(explicit: str | None = None) -> Config:
 
 def config_from_toml(text: str, *, origin: str) -> Config:
     """Parse and validate TOML text; errors name the origin."""
+    # Imported here: the embedded default (no config file) never parses TOML.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised only on 3.10
+        import tomli as tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
