@@ -385,3 +385,30 @@ def test_ledger_merge_with_a_file_that_is_not_sqlite_is_a_usage_error(
     assert main(["ledger", "merge", *sources, "-o", output]) == ExitCode.USAGE
     assert "not a SQLite database" in capsys.readouterr().err
     assert jobs.read_bytes() == before
+
+
+def test_a_missing_api_key_is_named_once_in_the_summary(tmp_path: Path) -> None:
+    """Every job fails for one reason (no key): the one-line summary a cron mail shows must say
+    which variable to set, not only "2 failed" with the reason buried in each result line. A
+    real subprocess without OPENAI_API_KEY, `-q` (cron's setting) and stdout a file."""
+    config = tmp_path / "tierline.toml"
+    config.write_text(
+        '[backends.gpt]\nkind = "openai"\nmodel = "gpt-4o-mini"\n'
+        '[routes]\n1 = ["gpt"]\n2 = ["gpt"]\n3 = ["gpt"]\n',
+        encoding="utf-8",
+    )
+    jobs = jobs_file(tmp_path / "jobs.jsonl", 3)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tierline", "run", str(jobs), "-c", str(config), "-q"],
+        capture_output=True,
+        env={**env, "TIERLINE_HOME": str(tmp_path / "home")},
+        timeout=120,
+    )
+    assert proc.returncode == ExitCode.JOBS_FAILED
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert "3 failed" in lines[0]
+    assert "most common error, 3 job(s): backend 'gpt': no API key" in lines[0]
+    assert "OPENAI_API_KEY" in lines[0]
+    assert len(proc.stdout.splitlines()) == 3

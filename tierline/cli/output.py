@@ -106,6 +106,8 @@ def print_summary(summary: RunSummary, *, quiet: bool) -> None:
     for note in summary.notes:
         err_console.print(f"  note: {note}", markup=False)
     if t.failed:
+        if (top := t.top_error()) is not None:
+            err_console.print(f"  most common error, {top}", markup=False)
         err_console.print(
             "  failed jobs have status != \"ok\" and an 'error' in the results", markup=False
         )

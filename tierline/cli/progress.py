@@ -130,6 +130,8 @@ def summary_line(summary: RunSummary, *, notes: Sequence[str] = ()) -> str:
     if t.unpriced:
         cost += f" + {t.unpriced} job(s) with NO KNOWN PRICE"
     parts.append(cost)
+    if (top := t.top_error()) is not None:
+        parts.append(f"most common error, {top}")
     parts.extend(notes or summary.notes)
     if summary.run_id:
         parts.append(f"run {summary.run_id}")

@@ -10,6 +10,7 @@ from ..jobs import Result, Usage
 
 __all__ = ["DEFAULT_NOTE", "RunSummary", "Tally"]
 
+_DISTINCT_ERRORS = 100
 DEFAULT_NOTE = "embedded default config (no tierline.toml): every tier runs on the local model"
 
 
@@ -30,12 +31,17 @@ class Tally:
     failed_checks: Counter[str] = field(default_factory=Counter)  # ... that failed a check
     deduped: int = 0  # copies of an identical job's answer (not sent)
     cached: int = 0  # answers from the answer cache (not sent)
+    # why jobs failed, by message: the summary names the most common one, so that a missing
+    # API key or a dead server is said once on stderr, not only in every failed result line
+    errors: Counter[str] = field(default_factory=Counter)
 
     def add(self, result: Result) -> None:
         self.jobs += 1
         self.deduped += result.dedup_of is not None
         self.cached += result.cached
         self.by_status[result.status] += 1
+        if result.error and result.status not in ("ok", "pending"):
+            self._count_error(result.error.get("message") or result.error.get("type", ""))
         if result.tier is not None:
             self.by_tier[result.tier] += 1
         if result.backend:
@@ -55,6 +61,19 @@ class Tally:
                 self.answers[hop.backend] += 1
                 if hop.check is not None:
                     self.failed_checks[hop.backend] += 1
+
+    def _count_error(self, message: str) -> None:
+        # bounded: invalid lines each name their own file:line, and a million of them must not
+        # become a million keys; the common causes are among the first distinct ones seen
+        if message in self.errors or len(self.errors) < _DISTINCT_ERRORS:
+            self.errors[message] += 1
+
+    def top_error(self) -> str | None:
+        """The most common failure, as "N job(s): message" (the first seen on a tie)."""
+        if not self.errors:
+            return None
+        message, n = self.errors.most_common(1)[0]
+        return f"{n} job(s): {message}"
 
     @property
     def failed(self) -> int:
