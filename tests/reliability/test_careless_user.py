@@ -262,6 +262,11 @@ def test_a_file_name_that_is_not_utf8_is_a_usage_error(
     assert not [p for p in os.listdir(tmp_path) if p.startswith(("out", "odd-\udcff.jsonl."))]
     if which == "input":
         assert main(["classify", str(jobs)]) == ExitCode.USAGE
+    label = ["tiering", "label", str(jobs), "-c", config, "-o", str(tmp_path / "outcomes.jsonl")]
+    assert main([*label, "--ledger", str(tmp_path / "l.db")]) == ExitCode.USAGE
+    assert "odd-\\xff.jsonl" in capsys.readouterr().err
+    assert calls.job_ids == []
+    assert not (tmp_path / "outcomes.jsonl").exists()
 
 
 def ledger_calls(path: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -12,6 +13,7 @@ from ..config import load_config
 from ..errors import UsageError
 from .options import ConfigPath, LedgerPath, MaxCost, Quiet
 from .output import err_console
+from .preflight import check_names
 
 if TYPE_CHECKING:
     from ..jobs import Job
@@ -217,6 +219,9 @@ def label(
 
     if weak_tier == strong_tier:
         raise UsageError("--weak-tier and --strong-tier must differ")
+    # the outcomes file and the ledger are UTF-8: a name that is not would crash as a bug
+    check_names(jobs, "input")
+    check_names([str(config) if config else os.environ.get("TIERLINE_CONFIG")], "config")
     cfg = load_config(config)
     valid = _valid_jobs(jobs)
     done = run_label(
