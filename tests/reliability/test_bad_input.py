@@ -358,6 +358,22 @@ def test_max_cost_must_be_a_finite_amount(
     assert calls.job_ids == []
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e9"])
+def test_grace_must_be_a_finite_number_of_seconds(
+    tmp_path: Path,
+    calls: Calls,
+    three_tiers: Path,
+    jobs: Path,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+) -> None:
+    """`--grace nan` was refused as "greater than or equal to 0", which it is not about; `inf`
+    would wait forever after Ctrl-C. One line naming the option and the range, exit 2."""
+    code, err = run_quiet(capsys, "run", jobs, "-c", three_tiers, f"--grace={value}")
+    assert code == 2 and len(err) == 1 and "--grace" in err[0] and "0 to 86,400" in err[0], err
+    assert calls.job_ids == []
+
+
 @pytest.mark.parametrize(
     ("setting", "key"),
     [

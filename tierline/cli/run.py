@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 from contextlib import AbstractContextManager
 from decimal import Decimal
@@ -44,13 +45,26 @@ ShardOption = Annotated[
         "entries can split one file. Merge their ledgers with `tierline ledger merge`.",
     ),
 ]
+MAX_GRACE_S = 86_400.0
+
+
+def _finite_grace(value: float) -> float:
+    """A grace of `nan` or `inf` is no number of seconds (`nan` read "must be >= 0")."""
+    if not (math.isfinite(value) and 0 <= value <= MAX_GRACE_S):
+        raise UsageError(
+            f"--grace {value!r}: give a number of seconds from 0 to {MAX_GRACE_S:,.0f}"
+        )
+    return value
+
+
 Grace = Annotated[
     float,
     typer.Option(
         "--grace",
-        min=0,
+        callback=_finite_grace,
         metavar="SECONDS",
-        help="On SIGINT/SIGTERM, let in-flight calls finish for this long before cancelling them.",
+        help="On SIGINT/SIGTERM, let in-flight calls finish for this long (0 to 86,400) before "
+        "cancelling them.",
     ),
 ]
 Fresh = Annotated[
