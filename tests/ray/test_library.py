@@ -4,6 +4,7 @@ points), on a real local Ray cluster."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import pytest
 
 import tierline.ray
 from tests.fakes import FakeVLLM
+from tierline.cli import main
 from tierline.config import load_config
 
-from .conftest import vllm_config
+from .conftest import CountingVLLM, vllm_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,6 +45,39 @@ def test_dispatch_returns_one_result_row_per_job(ray_cluster: Any, tmp_path: Pat
     assert line["id"] == got[0]["id"] and line["output"] == got[0]["output"] and line["key"]
     calls = json.loads(got[0]["calls"])
     assert len(calls) == 1 and calls[0]["job_id"] == got[0]["id"] and calls[0]["cost_nanos"] > 0
+
+
+def test_dispatch_with_a_run_dir_never_pays_twice(ray_cluster: Any, tmp_path: Path) -> None:
+    """With `run_dir`, each actor stores its answers and calls there: the same pipeline run
+    again (as a block Ray retries after an actor loss is) sends nothing, gives the same
+    results, and `tierline.ray.record` puts every paid call in a ledger once. Without it, the
+    second run would pay for all 40 jobs again."""
+    ray = ray_cluster
+    run_dir = tmp_path / "run"
+    with CountingVLLM() as srv:
+        config = load_config(str(vllm_config(tmp_path / "t.toml", [srv])))
+
+        def once() -> dict[str, dict[str, Any]]:
+            ds = ray.data.from_items(rows(40))
+            out = tierline.ray.dispatch(ds, config, actors=2, batch_size=8, run_dir=run_dir)
+            return {r["id"]: r for r in out.take_all()}
+
+        first = once()
+        completions = srv.completed
+        second = once()
+        assert srv.completed == completions  # nothing sent again
+    assert len(first) == 40 and {r["status"] for r in first.values()} == {"ok"}
+    assert {i: r["output"] for i, r in second.items()} == {i: r["output"] for i, r in first.items()}
+    assert all(json.loads(r["calls"]) == [] for r in second.values())  # paid by the first run
+    ledger = tmp_path / "ledger.db"
+    assert tierline.ray.record(run_dir, ledger) == 40
+    assert tierline.ray.record(run_dir, ledger) == 40  # again: nothing added
+    with sqlite3.connect(ledger) as db:
+        calls, jobs = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT job_id) FROM calls WHERE status = 'ok'"
+        ).fetchone()
+    assert calls == jobs == 40
+    assert main(["ledger", "summary", "--ledger", str(ledger)]) == 0
 
 
 def test_dispatch_turns_a_bad_row_into_an_error_row(ray_cluster: Any, tmp_path: Path) -> None:

@@ -15,19 +15,21 @@ and the ledger rows of its calls (``calls``, JSON). ``classify`` adds ``tier``, 
 ``confidence`` to each row. The command line's ``tierline run --engine ray`` uses the same
 actors and also writes the results file, the one ledger and the summary (engine.py); unlike
 ``dispatch``, it records each call on disk in the actor, so a killed actor's paid calls reach
-the ledger (fragments.py). Here ``calls`` travels with its result, and the calls of results a
-killed actor had not handed over are in no row.
+the ledger (fragments.py). Here ``calls`` travels with its result; pass ``run_dir`` to get the
+command line's guarantee (a killed actor's answers reused, not paid again; every paid call on
+disk in the actor files of that directory, which ``record`` merges into a ledger).
 
 Ray is imported only when one of these is called: importing ``tierline.ray`` does not need it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..config import Config
 
-__all__ = ["classify", "dispatch"]
+__all__ = ["classify", "dispatch", "record"]
 
 
 def dispatch(
@@ -38,15 +40,22 @@ def dispatch(
     batch_size: int = 256,
     max_cost_usd: float | None = None,
     num_cpus: float = 1.0,
+    run_dir: str | Path | None = None,
+    run_id: str = "ray",
 ) -> Any:
     """Tier and dispatch every row of `ds` through a pool of `actors` tierline dispatchers.
 
     Limits are split evenly over the actors and `max_cost_usd` is one budget for all of them
-    (tierline/ray/limits.py, state.py)."""
+    (tierline/ray/limits.py, state.py). With `run_dir` (a directory every node mounts at the
+    same path), each actor records its calls and answers there as `tierline run --engine ray`
+    does: a block Ray retries after an actor loss, or the same pipeline run again with the same
+    `run_dir`, reuses the answers already paid for instead of sending them again, and
+    `tierline.ray.record(run_dir, ledger)` puts every paid call in a ledger, as one run."""
     from decimal import Decimal
 
     from ..ledger.pricing import to_micros
     from .engine import check_config, require_ray
+    from .fragments import mark_shared
     from .limits import actors_for
     from .state import RunState
     from .worker import Dispatcher
@@ -60,15 +69,27 @@ def dispatch(
         Dispatcher,
         fn_constructor_kwargs={
             "config": config,
+            "run_id": run_id,
             "state": state,
             "actors": actors,
             "cap_micros": cap,
+            "fragments": None if run_dir is None else str(mark_shared(Path(run_dir))),
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         batch_size=batch_size,
         batch_format="pyarrow",
         num_cpus=num_cpus,
     )
+
+
+def record(run_dir: str | Path, ledger: str | Path, *, run_id: str = "ray") -> int:
+    """Merge the calls `dispatch(..., run_dir=run_dir)` paid for into the SQLite ledger at
+    `ledger` (created if missing) as one run, once the pipeline has finished; the number of
+    calls. `tierline ledger summary --ledger LEDGER` then shows them as after a CLI run.
+    Needs no Ray (the actor files are SQLite)."""
+    from .fragments import merge_run_dir
+
+    return merge_run_dir(Path(run_dir).resolve(), Path(ledger), run_id)
 
 
 class _Classifier:

@@ -51,7 +51,9 @@ __all__ = [
     "Orphans",
     "StoredResults",
     "gather",
+    "mark_shared",
     "merge_orphans",
+    "merge_run_dir",
     "open_actor_fragment",
     "stored_results",
 ]
@@ -115,7 +117,7 @@ class DriverFragment:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.actors = actors_dir(self.path)
         self.actors.mkdir()
-        (self.actors / MARKER).write_text(f"{socket.gethostname()}\n", encoding="utf-8")
+        mark_shared(self.actors)
 
     def gather(self, run_id: str) -> None:
         gather(self.ledger, run_id, self.actors)
@@ -125,6 +127,16 @@ class DriverFragment:
         merge_ledgers([self.path], ledger_path)
         _remove(self.path)
         os.close(self._lock)
+
+
+def mark_shared(directory: Path) -> Path:
+    """Make `directory` a run directory of actor files (created if missing), marked so that an
+    actor on a node that cannot see it refuses before sending; its absolute path (actors run
+    elsewhere)."""
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text(f"{socket.gethostname()}\n", encoding="utf-8")
+    return directory
 
 
 def actors_dir(fragment: Path) -> Path:
@@ -176,6 +188,33 @@ def gather(fragment: Ledger, run_id: str, directory: Path) -> int:
                 src.close()
             conn.executemany(insert, rows)
             copied += len(rows)
+    return copied
+
+
+def merge_run_dir(directory: Path, ledger_path: Path, run_id: str) -> int:
+    """Every call the actors of `directory` recorded for `run_id` into the ledger at
+    `ledger_path`, as one run (`tierline.ray.dispatch` with `run_dir`): gathered into a
+    fragment beside the ledger, then merged; the number of calls. Merging the same run again
+    adds nothing (`ledger merge` is idempotent per run)."""
+    if not (directory / MARKER).is_file():
+        raise FileNotFoundError(f"{directory}: not a run directory of tierline's Ray actors")
+    path = ledger_path.with_name(f".{ledger_path.name}.ray-{uuid.uuid4().hex[:12]}.db")
+    fragment = Ledger(path)
+    try:
+        with transaction(fragment.conn):
+            fragment.conn.execute(
+                "INSERT INTO runs (id, started_at, command, config_origin, inputs) "
+                "VALUES (?, ?, 'tierline.ray.dispatch', '', ?)",
+                (run_id, datetime.now(timezone.utc).isoformat(), str(directory)),
+            )
+        copied = gather(fragment, run_id, directory)
+        fragment.close()
+        merge_ledgers([path], ledger_path)
+    finally:
+        fragment.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
     return copied
 
 
