@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import subprocess
 import sys
@@ -32,19 +31,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_ray import write_jobs  # noqa: E402 - the same jobs as bench_ray
+
 from tierline.dispatch.limits import BURST_S  # noqa: E402 - after the path is set
 
 MODEL = "bench-model"
 MAX_TOKENS = 16
 WINDOWS = (BURST_S, 60.0)
-
-
-def write_jobs(path: Path, jobs: int) -> Path:
-    with path.open("w", encoding="utf-8") as fh:
-        for i in range(jobs):
-            prompt = f"Summarize ticket {i}: the printer on floor {i % 7} is jammed again."
-            fh.write(json.dumps({"id": f"j{i}", "prompt": prompt, "tier": 1}) + "\n")
-    return path
 
 
 def config(url: str, limit: dict[str, int]) -> Any:
