@@ -198,23 +198,22 @@ def merge_run_dir(directory: Path, ledger_path: Path, run_id: str) -> int:
     adds nothing (`ledger merge` is idempotent per run)."""
     if not (directory / MARKER).is_file():
         raise FileNotFoundError(f"{directory}: not a run directory of tierline's Ray actors")
-    path = ledger_path.with_name(f".{ledger_path.name}.ray-{uuid.uuid4().hex[:12]}.db")
-    fragment = Ledger(path)
+    # not named like a driver's fragment (`.ray-*.db`): a Ray run starting on the same ledger
+    # would take this unlocked file for a dead driver's and merge it half built, and then this
+    # merge would add nothing (merging is idempotent per run)
+    path = ledger_path.with_name(f".{ledger_path.name}.record-{uuid.uuid4().hex[:12]}.db")
     try:
-        with transaction(fragment.conn):
-            fragment.conn.execute(
-                "INSERT INTO runs (id, started_at, command, config_origin, inputs) "
-                "VALUES (?, ?, 'tierline.ray.dispatch', '', ?)",
-                (run_id, datetime.now(timezone.utc).isoformat(), str(directory)),
-            )
-        copied = gather(fragment, run_id, directory)
-        fragment.close()
+        with Ledger(path) as fragment:
+            with transaction(fragment.conn):
+                fragment.conn.execute(
+                    "INSERT INTO runs (id, started_at, command, config_origin, inputs) "
+                    "VALUES (?, ?, 'tierline.ray.dispatch', '', ?)",
+                    (run_id, datetime.now(timezone.utc).isoformat(), str(directory)),
+                )
+            copied = gather(fragment, run_id, directory)
         merge_ledgers([path], ledger_path)
     finally:
-        fragment.close()
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}{suffix}")
+        _remove(path)
     return copied
 
 
