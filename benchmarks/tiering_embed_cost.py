@@ -25,19 +25,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--jobs", type=int, default=30)
     ap.add_argument("--batch", action="store_true", help="one embed() call for all the jobs")
     args = ap.parse_args(argv)
-    import llama_cpp
-
-    from tierline.dispatch.llamacpp import default_model_path
+    from tiering_embed_effect import embedding_model  # beside this file
 
     texts = [json.loads(x)["prompt"] for x in DATA.read_text().splitlines()][: args.jobs]
-    model = llama_cpp.Llama(
-        model_path=str(default_model_path()),
-        embedding=True,
-        n_ctx=512,
-        n_threads=1,
-        verbose=False,
-        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-    )
+    model = embedding_model()
     model.embed(texts[0][:1500])  # warm-up
     tokens = sum(len(model.tokenize(t[:1500].encode())) for t in texts)
     cpu, wall = time.process_time(), time.perf_counter()

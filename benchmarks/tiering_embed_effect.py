@@ -43,12 +43,13 @@ def _sample(rows: list[LabelledPrompt], per_group: int) -> list[LabelledPrompt]:
     return out
 
 
-def _embedder(max_tokens: int):  # type: ignore[no-untyped-def]
+def embedding_model():  # type: ignore[no-untyped-def]
+    """The embedded SmolLM2 as a mean-pooled embedder on one thread (tiering_embed_cost.py too)."""
     import llama_cpp
 
     from tierline.dispatch.llamacpp import default_model_path
 
-    model = llama_cpp.Llama(
+    return llama_cpp.Llama(
         model_path=str(default_model_path()),
         embedding=True,
         n_ctx=512,
@@ -56,6 +57,10 @@ def _embedder(max_tokens: int):  # type: ignore[no-untyped-def]
         verbose=False,
         pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
     )
+
+
+def _embedder(max_tokens: int):  # type: ignore[no-untyped-def]
+    model = embedding_model()
 
     def embed(texts: list[str]) -> npt.NDArray[np.float64]:
         cut = [
