@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,10 @@ def test_a_plugin_bug_exits_70_in_one_line_and_keeps_the_results(tmp_path: Path)
         kept = [json.loads(line) for line in partial.read_bytes().splitlines()]
         assert sorted((r["id"], r["status"]) for r in kept) == [(f"j{i}", "ok") for i in range(5)]
         written = partial.read_bytes() + ledger.read_bytes() + crashed.stdout + crashed.stderr
+        # the run's row is closed, not left `running`: its results so far, its calls' cost
+        with sqlite3.connect(ledger) as db:
+            row = db.execute("SELECT status, jobs, ok, finished_at FROM runs").fetchall()
+        assert [r[:3] for r in row] == [("aborted", 5, 5)] and row[0][3] is not None
         assert KEY.encode() not in written and KEY[8:].encode() not in written
         sent_before = chats(server)
 

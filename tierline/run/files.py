@@ -3,6 +3,7 @@ close the ledger run with its counts."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -64,6 +65,17 @@ def start_run(
     return run_id
 
 
+def _abandon(ledger: Ledger, run_id: str, tally: Tally, exc: BaseException) -> None:
+    """Close the run's row of a run that ends on an exception (a full disk, a closed pipe, a
+    bug: the CLI's exit 74, 141 or 70) as `aborted` (or `interrupted`, for Ctrl-C reaching a
+    library caller), with the results written so far and the cost of every call recorded, so
+    the ledger does not show it `running` for ever. Best effort: when the ledger is what
+    failed (its disk is full), the original error is the one to report."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted"
+    with contextlib.suppress(Exception):  # the run's own exception is re-raised by the caller
+        finish_run(ledger, run_id, tally, status)
+
+
 def finish_run(ledger: Ledger, run_id: str, tally: Tally, status: str) -> None:
     """Close the run's row in the ledger with the tally's counts (start_run's other half)."""
     ledger.finish_run(
@@ -110,6 +122,7 @@ async def run_files(
         divert = open_diverter(batches, config=config, ledger=ledger, run_id=run_id, inputs=inputs)
         items: Iterable[Job | InvalidLine] = read_jobs(inputs)
         answers = _answers(config, cache_path, batches=divert is not None)
+        counted = Tally()
         try:
             summary = await run_jobs(
                 select(items) if select is not None else items,
@@ -123,7 +136,11 @@ async def run_files(
                 budget=None if max_cost_micros is None else Budget(max_cost_micros),
                 divert=divert,
                 answers=answers,
+                tally=counted,
             )
+        except BaseException as exc:
+            _abandon(ledger, run_id, counted, exc)
+            raise
         finally:
             if answers is not None and answers.cache is not None:
                 answers.cache.close()

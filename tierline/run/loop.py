@@ -59,6 +59,7 @@ async def run_jobs(
     budget: Budget | None = None,
     divert: BatchDiverter | None = None,
     answers: Answers | None = None,
+    tally: Tally | None = None,
 ) -> RunSummary:
     """Tier and dispatch every item; call `sink` once per input item, in completion order.
 
@@ -74,6 +75,9 @@ async def run_jobs(
 
     With `stop`, a stop request (SIGINT/SIGTERM) ends reading, and in-flight jobs get its grace
     period before being cancelled; a cancelled job emits nothing (a resume redoes it).
+
+    `tally` (a fresh one by default) counts the results as they are emitted: a caller that
+    passes its own still has the counts when the run ends on an exception.
     """
     started = time.perf_counter()
     router = Router(config, backends)  # warmed before the first send (Dispatcher.send)
@@ -88,6 +92,7 @@ async def run_jobs(
         sink,
         window,
         stop,
+        tally if tally is not None else Tally(),
     )
     if divert is not None:
         divert.bind(loop.emit)
@@ -115,13 +120,14 @@ class _Loop:
         sink: Sink,
         window: int,
         stop: Stop | None,
+        tally: Tally,
     ) -> None:
         self.dispatcher = dispatcher
         self.tierer = tierer
         self.reuse = reuse
         self.sink = sink
         self.stop = stop
-        self.tally = Tally()
+        self.tally = tally
         self.slots = asyncio.Semaphore(window)
         self.in_flight: set[asyncio.Task[None]] = set()
         self.feed: asyncio.Queue[_Entry | None] = asyncio.Queue(maxsize=TIER_CHUNK)
