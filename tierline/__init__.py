@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,6 +33,18 @@ _HOME = {
     "Tierer": "tiering.pipeline",
     "TierVote": "tiering.vote",
 }
+
+
+def console_main() -> None:
+    """The `tierline` command (and `python -m tierline`). The CLI's own imports (typer, rich:
+    about 0.1 s) happen in here, so a Ctrl-C during them ends as a Ctrl-C anywhere else does
+    (one line, exit 130), not with a KeyboardInterrupt traceback."""
+    try:
+        from .cli import cli_exit
+    except KeyboardInterrupt:
+        sys.stderr.write("tierline: interrupted\n")
+        raise SystemExit(130) from None  # ExitCode.INTERRUPTED, without importing more
+    cli_exit()
 
 
 def __getattr__(name: str) -> Any:

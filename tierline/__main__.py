@@ -1,3 +1,3 @@
-from tierline.cli import cli_exit
+from tierline import console_main
 
-cli_exit()
+console_main()

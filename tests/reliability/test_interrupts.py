@@ -4,7 +4,10 @@ nothing lost, nothing duplicated, paid calls repeated on resume at most the in-f
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,3 +217,19 @@ def test_stdout_redirected_to_a_file_is_locked_too(tmp_path: Path, vllm: FakeVLL
         finally:
             first.send_signal(signal.SIGTERM)
             first.communicate(timeout=HANG_GUARD)
+
+
+def test_ctrl_c_while_the_cli_is_imported_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """A Ctrl-C in the first tenth of a second (typer and rich loading) printed a
+    KeyboardInterrupt traceback. A stand-in `typer` on PYTHONPATH sends the SIGINT from inside
+    that import, every time."""
+    (tmp_path / "typer.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    for command in (["-m", "tierline"], ["-c", "import tierline; tierline.console_main()"]):
+        done = subprocess.run(
+            [sys.executable, *command, "--help"],
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": path},
+            timeout=60,
+        )
+        assert (done.returncode, done.stderr, done.stdout) == (130, b"tierline: interrupted\n", b"")
