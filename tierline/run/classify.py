@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from itertools import chain
-from typing import TYPE_CHECKING, Any
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from io import BufferedReader, BufferedWriter
     from threading import Lock
 
-__all__ = ["Classified", "WorkerLost", "classify_files", "tier_chunk"]
+__all__ = ["Chunk", "Classified", "WorkerLost", "classify_files", "tier_chunk"]
 
 Line = tuple[str, int, bytes | None]  # source, line number, bytes (None: over MAX_LINE_BYTES)
 
@@ -54,6 +54,7 @@ MAX_WORKERS = 4
 # keeps memory flat when prompts are huge.
 IN_FLIGHT = 2
 IN_FLIGHT_BYTES = 64 * 2**20
+PIPE_BYTES = 2**20  # each worker pipe's buffer (_pipe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,24 @@ class Classified:
     lines: int  # result lines written: one per input line that is not blank
     invalid: int  # of which not a valid job (each with its error)
     workers: int = 0  # worker processes that tiered it (0: this process alone)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Up to `BATCH` non-blank lines, as plain lists (a worker is sent them pickled: lists of
+    bytes and ints cost a fraction of a tuple per line)."""
+
+    raws: list[bytes | None]  # each line's bytes (None: over MAX_LINE_BYTES)
+    numbers: list[int]  # each line's number in its source
+    sources: list[tuple[str, int]]  # (source, how many of the lines are its), in order
+    size: int  # bytes
+
+    def lines(self) -> Iterator[Line]:
+        """(source, line number, bytes) of each line."""
+        return zip(self.each_source(), self.numbers, self.raws, strict=True)
+
+    def each_source(self) -> Iterator[str]:
+        return chain.from_iterable(repeat(source, n) for source, n in self.sources)
 
 
 class WorkerLost(TierlineError):
@@ -82,7 +101,7 @@ def classify_files(
         chunks = _chunks(raw_lines(inputs))
         head = _read_ahead(chunks)
         n = _workers(workers, config.tiering, small=_ended(head))
-        rest = chain([chunk for chunk in head if chunk], chunks)
+        rest = chain([chunk for chunk in head if chunk is not None], chunks)
         if n:
             invalid = _parallel(rest, config.tiering, writer, n)
         else:
@@ -94,7 +113,7 @@ def classify_files(
 
 
 def tier_chunk(
-    lines: Sequence[Line], tierer: Tierer, duplicate_at: Callable[[int, str], bool] | None
+    chunk: Chunk, tierer: Tierer, duplicate_at: Callable[[int, str], bool] | None
 ) -> _Done:
     """The result lines of one chunk, in order, as one string of JSON lines.
 
@@ -104,7 +123,7 @@ def tier_chunk(
     """
     rules = tierer.text_rules
     if duplicate_at is None and rules == []:
-        done = _plain_chunk(lines, tierer)
+        done = _plain_chunk(chunk, tierer)
         if done is not None:
             return done
     records: list[dict[str, Any] | None] = []  # None: the classifier's, filled in below
@@ -112,7 +131,7 @@ def tier_chunk(
     texts: list[str] = []
     done = _Done()
     ids = done.ids
-    for k, (source, number, raw) in enumerate(lines):
+    for k, (source, number, raw) in enumerate(chunk.lines()):
         obj: Any = None
         plain = None
         if raw is not None and rules is not None:
@@ -161,18 +180,18 @@ def tier_chunk(
     return done
 
 
-def _plain_chunk(lines: Sequence[Line], tierer: Tierer) -> _Done | None:
+def _plain_chunk(chunk: Chunk, tierer: Tierer) -> _Done | None:
     """`tier_chunk` of a chunk of plain prompt lines only (most chunks of a big file), a step
     at a time over the whole chunk; None if any line is another kind."""
-    raws = [raw for _, _, raw in lines if raw is not None]
-    if len(raws) < len(lines):  # a line over the limit
+    if None in chunk.raws:  # a line over the limit
         return None
     loads = orjson.loads
     try:
-        objs = [loads(raw) for raw in raws]
+        objs = [loads(raw) for raw in cast(list[bytes], chunk.raws)]
     except orjson.JSONDecodeError:
         return None
-    plain = [plain_prompt(obj, n, source) for obj, (source, n, _) in zip(objs, lines, strict=True)]
+    lines = zip(objs, chunk.numbers, chunk.each_source(), strict=True)
+    plain = [plain_prompt(obj, n, source) for obj, n, source in lines]
     pairs = [p for p in plain if p is not None]
     if len(pairs) < len(plain):
         return None
@@ -209,38 +228,50 @@ def _text_vote(rules: Sequence[UserRule] | None, text: str) -> TierVote | None:
     return None
 
 
-def _chunks(blocks: Iterable[list[Line]]) -> Iterator[list[Line]]:
-    """The lines again, `BATCH` at a time."""
-    held: list[Line] = []
-    for block in blocks:
-        held += block
-        while len(held) >= BATCH:
-            yield held[:BATCH]
-            del held[:BATCH]
-    if held:
-        yield held
+def _chunks(blocks: Iterable[tuple[str, Sequence[int], list[bytes | None]]]) -> Iterator[Chunk]:
+    """The lines of `jobs.raw_lines`' blocks again, `BATCH` at a time."""
+    chunk = Chunk([], [], [], 0)
+    for source, numbers, raws in blocks:
+        start = 0
+        while start < len(raws):
+            end = start + min(BATCH - len(chunk.raws), len(raws) - start)
+            _extend(chunk, source, numbers[start:end], raws[start:end])
+            start = end
+            if len(chunk.raws) == BATCH:
+                yield chunk
+                chunk = Chunk([], [], [], 0)
+    if chunk.raws:
+        yield chunk
 
 
-def _read_ahead(chunks: Iterator[list[Line]]) -> list[list[Line]]:
+def _extend(chunk: Chunk, source: str, numbers: Sequence[int], raws: list[bytes | None]) -> None:
+    chunk.raws += raws
+    chunk.numbers += numbers
+    if chunk.sources and chunk.sources[-1][0] == source:
+        chunk.sources[-1] = (source, chunk.sources[-1][1] + len(raws))
+    else:
+        chunk.sources.append((source, len(raws)))
+    if None in raws:
+        chunk.size += sum(len(raw) for raw in raws if raw is not None)
+    else:
+        chunk.size += sum(map(len, cast(list[bytes], raws)))
+
+
+def _read_ahead(chunks: Iterator[Chunk]) -> list[Chunk | None]:
     """The first chunks, until there are enough (or enough bytes) to be worth the workers."""
-    head: list[list[Line]] = []
+    head: list[Chunk | None] = []
     size = 0
     while len(head) < PARALLEL_CHUNKS and size < PARALLEL_BYTES:
         chunk = next(chunks, None)
+        head.append(chunk)  # None: the end, which marks that the whole input is here
         if chunk is None:
-            head.append([])  # the end: marks that the whole input is here
             break
-        head.append(chunk)
-        size += _size(chunk)
+        size += chunk.size
     return head
 
 
-def _ended(head: list[list[Line]]) -> bool:
-    return bool(head) and not head[-1]
-
-
-def _size(chunk: Sequence[Line]) -> int:
-    return sum(len(raw) for _, _, raw in chunk if raw is not None)
+def _ended(head: list[Chunk | None]) -> bool:
+    return bool(head) and head[-1] is None
 
 
 def _workers(asked: int | None, config: TieringConfig, *, small: bool) -> int:
@@ -259,29 +290,27 @@ def _workers(asked: int | None, config: TieringConfig, *, small: bool) -> int:
     return min(cores, MAX_WORKERS) if cores > 1 else 0
 
 
-def _serial(chunks: Iterable[list[Line]], tierer: Tierer, writer: ResultWriter) -> int:
-    done = ((lines, tier_chunk(lines, tierer, None)) for lines in chunks)
+def _serial(chunks: Iterable[Chunk], tierer: Tierer, writer: ResultWriter) -> int:
+    done = ((chunk, tier_chunk(chunk, tierer, None)) for chunk in chunks)
     return _write(done, tierer, writer)
 
 
-def _parallel(
-    chunks: Iterator[list[Line]], config: TieringConfig, writer: ResultWriter, n: int
-) -> int:
+def _parallel(chunks: Iterator[Chunk], config: TieringConfig, writer: ResultWriter, n: int) -> int:
     # Loaded once, before the fork: the workers share its pages instead of each loading it.
     tierer = Tierer.from_config(config)
     with _Pool(n, tierer) as pool:
         return _write(pool.map(chunks), tierer, writer)
 
 
-def _write(chunks: Iterable[tuple[list[Line], _Done]], tierer: Tierer, writer: ResultWriter) -> int:
+def _write(chunks: Iterable[tuple[Chunk, _Done]], tierer: Tierer, writer: ResultWriter) -> int:
     """Write the tiered chunks in order, after the duplicate-id check only this process can
     make (it sees every line); the invalid lines written."""
     seen = IdSet()
     invalid = 0
-    for lines, done in chunks:
+    for chunk, done in chunks:
         dups = set(seen.seen_before(done.ids))
         if dups:  # tier it again as one process would: the duplicates are not jobs
-            done = tier_chunk(lines, tierer, _positions(dups))
+            done = tier_chunk(chunk, tierer, _positions(dups))
         writer.write_lines(done.data, done.lines)
         invalid += done.invalid
     return invalid
@@ -329,35 +358,35 @@ class _Pool:
     def __exit__(self, kind: object, *_: object) -> None:
         self.close(kill=kind is not None)
 
-    def map(self, chunks: Iterator[list[Line]]) -> Iterator[tuple[list[Line], _Done]]:
+    def map(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, _Done]]:
         """(chunk, what it became) for every chunk, in order."""
         import pickle
         import queue
         import threading
 
-        order: queue.SimpleQueue[tuple[_Worker, list[Line], int] | BaseException | None]
+        order: queue.SimpleQueue[tuple[_Worker, Chunk] | BaseException | None]
         order = queue.SimpleQueue()
         feeder = threading.Thread(target=self._feed, args=(chunks, order), daemon=True)
         feeder.start()
         while (got := order.get()) is not None:
             if isinstance(got, BaseException):
                 raise got
-            worker, lines, size = got
+            worker, chunk = got
             status, value = pickle.loads(worker.receive())
             if status != "ok":
                 raise value
             with self._window:
                 self._count -= 1
-                self._bytes -= size
+                self._bytes -= chunk.size
                 self._window.notify()
-            yield lines, value
+            yield chunk, value
 
-    def _feed(self, chunks: Iterator[list[Line]], order: Any) -> None:
+    def _feed(self, chunks: Iterator[Chunk], order: Any) -> None:
         import pickle
 
         try:
-            for i, lines in enumerate(chunks):
-                size = _size(lines)
+            for i, chunk in enumerate(chunks):
+                size = chunk.size
                 with self._window:
                     while not self._stop and not self._room(size):
                         self._window.wait()
@@ -366,8 +395,8 @@ class _Pool:
                     self._count += 1
                     self._bytes += size
                 worker = self._workers[i % len(self._workers)]
-                worker.send(pickle.dumps(lines, protocol=pickle.HIGHEST_PROTOCOL))
-                order.put((worker, lines, size))
+                worker.send(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                order.put((worker, chunk))
         except BaseException as exc:  # the input's error (or a lost worker), raised in order
             order.put(exc)
             return
@@ -401,8 +430,8 @@ class _Worker:
     def fork(cls, tierer: Tierer, others: Sequence[_Worker]) -> _Worker:
         import warnings
 
-        down_r, down_w = os.pipe()
-        up_r, up_w = os.pipe()
+        down_r, down_w = _pipe()
+        up_r, up_w = _pipe()
         with warnings.catch_warnings():
             # Python 3.12+ warns when a process with threads forks; the only ones here are
             # numpy's BLAS threads, which OpenBLAS stops and restarts around a fork itself.
@@ -498,6 +527,19 @@ def _serve(down: int, up: int, tierer: Tierer) -> int:
             except OSError:  # the parent is gone
                 return 0
     return 0
+
+
+def _pipe() -> tuple[int, int]:
+    """A pipe that holds a whole chunk (or a chunk's results): with the default 64 KiB, a
+    writer waits for its reader at every frame, so a worker would wait for this process to
+    take its results before starting its next chunk, and the feeder for one worker to finish
+    before it can feed the other. Bounded: at most 1 MiB each (the default cap for a user)."""
+    import fcntl
+
+    read, write = os.pipe()
+    with suppress(OSError):  # over the system's cap: the default size still works
+        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return read, write
 
 
 def _write_frame(stream: BufferedWriter, data: bytes) -> None:
