@@ -126,13 +126,14 @@ class TierClassifier:
         buckets, starts = batch.parts[0]
         if len(buckets) == 0:
             return [""] * batch.size
-        doc = np.repeat(np.arange(batch.size), np.diff(np.append(starts, len(buckets))))
-        contrib = self._rel_hash.ravel()[buckets * 3 + (tiers[doc] - 1)]
+        doc = batch.word_doc
+        # np.take, not fancy indexing: the same values, a third of the time.
+        contrib = np.take(self._rel_hash.ravel(), buckets * 3 + np.take(tiers - 1, doc))
         # A reader learns nothing from "'a'" or "'the'": only longer, non-function words count.
         short = (batch.word_last - batch.word_first) < 2
-        contrib[short | _STOP_MASK[buckets]] = -np.inf
+        np.copyto(contrib, -np.inf, where=short | np.take(_STOP_MASK, buckets))
         best = np.maximum.reduceat(np.append(contrib, -np.inf), np.minimum(starts, len(buckets)))
-        winners = np.flatnonzero((contrib >= best[doc]) & (contrib >= 0.05))
+        winners = np.flatnonzero((contrib >= np.take(best, doc)) & (contrib >= 0.05))
         if len(winners) == 0:
             return [""] * batch.size
         # Each document's first winner. `doc` ascends, so a run's start is where it changes

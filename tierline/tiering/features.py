@@ -60,6 +60,8 @@ def _byte_tables() -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
 
 _NORM, _CLASS = _byte_tables()
 _NORM_TABLE, _CLASS_TABLE = _NORM.tobytes(), _CLASS.tobytes()  # for bytes.translate
+# ASCII lower-casing (what str.lower does to ASCII) and then _NORM, as one table.
+_LOWER_NORM_TABLE = _NORM_TABLE.lower()
 _WINDOW_CHARS = HEAD_CHARS + TAIL_CHARS
 
 # Single bytes counted per document (on the normalised window); each becomes a dense feature.
@@ -149,6 +151,7 @@ class FeatureBatch:
     window: npt.NDArray[np.uint8]  # the normalised bytes that were tokenised
     word_first: npt.NDArray[np.int64]  # byte span of each token of parts[0]
     word_last: npt.NDArray[np.int64]
+    word_doc: npt.NDArray[np.int64]  # the document of each token of parts[0]
 
     def doc_ids(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """All buckets and the document each belongs to (for training)."""
@@ -163,12 +166,19 @@ class FeatureBatch:
 _pow_cache: list[npt.NDArray[np.uint64]] = []
 
 
-def _powers(n: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    """P**i and P**-i mod 2**64 for i < n, grown on demand and kept for the next batch."""
+def _powers(
+    n: int,
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """P**i and P**-i mod 2**64 for i < n, and the sums of the first i powers for i <= n,
+    grown on demand and kept for the next batch."""
     if not _pow_cache or len(_pow_cache[0]) < n:
         size = 1 << max(16, (n - 1).bit_length())  # doubling: batches vary a little in size
-        _pow_cache[:] = [_pow_series(_P, size), _pow_series(_P_INV, size)]
-    return _pow_cache[0][:n], _pow_cache[1][:n]
+        pw = _pow_series(_P, size)
+        sums = np.zeros(size + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            np.cumsum(pw, out=sums[1:])
+        _pow_cache[:] = [pw, _pow_series(_P_INV, size), sums]
+    return _pow_cache[0][:n], _pow_cache[1][:n], _pow_cache[2][: n + 1]
 
 
 def _pow_series(base: np.uint64, n: int) -> npt.NDArray[np.uint64]:
@@ -210,7 +220,9 @@ def _tokens(
     ``data`` is ``b`` as bytes: the byte tables are applied with `bytes.translate`, a tenth of
     the cost of a numpy gather. A token's hash is its bytes' polynomial, read off one prefix
     sum over the batch (one uint64 pass per step, into one buffer: these arrays are the
-    batch's largest, and fresh ones cost page faults).
+    batch's largest, and fresh ones cost page faults). Each byte counts as its value plus
+    one (so a NUL still counts); the "plus one" part of a prefix is a sum of powers alone,
+    read from a table (`_powers`), which saves a pass over the batch.
     """
     cls = np.frombuffer(data.translate(_CLASS_TABLE), dtype=np.uint8)
     n = len(cls)
@@ -221,14 +233,18 @@ def _tokens(
     word = cls != 0
     first = np.flatnonzero(word & (edge[:n] | sym))
     last = np.flatnonzero(word & (edge[1:] | sym))
-    pw, inv = _powers(n)
-    prefix = np.empty(n + 1, dtype=np.uint64)  # prefix[i]: the hash sum of bytes before i
+    pw, inv, pw_sums = _powers(n)
+    prefix = np.empty(n + 1, dtype=np.uint64)  # prefix[i]: sum of b[j] * P**j for j < i
     prefix[0] = 0
     with np.errstate(over="ignore"):
-        np.add(b, np.uint64(1), out=prefix[1:], dtype=np.uint64)
+        prefix[1:] = b  # widened in place: a mixed-type multiply casts slower
         np.multiply(prefix[1:], pw, out=prefix[1:])
         np.cumsum(prefix[1:], out=prefix[1:])
-        h = (prefix[last + 1] - prefix[first]) * inv[first]
+        end = last + 1
+        # np.take rather than fancy indexing here and below: the same values, cheaper.
+        take = np.take
+        h = take(prefix, end) - take(prefix, first) + (take(pw_sums, end) - take(pw_sums, first))
+        h *= take(inv, first)
     starts = np.searchsorted(first, offsets, side="left")
     doc = np.repeat(np.arange(n_docs, dtype=np.int64), np.diff(np.append(starts, len(first))))
     return _Tokens(h, first, last, doc, starts)
@@ -250,17 +266,18 @@ def _encode(
         t = windows[i]
         windows[i] = f"{t[:HEAD_CHARS]}\n{t[-TAIL_CHARS:]}"
     joined = "\0".join(windows)
-    data = (joined.lower() + "\0\0\0\0\0").encode("utf-8", "replace")
-    if joined.isascii():  # a byte per character
+    if joined.isascii():  # a byte per character, lower-cased with the one translate pass
+        data = (joined + "\0\0\0\0\0").encode("ascii").translate(_LOWER_NORM_TABLE)
         lens = np.minimum(chars, _WINDOW_CHARS + 1)
     else:
+        data = (joined.lower() + "\0\0\0\0\0").encode("utf-8", "replace").translate(_NORM_TABLE)
         lens = np.array(
             [len(w) if w.isascii() else len(w.lower().encode("utf-8", "replace")) for w in windows],
             dtype=np.int64,
         )
     offsets = np.zeros(len(windows), dtype=np.int64)
     np.cumsum(lens[:-1] + 1, out=offsets[1:])
-    return data.translate(_NORM_TABLE), offsets
+    return data, offsets
 
 
 def _text_tokens(text: str) -> _Tokens:
@@ -295,7 +312,7 @@ def _lexicon_counts(
 ) -> npt.NDArray[np.float64]:
     """Per-document count of tokens in each lexicon (a word may be in several lexicons)."""
     n_lex = len(_LEXICONS)
-    cand = np.flatnonzero(_LEX_BUCKETS[buckets])
+    cand = np.flatnonzero(np.take(_LEX_BUCKETS, buckets))
     hashes = tok.hashes[cand]
     lo = np.searchsorted(_LEX_HASH, hashes, side="left")
     hi = np.searchsorted(_LEX_HASH, hashes, side="right")
@@ -324,7 +341,9 @@ def featurize(texts: Sequence[str]) -> FeatureBatch:
     same[ends[(ends >= 0) & (ends < len(same))]] = False
     same = np.flatnonzero(same)
     with np.errstate(over="ignore"):
-        bigram = (tok.hashes[same] * _BIGRAM + tok.hashes[same + 1]) ^ _SALT_BIGRAM
+        bigram = np.take(tok.hashes, same) * _BIGRAM
+        bigram += np.take(tok.hashes, same + 1)
+        bigram ^= _SALT_BIGRAM
     bi_starts = np.searchsorted(same, tok.starts, side="left")
     unigrams = _mix(tok.hashes)
     parts: tuple[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]], ...] = (
@@ -334,7 +353,7 @@ def featurize(texts: Sequence[str]) -> FeatureBatch:
     n_hashed = sum(np.diff(np.append(st, len(bk))) for bk, st in parts)
     scale = (1.0 / np.sqrt(np.maximum(n_hashed, 1))).astype(np.float32)
     dense = _dense(chars, data, b, offsets, tok, unigrams)
-    return FeatureBatch(parts, scale, dense, n_docs, b, tok.first, tok.last)
+    return FeatureBatch(parts, scale, dense, n_docs, b, tok.first, tok.last, tok.doc)
 
 
 def _byte_codes() -> tuple[bytes, int]:
@@ -370,7 +389,7 @@ def _dense(
     code = np.frombuffer(data.translate(_BYTE_CODE), dtype=np.uint8)
     pos = np.flatnonzero(code <= len(_COUNTED))
     doc = np.searchsorted(offsets, pos, side="right") - 1
-    hist = np.bincount(doc * _N_CODES + code[pos], minlength=n_docs * _N_CODES)
+    hist = np.bincount(doc * _N_CODES + np.take(code, pos), minlength=n_docs * _N_CODES)
     hist = hist.reshape(n_docs, _N_CODES).astype(np.float64)
     counted, other_sym = hist[:, : len(_COUNTED)], hist[:, len(_COUNTED)]
     per_byte = np.maximum(n_bytes, 1.0)
