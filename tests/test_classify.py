@@ -196,6 +196,22 @@ def test_a_prompt_without_a_token_is_classified(tmp_path: Path) -> None:
     assert record["tier"] in (1, 2, 3) and record["why"].startswith("classifier")
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux only")
+def test_worker_pipes_hold_a_whole_chunk() -> None:
+    """A worker's pipes are widened to PIPE_BYTES (the default 64 KiB made each side wait for
+    the other at every chunk), within the 1 MiB an unprivileged user may set."""
+    import fcntl
+
+    from tierline.run.classify import PIPE_BYTES, _pipe
+
+    read, write = _pipe()
+    try:
+        assert fcntl.fcntl(write, fcntl.F_GETPIPE_SZ) >= PIPE_BYTES >= 2**20
+    finally:
+        os.close(read)
+        os.close(write)
+
+
 # --- interrupted runs: a real `tierline classify` process and its workers ------------------------
 
 

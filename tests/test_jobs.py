@@ -214,3 +214,29 @@ def test_a_big_integer_id_keeps_every_digit() -> None:
     ]
     [bad] = parse(b'{"id": 12345678901234567890123, "prompt": 5}')
     assert isinstance(bad, InvalidLine) and bad.id == "12345678901234567890123"
+
+
+def test_raw_lines_number_and_skip_as_the_file_reads(tmp_path: Path) -> None:
+    """`raw_lines` (what `tierline classify` reads with) keeps every non-blank line with its
+    true number and source: blocks of object lines (taken whole, without a step per line)
+    and blocks with blank, whitespace-only, indented, non-object and CRLF lines alike."""
+    from tierline.jobs import raw_lines
+
+    many = b"".join(b'{"id": "%d", "prompt": "%s"}\n' % (i, b"w" * (i % 700)) for i in range(9000))
+    odd = b'{"a": 1}\n\n   \n {"indented": 1}\n[1, 2]\r\n\t\n{"b": 2}\r\n"text"\n{"last": 1}'
+    files = [tmp_path / "many.jsonl", tmp_path / "odd.jsonl", tmp_path / "many2.jsonl"]
+    for path, data in zip(files, (many, odd, odd + b"\n" + many), strict=True):
+        path.write_bytes(data)
+    got = [
+        (source, n, raw)
+        for source, numbers, raws in raw_lines([str(p) for p in files])
+        for n, raw in zip(numbers, raws, strict=True)
+    ]
+    expected = [
+        (str(path), n, line.rstrip(b"\r"))
+        for path in files
+        for n, line in enumerate(path.read_bytes().split(b"\n"), start=1)
+        if line.strip()
+    ]
+    assert len(many) > 2 * 2**20  # several read blocks
+    assert got == expected

@@ -50,3 +50,65 @@ def test_long_prompt_tokenises_only_its_window() -> None:
     n_tokens = len(fb.parts[0][0])
     assert n_tokens <= (HEAD_CHARS + TAIL_CHARS) // 2 + 2
     assert fb.dense[0, DENSE_NAMES.index("log_chars")] > np.log(400_000)
+
+
+def _reference_buckets(text: str) -> list[int]:
+    """Each unigram's bucket, computed the slow way from the definition in features.py: lower
+    case, digits folded to '0', words split at blanks, every symbol byte a token of its own,
+    a token's hash the sum of (byte + 1) * P**offset mod 2**64, then multiply-shift."""
+    data = text.lower().encode("utf-8", "replace")
+    data = bytes(ord("0") if 0x31 <= c <= 0x39 else c for c in data)
+    blank = {0, 9, 10, 11, 12, 13, 32}
+
+    def is_word(c: int) -> bool:
+        return c >= 128 or c == ord("_") or chr(c).isdigit() or "a" <= chr(c) <= "z"
+
+    tokens: list[bytes] = []
+    word = bytearray()
+    for c in data:
+        if is_word(c):
+            word.append(c)
+            continue
+        if word:
+            tokens.append(bytes(word))
+            word.clear()
+        if c not in blank:
+            tokens.append(bytes([c]))
+    if word:
+        tokens.append(bytes(word))
+    p, mix, mask = 0x100000001B3, 0x9E3779B97F4A7C15, 2**64 - 1
+    out = []
+    for token in tokens:
+        h = sum((c + 1) * pow(p, j, 2**64) for j, c in enumerate(token)) & mask
+        h ^= h >> 31
+        out.append(((h * mix) & mask) >> (64 - 18))
+    return out
+
+
+def test_token_buckets_follow_their_definition() -> None:
+    """The vectorised hashing (prefix sums, power tables, the ASCII fast path) gives every
+    token the bucket its definition does: mixed case, digits, symbols, NULs, non-ASCII."""
+    texts = [
+        "Summarize THIS e-mail: order #4521 ships Friday (2 boxes)!",
+        "naïve café Σ ΟΔΟΣ 日本語 x_y",
+        "a\u0000b  \t tabs\nand\rreturns; {braces} $x^2$",
+        "",
+        "9 8 7 100 0",
+    ]
+    for batch in (texts, texts[:1], [texts[0], texts[4]]):  # with and without non-ASCII
+        fb = featurize(batch)
+        buckets, starts = fb.parts[0]
+        ends = [*starts[1:].tolist(), len(buckets)]
+        for i, text in enumerate(batch):
+            assert buckets[starts[i] : ends[i]].tolist() == _reference_buckets(text), text
+
+
+def test_an_ascii_batch_featurizes_as_a_mixed_one() -> None:
+    """An all-ASCII batch takes a shortcut (one translate lower-cases it); its documents get
+    the features they get in a batch that does not (a non-ASCII neighbour)."""
+    a = "Write a PYTHON Function that Parses 12 CSV rows; return {'total': 3}?"
+    ascii_only = featurize([a, "plain words"])
+    mixed = featurize([a, "café"])
+    assert _doc_buckets([a, "plain words"], 0) == _doc_buckets([a, "café"], 0)
+    assert np.array_equal(ascii_only.dense[0], mixed.dense[0])
+    assert ascii_only.scale[0] == mixed.scale[0]
