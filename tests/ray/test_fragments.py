@@ -7,19 +7,23 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from tierline.errors import LockedError
 from tierline.jobs import Usage
 from tierline.ledger.store import CallRecord
 from tierline.ray.fragments import (
     NOT_SHARED,
     DriverFragment,
+    DriverWatch,
     Orphans,
     StoredResults,
     merge_orphans,
     open_actor_fragment,
+    stored_results,
 )
 
 
@@ -66,7 +70,7 @@ def test_a_dead_drivers_actor_fragments_are_merged_once_by_the_next_run(tmp_path
     fragment, run_id = start(tmp_path)
     fragment.gather(run_id)  # half way: gathered, not merged
     fragment.ledger.close()
-    os.close(fragment._lock)  # the driver dies: its lock goes with it
+    die(fragment)  # its locks go with it
     assert merge_orphans(tmp_path / "l.db") == 1
     assert merge_orphans(tmp_path / "l.db") == 0  # nothing left to merge twice
     assert calls(tmp_path / "l.db") == [("j1", 1000), ("j2", 1000), ("j3", 1000)]
@@ -113,17 +117,79 @@ def test_answers_are_stored_with_their_calls_and_found_by_key(tmp_path: Path) ->
 
 def test_a_dead_drivers_answers_stay_until_the_next_run_ends(tmp_path: Path) -> None:
     """The next run merges a dead driver's calls at once but keeps its actors' files (their
-    answers are reused by it) until it ends; a call recorded late is merged then."""
-    fragment, run_id = start(tmp_path)
-    book = open_actor_fragment(str(fragment.actors.resolve()), run_id, "c")
+    answers are reused by it) until it ends, and merges them again then."""
+    fragment, _ = start(tmp_path)
     fragment.ledger.close()
-    os.close(fragment._lock)  # the driver dies
+    die(fragment)
     orphans = Orphans(tmp_path / "l.db")
     assert len(calls(tmp_path / "l.db")) == 3  # merged at once
     assert orphans.directories == [fragment.actors]
     assert merge_orphans(tmp_path / "l.db") == 0  # held by the run that found them
-    book.record_call(run_id, call("j4"))  # a straggler of the dead run's actors
-    book.close()
     orphans.close()
+    assert [job for job, _ in calls(tmp_path / "l.db")] == ["j1", "j2", "j3"]
+    assert not list(tmp_path.glob(".l.db.ray-*"))
+
+
+def die(fragment: DriverFragment) -> None:
+    """The driver's process dies: the kernel drops its locks."""
+    os.close(fragment._lock)
+    os.close(fragment._alive)
+
+
+def test_a_rerun_waits_for_a_dead_runs_live_actor_then_reuses_what_it_paid(
+    tmp_path: Path,
+) -> None:
+    """The driver dies while one of its actors still works (Ray has not stopped it yet). The
+    next run says it waits, once, and waits until that actor lets its lock go; only then does
+    it read the stored answers and merge: the answer and call the actor committed meanwhile are
+    both found (before, the next run read the answers at once and paid this job again)."""
+    fragment, run_id = start(tmp_path)
+    book = open_actor_fragment(str(fragment.actors.resolve()), run_id, "c")
+    watch = DriverWatch(fragment.actors)
+    assert not watch.check()  # the driver lives
+    fragment.ledger.close()
+    die(fragment)
+    waiting = threading.Event()
+    told: list[str] = []
+    found: dict[str, str] = {}
+
+    def rerun() -> None:
+        orphans = Orphans(tmp_path / "l.db", 60, lambda line: (told.append(line), waiting.set()))
+        found.update(stored_results(orphans.directories, ["k4"]))
+        orphans.close()
+
+    thread = threading.Thread(target=rerun)
+    thread.start()
+    assert waiting.wait(60), "the rerun did not wait for the live actor"
+    assert watch.check()  # what the actor sees: its driver is gone (the rerun holds its fragment)
+
+    async def last_answer() -> None:  # what the actor does as it stands down (worker.py)
+        book.record_call(run_id, call("j4"))
+        book.record_result(run_id, "k4", '{"id": "j4"}')
+        await book.durable()
+
+    asyncio.run(last_answer())
+    assert thread.is_alive()  # still waiting: the lock is held
+    book.release()
+    thread.join(60)
+    assert told == ["waiting for 1 actor(s) of a dead run to stop"]
+    assert found == {"k4": '{"id": "j4"}'}
     assert [job for job, _ in calls(tmp_path / "l.db")] == ["j1", "j2", "j3", "j4"]
     assert not list(tmp_path.glob(".l.db.ray-*"))
+    book.close()
+
+
+def test_a_rerun_refuses_while_a_dead_runs_actor_keeps_its_lock(tmp_path: Path) -> None:
+    """An actor of a dead run that does not stop within the wait: the run refuses (exit 5)
+    rather than pay again what it answers; the dead run's files are left for a later run."""
+    fragment, run_id = start(tmp_path)
+    book = open_actor_fragment(str(fragment.actors.resolve()), run_id, "c")
+    fragment.ledger.close()
+    die(fragment)
+    with pytest.raises(LockedError, match=r"1 Ray actor\(s\) of a dead run") as err:
+        Orphans(tmp_path / "l.db", 0.2)
+    assert err.value.exit_code == 5
+    assert fragment.path.exists() and fragment.actors.is_dir()
+    book.close()  # the actor stops: the next run takes the dead run in
+    assert merge_orphans(tmp_path / "l.db") == 1
+    assert len(calls(tmp_path / "l.db")) == 3

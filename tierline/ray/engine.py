@@ -55,7 +55,7 @@ from ..run.files import ResultSink as RecordWriter
 from ..run.files import _answers, finish_run, start_run
 from ..run.loop import _reuse_notes
 from ..run.tally import DEFAULT_NOTE, RunSummary, Tally
-from .fragments import NOT_SHARED, DriverFragment, Orphans, stored_results
+from .fragments import ACTOR_STOP_MARGIN_S, NOT_SHARED, DriverFragment, Orphans, stored_results
 from .inputs import is_uri, read_uris
 from .limits import actors_for
 from .state import STOP_POLL_S, RunState
@@ -329,7 +329,9 @@ def run_files(
         except BaseException:
             cluster.close()
             raise
-    orphans = Orphans(ledger_path)  # dead drivers' runs: merged now, their answers reused
+    grace = stop.grace_s if stop is not None else DEFAULT_GRACE_S
+    # dead drivers' runs: once their actors stopped paying, merged, their answers reused
+    orphans = Orphans(ledger_path, grace + ACTOR_STOP_MARGIN_S, _notify(options.quiet))
     fragment = DriverFragment(ledger_path)
     run_id = start_run(
         fragment.ledger,
@@ -379,6 +381,18 @@ def run_files(
             "(kept once)"
         )
     return RunSummary(run_id, config.origin, t, time.perf_counter() - started, notes)
+
+
+def _notify(quiet: bool) -> Callable[[str], None] | None:
+    """Where a wait for a dead run's actors is told (stderr, unless -q)."""
+    if quiet:
+        return None
+
+    def notify(line: str) -> None:
+        sys.stderr.write(f"tierline: {line}\n")
+        sys.stderr.flush()
+
+    return notify
 
 
 def _join(stack: contextlib.ExitStack, ray: Any, options: RayOptions, stop: Stop | None) -> None:
@@ -472,6 +486,8 @@ def _dispatch(
                 "actors": actors,
                 "cap_micros": max_cost_micros,
                 "fragments": str(fragment.actors.resolve()),  # actors run elsewhere
+                "watch_driver": True,  # this driver locks the run directory's marker
+                "grace_s": stop.grace_s if stop is not None else DEFAULT_GRACE_S,
             },
             # limits are split by `actors` even when a last pass needs fewer of them
             compute=ray.data.ActorPoolStrategy(

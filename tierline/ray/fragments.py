@@ -23,6 +23,36 @@ merges them (`merge_orphans`).
 The actors must see the driver's filesystem (one machine, or a shared volume mounted at the same
 path on every node). An actor that cannot see the run directory refuses to start, before it
 sends anything (`open_actor_fragment`): no paid call can go unrecorded.
+
+**A dead driver's actors** can outlive it (Ray kills them only once it learns of the death:
+at once when the driver's own raylet sees it go, a second or two when the driver's own local
+cluster goes down with it, longer when the driver's machine is lost). A rerun that read their
+stored answers while they still paid would send the same jobs again. Three flocks (the kernel
+drops each when its process dies, however it dies) prevent it:
+
+* the driver holds an exclusive lock on its fragment (taken by the one run that adopts it as
+  an orphan) and another on the run directory's marker `RUN`, which only it takes: an actor
+  tells that its driver is gone when a non-blocking shared lock on `RUN` succeeds (released
+  at once). Not the fragment's lock: an adopting rerun takes that one, so an actor that looked
+  late would think its driver alive, and an actor's probe would make a rerun's own
+  non-blocking attempt fail, taking a dead run for a live one;
+* each actor holds an exclusive lock on `PID-HEX.lock`, made locked before it is named (no
+  moment where it exists unlocked), for as long as it may pay: it probes `RUN` before each
+  call (one syscall) and on a 0.1 s timer, and once its driver is gone it starts no call,
+  gives those in flight the run's grace period, commits what it paid and answered, and lets
+  the lock go (`DriverWatch`, worker.py);
+* a run that adopts a dead driver's fragment (`Orphans`) first waits for every actor lock of
+  that directory to be free, bounded by its grace period plus `ACTOR_STOP_MARGIN_S`, then
+  reads the stored answers: whatever the old actors paid meanwhile is reused, not paid again.
+  A wait that times out refuses the run (`LockedError`, exit 5, the code of "another run
+  holds the lock": retry later) before anything is sent.
+
+An actor that starts after its driver died sees `RUN` free before its first call and sends
+nothing, so a lock made after the rerun looked is harmless. On a shared volume the locks must
+be coherent across machines: Linux's NFS client turns flock into NFS byte-range locks (NFSv4:
+a dead machine's locks go when its lease expires, about 90 s, which the rerun's bounded wait
+then reports as exit 5); a filesystem whose flock is node-local would let a rerun on another
+machine see an actor's file as free, so there the rule is to rerun on the driver's machine.
 """
 
 from __future__ import annotations
@@ -36,18 +66,21 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import LockedError
 from ..ledger.merge import merge_ledgers
 from ..ledger.migrations import transaction
 from ..ledger.store import _INSERT, Ledger
 
 __all__ = [
+    "ACTOR_STOP_MARGIN_S",
     "NOT_SHARED",
     "ActorFragment",
     "DriverFragment",
+    "DriverWatch",
     "Orphans",
     "StoredResults",
     "gather",
@@ -64,6 +97,10 @@ RESULTS_TABLE = """CREATE TABLE IF NOT EXISTS ray_results (
     key TEXT PRIMARY KEY, run_id TEXT NOT NULL, result TEXT NOT NULL)"""
 _SAVE = "INSERT OR REPLACE INTO ray_results (key, run_id, result) VALUES (?, ?, ?)"
 LOOKUP_CHUNK = 500  # keys per query (SQLite's bound-parameter limit is 32,766)
+# how much longer than its grace period a rerun waits for a dead run's actors to stop: the
+# actors' 0.1 s probe, their last commit, an event loop busy with a block's conversion
+ACTOR_STOP_MARGIN_S = 10.0
+LOCK_POLL_S = 0.05  # how often a rerun looks at a dead run's actor locks
 
 
 class ActorFragment(Ledger):
@@ -73,10 +110,23 @@ class ActorFragment(Ledger):
     included), so a stored result's calls are always in the file: reusing it never hides a
     paid call. One transaction per group commit, as for calls alone: no extra commit per job."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, lock: int | None = None) -> None:
         super().__init__(path)
         self.conn.execute(RESULTS_TABLE)
         self._results: list[tuple[str, str, str]] = []
+        self._lock = lock  # the flock that says "this actor may still pay" (module docstring)
+
+    def release(self) -> None:
+        """Let go of the actor's lock: it will pay nothing more, and all it paid is committed."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release()
 
     def record_result(self, run_id: str, key: str, line: str) -> None:
         """Keep `line` (a result record, JSON) as the answer of `key`; committed within
@@ -118,6 +168,9 @@ class DriverFragment:
         self.actors = actors_dir(self.path)
         self.actors.mkdir()
         mark_shared(self.actors)
+        # only the driver locks its marker: while it is held the driver lives (DriverWatch)
+        self._alive = os.open(self.actors / MARKER, os.O_RDONLY)
+        fcntl.flock(self._alive, fcntl.LOCK_EX)
 
     def gather(self, run_id: str) -> None:
         gather(self.ledger, run_id, self.actors)
@@ -126,6 +179,7 @@ class DriverFragment:
         self.ledger.close()
         merge_ledgers([self.path], ledger_path)
         _remove(self.path)
+        os.close(self._alive)
         os.close(self._lock)
 
 
@@ -152,7 +206,8 @@ def open_actor_fragment(directory: str, run_id: str, actor: str) -> ActorFragmen
             f"{root}: --engine ray records each call on the driver's filesystem, so every node "
             "must mount the ledger's directory at the same path (docs/scale-out.md)"
         )
-    ledger = ActorFragment(root / f"{actor}.db")
+    # locked before the first call, for as long as this actor may pay (module docstring)
+    ledger = ActorFragment(root / f"{actor}.db", _new_locked(root / f"{actor}.lock"))
     with transaction(ledger.conn):  # the run row the calls refer to; the driver's is the real one
         ledger.conn.execute(
             "INSERT OR IGNORE INTO runs (id, started_at, command, config_origin, inputs) "
@@ -160,6 +215,82 @@ def open_actor_fragment(directory: str, run_id: str, actor: str) -> ActorFragmen
             (run_id, datetime.now(timezone.utc).isoformat()),
         )
     return ledger
+
+
+def _new_locked(path: Path) -> int:
+    """A new file at `path`, exclusively flocked from before it appears there (made under
+    another name, locked, then renamed: a rerun never sees it unlocked while its actor lives).
+    The descriptor holds the lock."""
+    draft = path.with_name(f"{path.name}.new")
+    fd = os.open(draft, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(draft, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class DriverWatch:
+    """An actor's view of its driver's life: the driver holds an exclusive lock on the run
+    directory's marker while it lives, and nothing else ever locks it for long (module
+    docstring). Once gone, gone for good."""
+
+    def __init__(self, directory: Path) -> None:
+        self._fd: int | None = os.open(directory / MARKER, os.O_RDONLY)
+        self.gone = False
+
+    def check(self) -> bool:
+        """True once the driver is gone (a non-blocking shared lock on the marker succeeds)."""
+        if self._fd is None:
+            return self.gone
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.close(self._fd)  # closing drops the probe's lock too
+        self._fd = None
+        self.gone = True
+        return True
+
+
+def live_actors(directory: Path) -> list[Path]:
+    """The actor locks of `directory` still held: actors that may still pay."""
+    held = []
+    for path in sorted(directory.glob("*.lock")):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(path)
+        finally:
+            os.close(fd)
+    return held
+
+
+def wait_for_actors(
+    directory: Path, wait_s: float, notify: Callable[[str], None] | None = None
+) -> None:
+    """Return once no actor of `directory` may still pay; LockedError after `wait_s`.
+    `notify` gets one line, only if there is something to wait for."""
+    deadline = time.monotonic() + wait_s
+    told = False
+    while live := live_actors(directory):
+        if not told and notify is not None:
+            notify(f"waiting for {len(live)} actor(s) of a dead run to stop")
+            told = True
+        if time.monotonic() >= deadline:
+            raise LockedError(
+                f"{len(live)} Ray actor(s) of a dead run ({directory}) still hold their locks "
+                f"after {wait_s:.0f} s: this run would pay again for what they answer. Run "
+                "again once they stop (Ray stops them when it notices their driver died; "
+                "`ray list actors` shows them)"
+            )
+        time.sleep(LOCK_POLL_S)
 
 
 def gather(fragment: Ledger, run_id: str, directory: Path) -> int:
@@ -226,24 +357,35 @@ def _remove(path: Path) -> None:
 
 class Orphans:
     """The fragments of Ray runs whose driver died (no one holds their lock), found when a run
-    starts: merged into the ledger at once, their stored answers reused by this run (jobs the
-    dead run paid for but never wrote are not sent again), and removed at this run's end, after
-    a second gather takes in what their last actors recorded late. Locked meanwhile, so a
-    concurrent Ray run on the ledger leaves them alone; if this run dies too, the next one
-    finds them again (merging is idempotent)."""
+    starts: once their actors have stopped (`wait_for_actors`, at most `wait_s`), merged into
+    the ledger, their stored answers reused by this run (jobs the dead run paid for but never
+    wrote are not sent again), and removed at this run's end, after a second gather. Locked
+    meanwhile, so a concurrent Ray run on the ledger leaves them alone; if this run dies too,
+    the next one finds them again (merging is idempotent)."""
 
-    def __init__(self, ledger_path: Path) -> None:
+    def __init__(
+        self,
+        ledger_path: Path,
+        wait_s: float = 5.0 + ACTOR_STOP_MARGIN_S,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self.ledger_path = ledger_path
         self.held: list[tuple[Path, int]] = []
-        for path in sorted(ledger_path.parent.glob(f".{ledger_path.name}.ray-*.db")):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        try:
+            for path in sorted(ledger_path.parent.glob(f".{ledger_path.name}.ray-*.db")):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # a live run's
+                self.held.append((path, fd))
+                wait_for_actors(actors_dir(path), wait_s, notify)
+                _merge(path, ledger_path)
+        except BaseException:
+            for _, fd in self.held:  # left for a later run: nothing of them was removed
                 os.close(fd)
-                continue  # a live run's
-            self.held.append((path, fd))
-            _merge(path, ledger_path)
+            raise
 
     @property
     def directories(self) -> list[Path]:

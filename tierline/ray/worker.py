@@ -18,6 +18,12 @@ up in the run's fragments: a block Ray retries after an actor died reuses the an
 actor stored instead of paying for them again; only its calls in flight are sent again. The
 actors also read the driver's stop flag (tierline/ray/state.py): once set, no new call starts.
 
+Under the CLI each actor also watches its driver's life (`DriverWatch`, before each call and
+every 0.1 s): an actor whose driver died (SIGKILL, a lost machine) starts no call, lets those
+in flight finish for the run's grace period (then abandons them), commits, and releases its
+fragment's lock, which the rerun waits for before it reads the stored answers: a rerun started
+while Ray has not yet stopped the old actors pays nothing they paid (fragments.py).
+
 A library user's `dispatch` has only the returned rows: the calls of a killed actor's
 unreturned results are not in them, and a retried block sends its jobs again.
 """
@@ -36,6 +42,7 @@ import orjson
 from ..config import Config
 from ..dispatch.router import Router
 from ..errors import JobError
+from ..interrupts import DEFAULT_GRACE_S
 from ..jobs import InvalidLine, Job, Result, parse_line
 from ..ledger.accounting import Accountant
 from ..ledger.store import CallRecord, Ledger
@@ -43,7 +50,7 @@ from ..resume import DONE_STATUSES, job_key, route_fingerprint
 from ..run.dispatcher import Dispatcher as JobDispatcher
 from ..tiering.pipeline import Tierer
 from ..tiering.vote import TierVote
-from .fragments import ActorFragment, StoredResults, open_actor_fragment
+from .fragments import ActorFragment, DriverWatch, StoredResults, open_actor_fragment
 from .limits import split_limits
 from .state import STOP_POLL_S, LeasedBudget
 
@@ -132,8 +139,15 @@ class Dispatcher:
         window: int | None = None,
         cap_micros: int | None = None,
         fragments: str | None = None,
+        watch_driver: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         self.fragments = fragments  # the run directory of actor ledgers (engine.py), if any
+        self.watch_driver = watch_driver  # the CLI's driver locks the run directory's marker
+        self.grace_s = grace_s  # for calls in flight when the driver died
+        self.driver: DriverWatch | None = None
+        self.sending: set[asyncio.Task[Any]] = set()  # jobs past their last stop check
+        self._standing_down: asyncio.Future[None] | None = None
         self.config = split_limits(config, actors)
         self.actors = actors
         self.run_id = run_id or "ray"
@@ -163,6 +177,8 @@ class Dispatcher:
         if self.fragments is not None:  # before any call: refuses if the disk is not shared
             fragment = open_actor_fragment(self.fragments, self.run_id, self.name)
             self.stored = StoredResults([Path(self.fragments)])
+            if self.watch_driver:  # after the lock is held: a rerun that looked since waits
+                self.driver = DriverWatch(Path(self.fragments))
         self.capture = CallCapture(fragment)
         self.router = Router(self.config)
         accountant = Accountant(self.config, ledger=self.capture, run_id=self.run_id, budget=budget)
@@ -178,10 +194,43 @@ class Dispatcher:
         self._ready = True
 
     async def _watch(self) -> None:
-        """Read the driver's stop flag while blocks run (a block's queued jobs then end early)."""
+        """Read the driver's stop flag while blocks run (a block's queued jobs then end early),
+        and watch the driver's life."""
         while not self.stopping:
             await asyncio.sleep(STOP_POLL_S)
-            self.stopping = await self.state.stopping.remote()
+            if self._orphaned():
+                break
+            try:
+                self.stopping = await self.state.stopping.remote()
+            except Exception:  # the run state died, with its driver
+                self.stopping = self._orphaned() or self.stopping
+        while self.driver is not None and not self.driver.gone:  # stopped: its driver may die
+            await asyncio.sleep(STOP_POLL_S)
+            self._orphaned()
+
+    def _orphaned(self) -> bool:
+        """True once the driver is gone; the first time, the actor stands down."""
+        if self.driver is None or self.driver.gone:
+            return self.driver is not None
+        if self.driver.check():
+            self.stopping = True
+            self._standing_down = asyncio.ensure_future(self._stand_down())
+        return self.driver.gone
+
+    async def _stand_down(self) -> None:
+        """The driver died: no call starts (`stopping`); those in flight get the grace period,
+        then are abandoned; what was paid and answered is committed; then the fragment's lock
+        goes, telling a rerun that this actor will pay nothing more (fragments.py)."""
+        if self.sending:
+            await asyncio.wait(set(self.sending), timeout=self.grace_s)
+        for task in set(self.sending):
+            task.cancel()
+        if self.sending:
+            await asyncio.wait(set(self.sending))
+        await self.capture.durable()
+        self.capture.sync()
+        if self.capture.fragment is not None:
+            self.capture.fragment.release()
 
     async def __call__(self, batch: Any) -> AsyncIterator[dict[str, list[Any]]]:
         if not self._ready:
@@ -193,7 +242,7 @@ class Dispatcher:
             for row, item in zip(rows, items, strict=True)
         ]
         if self.stored is not None and self.state is not None:
-            if not self.stopping:  # the driver's stop flag, as each block starts (and `_watch`)
+            if not self.stopping and not self._orphaned():  # as each block starts (and `_watch`)
                 self.stopping = await self.state.stopping.remote()
             # a retried block (its actor died) or a later pass: what is answered is reused
             found = self.stored.find(keys)
@@ -221,7 +270,10 @@ class Dispatcher:
                         pending, timeout=CHUNK_S, return_when=asyncio.FIRST_COMPLETED
                     )
                     # None: not sent, the run is stopping (the rerun sends it)
-                    chunk += [a for t in done_now if (a := t.result()) is not None]
+                    # (cancelled: abandoned after the driver died, see _stand_down)
+                    chunk += [
+                        a for t in done_now if not t.cancelled() and (a := t.result()) is not None
+                    ]
                     if not done_now:
                         break
                 if chunk:
@@ -240,11 +292,20 @@ class Dispatcher:
         else:
             assert vote is not None  # every job of the block was tiered (__call__)
             async with self.slots:
-                if self.stopping:
+                if self.stopping or self._orphaned():  # the driver's life: one syscall
                     return None
-                sent = await self.dispatcher.send(item, vote)
-            assert sent is not None  # no provider batches on Ray (engine.py refuses them)
-            result = sent
+                task = asyncio.current_task()
+                assert task is not None
+                self.sending.add(task)
+                try:
+                    sent = await self.dispatcher.send(item, vote)
+                    assert sent is not None  # no provider batches on Ray (engine.py refuses)
+                    return self._answered(sent, key)
+                finally:
+                    self.sending.discard(task)
+        return self._answered(result, key)
+
+    def _answered(self, result: Result, key: str) -> Answer:
         record = {**result.to_dict(), "key": key}
         line = orjson.dumps(record).decode()
         if result.status in DONE_STATUSES:  # a budget skip is decided again, at no cost
