@@ -49,10 +49,13 @@ class CountingVLLM(FakeVLLM):
         super().__init__(**kwargs)
         self.completed = 0  # 200 replies to /v1/chat/completions whose client was still there
         self.by_prompt: Counter[str] = Counter()  # the same, by the job's (last) message
+        self.arrived = 0  # requests to /v1/chat/completions received (held ones included)
         self.holding = False
 
     def _wrap(self, handler: Any) -> Any:
         async def counted(request: web.Request) -> web.StreamResponse:
+            if request.path.endswith("/chat/completions"):
+                self.arrived += 1
             while self.holding:  # noqa: ASYNC110 - set from the test thread, not this loop
                 await asyncio.sleep(0.005)
             response = await handler(request)

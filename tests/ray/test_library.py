@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from tierline.cli import main
 from tierline.config import load_config
 
 from .conftest import CountingVLLM, vllm_config
+
+SETTLE_S = 1.0  # a synchronisation pause, not a measurement: see the kill test's docstring
 
 pytestmark = [
     pytest.mark.slow,
@@ -78,6 +81,56 @@ def test_dispatch_with_a_run_dir_never_pays_twice(ray_cluster: Any, tmp_path: Pa
         ).fetchone()
     assert calls == jobs == 40
     assert main(["ledger", "summary", "--ledger", str(ledger)]) == 0
+
+
+def test_dispatch_with_a_run_dir_survives_a_killed_actor(
+    ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One of two actors is killed (`ray.kill`, Ray restarts it and retries its block) after
+    100 of 400 rows: every job still has exactly one row, the server answered each job once
+    (the retried block reuses what the killed actor stored; its held calls got no reply), and
+    `record` puts every call the server answered in the ledger, once, as `ledger summary` shows.
+    The kill happens while the server holds every request, as in
+    tests/ray/test_engine.py::test_killed_actor_same_results_and_every_paid_call_in_the_ledger
+    (a reply on the wire when its client dies is a call no client can record)."""
+    ray = ray_cluster
+    run_dir = tmp_path / "run"
+    killed: list[Any] = []
+    got: list[dict[str, Any]] = []
+    with CountingVLLM(latency_ms=5) as srv:
+        config = load_config(str(vllm_config(tmp_path / "t.toml", [srv], max_concurrency=8)))
+        ds = ray.data.from_items(rows(400))
+        out = tierline.ray.dispatch(
+            ds, config, actors=2, batch_size=25, run_dir=run_dir, run_id="killed"
+        )
+        for row in out.iter_rows():
+            got.append(row)
+            if len(got) == 100:
+                [name] = [
+                    n for n in ray.util.list_named_actors() if n.startswith("tierline-killed-")
+                ]
+                actors = ray.get(ray.get_actor(name).actors.remote())
+                srv.holding = True
+                time.sleep(SETTLE_S)  # the actors handle the replies they already have
+                ray.kill(actors[0], no_restart=False)
+                killed.append(actors[0])
+                time.sleep(SETTLE_S)  # the server sees the killed actor's connections close
+                srv.holding = False
+        completed = srv.completed
+        twice = {prompt: n for prompt, n in srv.by_prompt.items() if n > 1}
+    assert killed, "no actor was killed"
+    assert sorted(r["id"] for r in got) == sorted(f"j{i}" for i in range(400))
+    assert {r["status"] for r in got} == {"ok"}
+    assert len(srv.by_prompt) == 400 and not twice, twice
+    ledger = tmp_path / "ledger.db"
+    assert tierline.ray.record(run_dir, ledger, run_id="killed") == completed
+    with sqlite3.connect(ledger) as db:
+        calls, jobs = db.execute("SELECT COUNT(*), COUNT(DISTINCT job_id) FROM calls").fetchone()
+    assert calls == jobs == completed
+    capsys.readouterr()
+    assert main(["ledger", "summary", "--ledger", str(ledger), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert sum(g["calls"] for g in summary) == completed and sum(g["jobs"] for g in summary) == 400
 
 
 def test_dispatch_turns_a_bad_row_into_an_error_row(ray_cluster: Any, tmp_path: Path) -> None:

@@ -50,7 +50,11 @@ def dispatch(
     same path), each actor records its calls and answers there as `tierline run --engine ray`
     does: a block Ray retries after an actor loss, or the same pipeline run again with the same
     `run_dir`, reuses the answers already paid for instead of sending them again, and
-    `tierline.ray.record(run_dir, ledger)` puts every paid call in a ledger, as one run."""
+    `tierline.ray.record(run_dir, ledger)` puts every paid call in a ledger, as one run.
+
+    The run's state actor (budget, and the handles of the dispatcher actors) is named
+    ``tierline-RUN_ID-HEX``, so `ray.util.list_named_actors()` finds it."""
+    import uuid
     from decimal import Decimal
 
     from ..ledger.pricing import to_micros
@@ -64,7 +68,8 @@ def dispatch(
     check_config(config)
     actors = actors_for(config, actors)
     cap = None if max_cost_usd is None else to_micros(Decimal(repr(max_cost_usd)))
-    state = ray.remote(RunState).options(num_cpus=0).remote(cap)
+    name = f"tierline-{run_id}-{uuid.uuid4().hex[:8]}"
+    state = ray.remote(RunState).options(num_cpus=0, name=name).remote(cap)
     return ds.map_batches(
         Dispatcher,
         fn_constructor_kwargs={

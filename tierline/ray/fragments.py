@@ -25,8 +25,8 @@ path on every node). An actor that cannot see the run directory refuses to start
 sends anything (`open_actor_fragment`): no paid call can go unrecorded.
 
 **A dead driver's actors** can outlive it (Ray kills them only once it learns of the death:
-at once when the driver's own raylet sees it go, a second or two when the driver's own local
-cluster goes down with it, longer when the driver's machine is lost). A rerun that read their
+at once when the driver's own raylet sees it go, later when the driver's own local cluster
+goes down with it, later still when the driver's machine is lost). A rerun that read their
 stored answers while they still paid would send the same jobs again. Three flocks (the kernel
 drops each when its process dies, however it dies) prevent it:
 
@@ -71,6 +71,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LockedError
+from ..interrupts import DEFAULT_GRACE_S
 from ..ledger.merge import merge_ledgers
 from ..ledger.migrations import transaction
 from ..ledger.store import _INSERT, Ledger
@@ -366,7 +367,7 @@ class Orphans:
     def __init__(
         self,
         ledger_path: Path,
-        wait_s: float = 5.0 + ACTOR_STOP_MARGIN_S,
+        wait_s: float = DEFAULT_GRACE_S + ACTOR_STOP_MARGIN_S,
         notify: Callable[[str], None] | None = None,
     ) -> None:
         self.ledger_path = ledger_path
