@@ -78,10 +78,11 @@ def test_rerun_while_the_dead_drivers_actor_lives_pays_each_job_once(
     at the server once the rerun waits) and commits those answers, which the rerun reuses.
 
     Before, the rerun read the dead run's answers at once while the old actor kept working
-    through its blocks, and sent again what that actor answered afterwards (113 jobs paid twice here). Now: no job answered
-    twice by the server beyond the calls in flight at the kill, the dead run paid nothing after
-    the kill beyond its actor's window, one result per input line, and the ledger (and `ledger
-    summary`) holds every call the server answered, once. The rerun runs in this process, so
+    through its blocks, and sent again what that actor answered afterwards (113 jobs paid
+    twice here). Now: no job answered twice by the server beyond the calls in flight at the
+    kill, the dead run paid nothing after the kill beyond its actor's window, one result per
+    input line, and the ledger (and `ledger summary`) holds every call the server answered,
+    once. The rerun runs in this process, so
     that it starts within milliseconds (a new interpreter takes longer to import Ray than the
     old actor lives here)."""
     importlib.import_module("ray.data")  # imported before the kill: the rerun starts at once
