@@ -196,6 +196,22 @@ def test_a_prompt_without_a_token_is_classified(tmp_path: Path) -> None:
     assert record["tier"] in (1, 2, 3) and record["why"].startswith("classifier")
 
 
+def test_the_chunkwise_id_set_finds_what_the_plain_one_does() -> None:
+    """The set the command checks its workers' ids with (`_SeenIds`, a chunk at a time with
+    numpy) reports the same duplicates as `jobs.IdSet`: repeats across chunks, within a chunk,
+    lines without an id, over enough chunks to merge its runs many times."""
+    from tierline.jobs import IdSet
+    from tierline.run.classify import _SeenIds
+
+    rng = random.Random(7)
+    for pool in (40, 3000, 10**6):
+        plain, chunkwise = IdSet(), _SeenIds()
+        for _ in range(80):
+            size = rng.choice((1, 5, BATCH))
+            ids = [None if rng.random() < 0.05 else f"j{rng.randrange(pool)}" for _ in range(size)]
+            assert chunkwise.seen_before(ids) == plain.seen_before(ids)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux only")
 def test_worker_pipes_hold_a_whole_chunk() -> None:
     """A worker's pipes are widened to PIPE_BYTES (the default 64 KiB made each side wait for

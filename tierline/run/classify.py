@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -40,6 +40,9 @@ from ..tiering.vote import TierVote
 if TYPE_CHECKING:
     from io import BufferedReader, BufferedWriter
     from threading import Lock
+
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["Chunk", "Classified", "WorkerLost", "classify_files", "tier_chunk"]
 
@@ -288,20 +291,21 @@ def _workers(asked: int | None, config: TieringConfig, *, small: bool) -> int:
 
 def _serial(chunks: Iterable[Chunk], tierer: Tierer, writer: ResultWriter) -> int:
     done = ((chunk, tier_chunk(chunk, tierer, None)) for chunk in chunks)
-    return _write(done, tierer, writer)
+    return _write(done, tierer, writer, IdSet())
 
 
 def _parallel(chunks: Iterator[Chunk], config: TieringConfig, writer: ResultWriter, n: int) -> int:
     # Loaded once, before the fork: the workers share its pages instead of each loading it.
     tierer = Tierer.from_config(config)
     with _Pool(n, tierer) as pool:
-        return _write(pool.map(chunks), tierer, writer)
+        return _write(pool.map(chunks), tierer, writer, _SeenIds())
 
 
-def _write(chunks: Iterable[tuple[Chunk, _Done]], tierer: Tierer, writer: ResultWriter) -> int:
+def _write(
+    chunks: Iterable[tuple[Chunk, _Done]], tierer: Tierer, writer: ResultWriter, seen: _Seen
+) -> int:
     """Write the tiered chunks in order, after the duplicate-id check only this process can
     make (it sees every line); the invalid lines written."""
-    seen = IdSet()
     invalid = 0
     for chunk, done in chunks:
         dups = set(seen.seen_before(done.ids))
@@ -310,6 +314,57 @@ def _write(chunks: Iterable[tuple[Chunk, _Done]], tierer: Tierer, writer: Result
         writer.write_lines(done.data, done.lines)
         invalid += done.invalid
     return invalid
+
+
+class _Seen(Protocol):
+    def seen_before(self, ids: Sequence[str | None]) -> list[int]: ...
+
+
+class _SeenIds:
+    """`jobs.IdSet` for the chunks of a big input: the same 64-bit hash of each id (8 bytes
+    an id here, 16 there), looked up and recorded a chunk at a time with numpy instead of a
+    Python step per id, in the process that also reads and writes for the workers.
+
+    The hashes are kept in sorted runs, each more than twice the size of the next newer one,
+    merged as they fill up: a chunk looks in about log2(ids / BATCH) runs, and a hash is
+    merged about as many times over the whole input.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[npt.NDArray[np.uint64]] = []
+
+    def seen_before(self, ids: Sequence[str | None]) -> list[int]:
+        """Record every id (None: no id, skipped); the positions of those already there."""
+        import numpy as np
+
+        positions = np.arange(len(ids))
+        if None in ids:
+            positions = positions[[job_id is not None for job_id in ids]]
+            ids = [job_id for job_id in ids if job_id is not None]
+        hashes = np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids)).view(np.uint64)
+        order = np.argsort(hashes, kind="stable")  # equal hashes stay in input order
+        hashes, positions = hashes[order], positions[order]
+        again = np.zeros(len(hashes), dtype=bool)
+        np.equal(hashes[1:], hashes[:-1], out=again[1:])  # seen earlier in this chunk
+        for run in self._runs:
+            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
+            again |= np.take(run, at) == hashes
+        self._add(hashes[~again])
+        found: list[int] = np.sort(positions[again]).tolist()
+        return found
+
+    def _add(self, new: npt.NDArray[np.uint64]) -> None:
+        """Record sorted hashes none of the runs has."""
+        import numpy as np
+
+        if not len(new):
+            return
+        runs = self._runs
+        runs.append(new)
+        while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
+            newer = runs.pop()
+            runs[-1] = np.concatenate([runs[-1], newer])
+            runs[-1].sort(kind="stable")  # two sorted runs: a merge
 
 
 def _positions(dups: set[int]) -> Callable[[int, str], bool]:
