@@ -108,11 +108,12 @@ def run_floor(src: str, dst: str) -> None:
 
 
 def run_classify(src: str, dst: str, workers: int | None = None) -> None:
-    """The real `tierline classify` path: worker processes when the input is big enough."""
-    from tierline.config import embedded_default
+    """The real `tierline classify` path with no config file (tierline/cli/classify.py):
+    worker processes when the input is big enough."""
+    from tierline.config import default_tiering
     from tierline.run.classify import classify_files
 
-    classify_files([src], dst, embedded_default(), workers=workers)
+    classify_files([src], dst, default_tiering(), workers=workers)
 
 
 def run_classify_one(src: str, dst: str) -> None:
@@ -138,11 +139,11 @@ def run_tier_only(src: str, _dst: str) -> float:
 
 def run_start(_src: str, _dst: str) -> None:
     """Only classify's fixed start-up: the imports, the config and the model load, no job."""
-    from tierline.config import embedded_default
+    from tierline.config import default_tiering
     from tierline.run.classify import classify_files  # noqa: F401  (what classify imports)
     from tierline.tiering.pipeline import Tierer
 
-    Tierer.from_config(embedded_default().tiering)
+    Tierer.from_config(default_tiering())
 
 
 RUNS = {

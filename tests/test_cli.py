@@ -67,6 +67,28 @@ class TestClassify:
         [job] = list(read_jobs([str(tmp_path / "c.jsonl")]))
         assert isinstance(job, Job) and job.tier == 3
 
+    def test_a_config_file_s_tiering_is_used(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With a config file classify tiers as its [tiering] says (here a rule and no
+        classifier); without one, as the embedded default does (the classifier)."""
+        jobs = write_jsonl(
+            tmp_path / "j.jsonl",
+            ['{"id": "a", "prompt": "Refund order 42"}', '{"id": "b", "prompt": "Hello there"}'],
+        )
+        config = tmp_path / "c.toml"
+        config.write_text(
+            '[backends.local]\nkind = "llamacpp"\n[routes]\n1 = "local"\n2 = "local"\n'
+            '3 = "local"\n[tiering]\nclassifier = false\n'
+            'rules = [{tier = 3, keywords = ["refund"]}]\n'
+        )
+        assert main(["classify", str(jobs), "--config", str(config)]) == 0
+        tiered = results(capsys.readouterr().out)
+        assert [o["tier"] for o in tiered] == [3, 1]
+        assert str(tiered[0]["why"]).startswith("rule") and "classifier" not in str(tiered[1])
+        assert main(["classify", str(jobs)]) == 0
+        assert all(str(o["why"]).startswith("classifier") for o in results(capsys.readouterr().out))
+
 
 class TestErrors:
     def test_missing_input_file_is_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,28 @@ def test_no_file_means_embedded_default() -> None:
     assert cfg.backends["local"].kind == "llamacpp"
 
 
+def test_default_tiering_is_the_embedded_default_s_unvalidated() -> None:
+    """`tierline classify` with no config file takes [tiering] from `default_tiering()`, built
+    without validating anything (no pydantic validator, no plugin discovery): it must be the
+    embedded default's, field for field, and loading it must build no validator."""
+    import subprocess
+    import sys
+
+    from tierline.config import default_tiering, embedded_default
+
+    assert default_tiering() == embedded_default().tiering
+    assert default_tiering().judge == embedded_default().tiering.judge
+    code = (
+        "import sys\n"
+        "from tierline.config import default_tiering\n"
+        "from tierline.tiering.pipeline import Tierer\n"
+        "Tierer.from_config(default_tiering())\n"
+        "print('pydantic.plugin._loader' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_local_file_then_env_then_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """./tierline.toml is used, $TIERLINE_CONFIG beats it, --config beats both."""
     (tmp_path / "tierline.toml").write_text(GOOD, encoding="utf-8")

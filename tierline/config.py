@@ -47,6 +47,7 @@ __all__ = [
     "config_from_mapping",
     "config_from_toml",
     "data_dir",
+    "default_tiering",
     "embedded_default",
     "find_config_path",
     "load_config",
@@ -602,6 +603,14 @@ def embedded_default() -> Config:
         backends={"local": LlamaCppBackendConfig(kind="llamacpp", max_tokens=256)},
         routes={1: ["local"], 2: ["local"], 3: ["local"]},
     )
+
+
+def default_tiering() -> TieringConfig:
+    """`embedded_default().tiering`, every field at its default, without validating a whole
+    `Config`: building its validators (and pydantic's plugin discovery, which reads every
+    installed package's metadata) cost `tierline classify` with no config file more than
+    tiering 5,000 jobs. Valid by construction (tests/test_config.py compares the two)."""
+    return TieringConfig.model_construct(judge=JudgeConfig.model_construct())
 
 
 def find_config_path(explicit: str | None = None) -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..config import find_config_path, load_config
+from ..config import default_tiering, find_config_path, load_config
 from ..run.classify import classify_files
 from .options import ConfigPath, Inputs, Output, Quiet
 from .output import err_console
@@ -23,12 +23,13 @@ def classify(
     `tierline classify jobs.jsonl | jq 'select(.tier > 1)' | tierline run -` works.
     Exit 0 when every line was a valid job, 1 when some were not (they are in the output).
     """
-    cfg = load_config(config)
+    config_file = find_config_path(config)
+    # With no config file only the default [tiering] is needed, and nothing to validate.
+    tiering = load_config(config).tiering if config_file else default_tiering()
     check_stdio(inputs, output)
     check_inputs(inputs)
-    config_file = None if cfg.is_default else find_config_path(config)
     output = resolve_output(output, inputs, None, config_file)  # never over an input or device
-    done = classify_files(inputs, output, cfg)
+    done = classify_files(inputs, output, tiering)
     invalid = done.invalid
     if invalid:
         err_console.print(

@@ -92,23 +92,29 @@ class WorkerLost(TierlineError):
 
 
 def classify_files(
-    inputs: Sequence[str], output: str | None, config: Config, *, workers: int | None = None
+    inputs: Sequence[str],
+    output: str | None,
+    config: Config | TieringConfig,
+    *,
+    workers: int | None = None,
 ) -> Classified:
-    """Tier every job of `inputs` into `output` (None: stdout), committed atomically.
+    """Tier every job of `inputs` into `output` (None: stdout), committed atomically, as
+    `config` (or just its ``[tiering]``) says.
 
     ``workers``: processes to tier with (None: one per core, when the input is big enough to
     pay for them and forking is safe; 0: none).
     """
+    tiering = config.tiering if isinstance(config, Config) else config
     writer = ResultWriter(output, flush_each=False)
     try:
         chunks = _chunks(raw_lines(inputs))
         head = _read_ahead(chunks)
-        n = _workers(workers, config.tiering, small=_ended(head))
+        n = _workers(workers, tiering, small=_ended(head))
         rest = chain([chunk for chunk in head if chunk is not None], chunks)
         if n:
-            invalid = _parallel(rest, config.tiering, writer, n)
+            invalid = _parallel(rest, tiering, writer, n)
         else:
-            invalid = _serial(rest, Tierer.from_config(config.tiering), writer)
+            invalid = _serial(rest, Tierer.from_config(tiering), writer)
         writer.commit()
     finally:
         writer.close()
