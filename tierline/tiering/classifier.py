@@ -65,7 +65,7 @@ class TierClassifier:
         tiers, whys, post = self._decide(texts)
         return [
             TierVote(tier, why, probs[tier - 1], "classifier", (probs[0], probs[1], probs[2]))
-            for tier, why, probs in zip(tiers, whys, post, strict=True)
+            for tier, why, probs in zip(tiers.tolist(), whys, post.tolist(), strict=True)
         ]
 
     def decisions(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[float]]:
@@ -74,20 +74,22 @@ class TierClassifier:
         if not texts:
             return [], [], []
         tiers, whys, post = self._decide(texts)
-        return tiers, whys, [probs[tier - 1] for tier, probs in zip(tiers, post, strict=True)]
+        confidence: list[float] = post[np.arange(len(tiers)), tiers - 1].tolist()
+        chosen: list[int] = tiers.tolist()
+        return chosen, whys, confidence
 
-    def _decide(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[list[float]]]:
+    def _decide(
+        self, texts: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.float64]]:
         batch = featurize(texts)
         post = self._posterior(batch)
         tiers = decide(post, self.calibration)
-        evidence = self._evidence(batch, tiers)
-        rows: list[list[float]] = post.tolist()
         p1, p2, p3 = _two_decimals(post).T.tolist()
         whys = [
             f"classifier p=({a},{b},{c}): {ev}"
-            for a, b, c, ev in zip(p1, p2, p3, evidence, strict=True)
+            for a, b, c, ev in zip(p1, p2, p3, self._evidence(batch, tiers), strict=True)
         ]
-        return tiers.tolist(), whys, rows
+        return tiers, whys, post
 
     def posterior(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """Class probabilities under the configured prior, one (p1, p2, p3) row per text."""
