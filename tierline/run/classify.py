@@ -204,13 +204,11 @@ def _plain_chunk(chunk: Chunk, tierer: Tierer) -> _Done | None:
         return None
     ids, texts = zip(*cast(list[tuple[str, str]], plain), strict=True)
     tiers, whys, confidences = tierer.decide_texts(texts)
-    dumps, option = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    data = b"".join(
-        [
-            dumps({**obj, "tier": tier, "why": why, "confidence": round(conf, 3)}, option=option)
-            for obj, tier, why, conf in zip(objs, tiers, whys, confidences, strict=True)
-        ]
-    )
+    # Each line's own dict takes the decision (its keys are only "id" and "prompt": the same
+    # record, key for key, as `{**obj, "tier": ...}`, without building a second dict).
+    for obj, tier, why, conf in zip(objs, tiers, whys, confidences, strict=True):
+        obj["tier"], obj["why"], obj["confidence"] = tier, why, round(conf, 3)
+    data = b"\n".join([*map(orjson.dumps, objs), b""])  # each record and its newline
     return _Done(data, len(objs), 0, list(ids))
 
 
