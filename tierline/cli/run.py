@@ -8,7 +8,7 @@ import os
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -35,6 +35,9 @@ from .preflight import (
     resolve_output,
 )
 from .progress import run_progress
+
+if TYPE_CHECKING:
+    from ..ray.outputs import UriOutput
 
 ShardOption = Annotated[
     str | None,
@@ -87,8 +90,9 @@ Engine = Annotated[
         "--engine",
         metavar="local|ray",
         help="Where jobs are dispatched: this process (local), or an actor pool on a Ray "
-        "cluster (ray; needs the `tierline[ray]` extra; inputs may then also be URIs Ray Data "
-        "reads, e.g. s3://bucket/jobs/; docs/scale-out.md).",
+        "cluster (ray; needs the `tierline[ray]` extra; inputs and -o may then also be URIs, "
+        "e.g. s3://bucket/jobs/, -o s3://bucket/results/ for a directory of JSONL parts; "
+        "docs/scale-out.md).",
     ),
 ]
 RayAddress = Annotated[
@@ -160,8 +164,13 @@ def run(
     check_inputs(_local_inputs(inputs, on_ray))
     check_names([config or os.environ.get("TIERLINE_CONFIG")], "config")
     cache_file = answer_cache(cfg, cache, ledger_path)
-    output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg), cache_file)
+    to_uri = _is_uri_output(output, on_ray, retry_failed)
+    if not to_uri:
+        output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg), cache_file)
     check_ledger(ledger_path, _ledger_origin(ledger, cfg))
+    uri_output = _uri_output(output, ledger_path) if to_uri else None
+    if uri_output is not None:  # the run journals to a local staging file, then publishes it
+        output = str(uri_output.staging)
     request = RunRequest(
         inputs,
         output,
@@ -173,6 +182,7 @@ def run(
         batches=BatchOptions(provider_batch, wait, output),
         max_cost_micros=None if max_cost is None else to_micros(Decimal(repr(max_cost))),
         cache_path=cache,
+        publish=None if uri_output is None else uri_output.publish,
     )
 
     def progress(journal: Journal) -> AbstractContextManager[Sink]:
@@ -212,6 +222,37 @@ def _check_engine(engine: str, address: str | None, actors: int | None, batches:
     require_ray()
     check_address(address or os.environ.get("RAY_ADDRESS"))
     return True
+
+
+def _is_uri_output(output: str | None, on_ray: bool, retry_failed: bool) -> bool:
+    """-o URI: a directory of result parts, written by --engine ray only (exit 2 otherwise)."""
+    from ..ray.inputs import is_uri  # no Ray import
+
+    if output is None or not is_uri(output):
+        return False
+    if not on_ray:
+        raise UsageError(
+            f"-o {output}: results go to a URI with --engine ray only; a local run writes a "
+            "file (-o PATH) or stdout"
+        )
+    if retry_failed:
+        raise UsageError(
+            f"--retry-failed with -o {output}: the results to filter are in the URI's parts, "
+            "not on this machine; rerun without it, or write to -o PATH"
+        )
+    return True
+
+
+def _uri_output(output: str | None, ledger_path: Path) -> UriOutput:
+    """The URI's parts and the local staging file beside the ledger, checked writable (exit 2
+    before anything is paid); a staging file left by an unfinished upload is resumed."""
+    from ..ray.outputs import UriOutput
+
+    assert output is not None
+    target = UriOutput(output, ledger_path)
+    target.check()
+    target.reopen_unpublished()
+    return target
 
 
 def _local_inputs(inputs: list[str], on_ray: bool) -> list[str]:

@@ -56,7 +56,7 @@ from ..run.files import _answers, finish_run, start_run
 from ..run.loop import _reuse_notes
 from ..run.tally import DEFAULT_NOTE, RunSummary, Tally
 from .fragments import ACTOR_STOP_MARGIN_S, NOT_SHARED, DriverFragment, Orphans, stored_results
-from .inputs import is_uri, read_uris
+from .inputs import is_uri, needs_ray_data, read_uris
 from .limits import actors_for
 from .state import STOP_POLL_S, RunState
 from .worker import Dispatcher
@@ -320,11 +320,13 @@ def run_files(
     ray = require_ray()
     check_config(config)
     started = time.perf_counter()
-    cluster = contextlib.ExitStack()  # joined to read URIs, else only when a job is to send
+    cluster = contextlib.ExitStack()  # joined for URIs only Ray Data reads, else to send jobs
     sources, opener = inputs, None
+    joined = any(needs_ray_data(path) for path in inputs)
     if any(is_uri(path) for path in inputs):
         try:
-            _join(cluster, ray, options, stop)
+            if joined:
+                _join(cluster, ray, options, stop)
             sources, opener = read_uris(ray, inputs)  # unreadable: exit 2, nothing written yet
         except BaseException:
             cluster.close()
@@ -351,7 +353,7 @@ def run_files(
             rows = _rows(sources, config, select, driver, opener)
             driver.recover(rows, orphans.directories, keep)  # paid by a dead run, never written
             if len(driver.written) < len(rows):
-                if opener is None:  # not joined yet
+                if not joined:
                     _join(cluster, ray, options, stop)
                 _dispatch(
                     ray, rows, config, run_id, driver, options, max_cost_micros, fragment, stop

@@ -113,6 +113,9 @@ class RunRequest:
     batches: BatchOptions = field(default_factory=BatchOptions)
     max_cost_micros: int | None = None
     cache_path: str | None = None
+    # called with `output` once it is committed, under its lock: `-o URI` writes its parts
+    # from this local file (tierline/ray/outputs.py)
+    publish: Callable[[str], object] | None = None
 
 
 @dataclass
@@ -226,6 +229,8 @@ def run_to_output(
         if journal.error is not None or stop.exit_code is not None:
             return done
         done.stale = journal.commit()
+        if request.publish is not None and output is not None:
+            request.publish(output)
         done.committed = True
     if output is not None and summary.run_id:
         # older provider batches no longer own this file's lines
