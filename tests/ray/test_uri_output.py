@@ -340,6 +340,33 @@ def test_unwritable_output_uri_is_a_usage_error_before_anything_is_paid(
     assert not list(tmp_path.glob(".l.db.out-*"))
 
 
+def test_output_uri_holding_an_input_is_a_usage_error(
+    s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o naming the directory an input is in (an s3:// prefix, or file:// over a local
+    path): exit 2 before anything is sent; the input is untouched."""
+    s3.create_dir("tl-same")
+    (tmp_path / "in").mkdir()
+    local = jobs(tmp_path / "in" / "jobs.jsonl", 3)
+    put(s3, "tl-same/data/jobs.jsonl", local.read_bytes())
+    cases = [
+        ("s3://tl-same/data/jobs.jsonl", "s3://tl-same/data/"),
+        ("s3://tl-same/data/", "s3://tl-same/data"),
+        (str(local), (tmp_path / "in").as_uri()),
+        (str(local), tmp_path.as_uri() + "/"),
+    ]
+    with CountingVLLM() as srv:
+        config = str(vllm_config(tmp_path / "t.toml", [srv]))
+        for source, output in cases:
+            code, err = run(
+                capsys, source, "-c", config, "-o", output, "--ledger", "l.db", "--engine", "ray"
+            )
+            assert code == 2 and f"holds the input {source}" in err, (source, output, err)
+        assert srv.request_count == 0
+    assert names(s3, "tl-same/data") == ["jobs.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["jobs.jsonl"]
+
+
 def test_output_uri_needs_engine_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """-o URI with the local engine: exit 2 saying to use --engine ray, before anything is
     sent (a local run writes a file or stdout)."""

@@ -168,7 +168,7 @@ def run(
     if not to_uri:
         output = resolve_output(output, inputs, ledger_path, _config_file(config, cfg), cache_file)
     check_ledger(ledger_path, _ledger_origin(ledger, cfg))
-    uri_output = _uri_output(output, ledger_path) if to_uri else None
+    uri_output = _uri_output(output, inputs, ledger_path) if to_uri else None
     if uri_output is not None:  # the run journals to a local staging file, then publishes it
         output = str(uri_output.staging)
     request = RunRequest(
@@ -243,13 +243,15 @@ def _is_uri_output(output: str | None, on_ray: bool, retry_failed: bool) -> bool
     return True
 
 
-def _uri_output(output: str | None, ledger_path: Path) -> UriOutput:
-    """The URI's parts and the local staging file beside the ledger, checked writable (exit 2
-    before anything is paid); a staging file left by an unfinished upload is resumed."""
+def _uri_output(output: str | None, inputs: list[str], ledger_path: Path) -> UriOutput:
+    """The URI's parts and the local staging file beside the ledger, checked writable and
+    holding no input (exit 2 before anything is paid); a staging file left by an unfinished
+    upload is resumed."""
     from ..ray.outputs import UriOutput
 
     assert output is not None
     target = UriOutput(output, ledger_path)
+    target.refuse_inputs(inputs)
     target.check()
     target.reopen_unpublished()
     return target

@@ -31,6 +31,7 @@ import importlib
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,26 @@ class UriOutput:
         self.staging = ledger_path.with_name(f".{ledger_path.name}.out-{digest}.jsonl")
         self.part_lines = PART_LINES
         self.part_bytes = PART_BYTES
+
+    def refuse_inputs(self, inputs: Sequence[str]) -> None:
+        """An input inside the output directory is a usage error (exit 2): publishing would
+        replace or remove it (a part of an earlier output read as jobs), and the next run would
+        read this run's parts as jobs."""
+        local = self.fs.type_name == "local"
+        base = os.path.realpath(self.path) if local else self.path
+        for source in inputs:
+            found = filesystem(source) if is_uri(source) else None
+            if found is not None and found[0].type_name == self.fs.type_name:
+                path = found[1]
+            elif local and source != "-" and not is_uri(source):
+                path = source
+            else:
+                continue
+            path = os.path.realpath(path) if local else path.rstrip("/")
+            if path == base or path.startswith(base.rstrip("/") + "/"):
+                raise UsageError(
+                    f"-o {self.root}: holds the input {source}; write the results elsewhere"
+                )
 
     def check(self) -> None:
         """The URI can take the parts: a usage error (exit 2) before anything is paid
