@@ -103,3 +103,28 @@ def test_short_everyday_questions_stay_in_tier_1() -> None:
 
     assert tier("What is 2+2?") == 1
     assert tier("Prove that there are infinitely many primes of the form 4k+3.") >= 2
+
+
+def test_confidences_round_as_round_does() -> None:
+    """`tierline classify` rounds a batch's confidences at once (`_rounded`); each must be
+    exactly `round(c, 3)`: random values, exact ties, their neighbouring floats, the ends of
+    the range and non-finite values."""
+    import math
+
+    from tierline.tiering.classifier import _rounded
+
+    rng = np.random.default_rng(3)
+    ties = (np.arange(1001) + 0.5) / 1000
+    values = np.concatenate(
+        [
+            rng.random(200_000),
+            rng.random(50_000) ** 8,
+            ties,
+            np.nextafter(ties, 0),
+            np.nextafter(ties, 1),
+            np.array([0.0, -0.0, 1.0, 0.0625, 0.9995, 1e-12, math.inf, -math.inf]),
+        ]
+    )
+    got = _rounded(values, 3)
+    assert [repr(x) for x in got] == [repr(round(x, 3)) for x in values.tolist()]
+    assert math.isnan(_rounded(np.array([math.nan]), 3)[0])

@@ -182,8 +182,8 @@ def tier_chunk(
             records.append({**raw_obj, "tier": vote.tier, "why": vote.why, "confidence": conf})
     if texts:
         decided = zip(pending, *tierer.decide_texts(texts), strict=True)
-        for (at, raw_obj), tier, why, conf in decided:
-            records[at] = {**raw_obj, "tier": tier, "why": why, "confidence": round(conf, 3)}
+        for (at, raw_obj), tier, why, conf in decided:  # conf: rounded by decide_texts
+            records[at] = {**raw_obj, "tier": tier, "why": why, "confidence": conf}
     done.lines = len(records)
     done.data = b"".join([orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records])
     return done
@@ -207,7 +207,7 @@ def _plain_chunk(chunk: Chunk, tierer: Tierer) -> _Done | None:
     # Each line's own dict takes the decision (its keys are only "id" and "prompt": the same
     # record, key for key, as `{**obj, "tier": ...}`, without building a second dict).
     for obj, tier, why, conf in zip(objs, tiers, whys, confidences, strict=True):
-        obj["tier"], obj["why"], obj["confidence"] = tier, why, round(conf, 3)
+        obj["tier"], obj["why"], obj["confidence"] = tier, why, conf  # rounded by decide_texts
     data = b"\n".join([*map(orjson.dumps, objs), b""])  # each record and its newline
     return _Done(data, len(objs), 0, list(ids))
 

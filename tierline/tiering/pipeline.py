@@ -49,7 +49,9 @@ class Scorer(Protocol):
 class _Decides(Protocol):
     """A scorer that can answer without building votes (the shipped classifier)."""
 
-    def decisions(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[float]]: ...
+    def decisions(
+        self, texts: Sequence[str], digits: int | None = None
+    ) -> tuple[list[int], list[str], list[float]]: ...
 
 
 class Judge(Protocol):
@@ -190,14 +192,16 @@ class Tierer:
 
     def decide_texts(self, texts: Sequence[str]) -> tuple[list[int], list[str], list[float]]:
         """(tiers, whys, confidences) for the texts of jobs no rule decided, in order: what
-        `tier_batch` would vote on them, without a vote object per job."""
+        `tier_batch` would vote on them, without a vote object per job, each confidence
+        rounded as `classify` writes it (`round(c, 3)`)."""
         if self.classifier is None:
             votes = [default_vote(len(text)) for text in texts]
         elif self.judge is None and isinstance(self.classifier, _Decides):
-            return self.classifier.decisions(texts)
+            return self.classifier.decisions(texts, digits=3)
         else:
             votes = self._classify(texts)
-        return [v.tier for v in votes], [v.why for v in votes], [v.confidence for v in votes]
+        confidences = [round(v.confidence, 3) for v in votes]
+        return [v.tier for v in votes], [v.why for v in votes], confidences
 
     def first_rule(self, job: Job) -> TierVote | None:
         """The vote of the first rule stage with an opinion (None: the classifier decides)."""
