@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
-import io
 import json
 import os
 import signal
@@ -15,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -31,7 +31,7 @@ pytestmark = [
 N = 600
 WINDOW = 4  # max_concurrency: the calls the old actor can have in flight when its driver dies
 SETTLE_S = 0.3  # a synchronisation pause (calls already past the hold finish), not a measure
-RELEASE_S = 1.0  # the latest the held calls are let go if the rerun does not wait (old code)
+RELEASE_S = 10.0  # the latest the held calls are let go if the rerun does not wait (old code)
 
 
 def held(path: Path) -> bool:
@@ -46,6 +46,14 @@ def held(path: Path) -> bool:
     return False
 
 
+def kill_marked(marker: str) -> None:
+    """SIGKILL the processes whose environment holds `marker` (a value unique to this test)."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if marker.encode() in environ.read_bytes().split(b"\0"):
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+
+
 def wait_for(condition: object, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 300  # a hang guard, not a timing assertion
     while not condition():  # type: ignore[operator]
@@ -54,49 +62,43 @@ def wait_for(condition: object, proc: subprocess.Popen[bytes], what: str) -> Non
         time.sleep(0.05)
 
 
-class Stderr(io.StringIO):
-    """The rerun's stderr, which tells the test when the rerun starts waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting = threading.Event()
-
-    def write(self, text: str) -> int:
-        if "of a dead run to stop" in text:
-            self.waiting.set()
-        return super().write(text)
-
-
 def test_rerun_while_the_dead_drivers_actor_lives_pays_each_job_once(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The driver (on the local cluster it started) is SIGKILLed while its actor has calls in
     flight (held at the server), and the same command is run again at once. The dead driver's
-    actor outlives it (a second or two, until Ray's processes notice their parent died): its
-    lock is held when the rerun starts. The rerun says it waits, once, and waits; the old actor
-    notices its driver's death, starts nothing new, finishes what it had in flight (released
-    at the server once the rerun waits) and commits those answers, which the rerun reuses.
+    actor outlives it: its lock is held when the rerun starts. The rerun says it waits, once,
+    and waits; the old actor notices its driver's death, starts nothing new, finishes what it
+    had in flight (released at the server once the rerun waits) and commits those answers,
+    which the rerun reuses.
+
+    Ray's workers notice their raylet's death by a check once a second, so the dead driver's
+    actor would live on a second or so, less than a new interpreter takes to import Ray: the
+    first driver's cluster checks once a minute instead, as a cluster slow to notice a dead
+    driver would (its processes are killed at the end, found by a marker in their environment).
 
     Before, the rerun read the dead run's answers at once while the old actor kept working
-    through its blocks, and sent again what that actor answered afterwards (113 jobs paid
-    twice here). Now: no job answered twice by the server beyond the calls in flight at the
-    kill, the dead run paid nothing after the kill beyond its actor's window, one result per
-    input line, and the ledger (and `ledger summary`) holds every call the server answered,
-    once. The rerun runs in this process, so
-    that it starts within milliseconds (a new interpreter takes longer to import Ray than the
-    old actor lives here)."""
-    importlib.import_module("ray.data")  # imported before the kill: the rerun starts at once
+    through its blocks, and sent again what that actor answered afterwards. Now: no job
+    answered twice by the server beyond the calls in flight at the kill, the dead run paid
+    nothing after the kill beyond its actor's window, one result per input line, and the ledger
+    (and `ledger summary`) holds every call the server answered, once."""
     with CountingVLLM(latency_ms=50) as srv:
         config = vllm_config(tmp_path / "t.toml", [srv], max_concurrency=WINDOW)
         inputs = jobs(tmp_path / "jobs.jsonl", N)
-        args = ["run", str(inputs), "-c", str(config), "-o", "out.jsonl", "--ledger", "l.db",
-                "--engine", "ray", "--ray-actors", "1"]  # fmt: skip
-        # its own session: the Ray processes it starts are killed with its group at the end
+        command = [sys.executable, "-m", "tierline", "run", str(inputs), "-c", str(config),
+                   "-o", "out.jsonl", "--ledger", "l.db", "--engine", "ray",
+                   "--ray-actors", "1"]  # fmt: skip
+        tag = uuid.uuid4().hex  # in the environment of each process of the first cluster
+        marker = f"TIERLINE_TEST_CLUSTER={tag}"
+        slow = {**os.environ, "RAY_raylet_death_check_interval_milliseconds": "60000"}
+        slow["TIERLINE_TEST_CLUSTER"] = tag
+        # in their own sessions: the Ray processes each starts are killed with its group
         first = subprocess.Popen(
-            [sys.executable, "-m", "tierline", *args, "-q"],
-            cwd=tmp_path, stderr=subprocess.DEVNULL, start_new_session=True,
+            [*command, "-q"], cwd=tmp_path, stderr=subprocess.DEVNULL, env=slow,
+            start_new_session=True,
         )  # fmt: skip
-        stderr = Stderr()
+        rerun: subprocess.Popen[str] | None = None
+        lines: list[str] = []
         try:
             wait_for(lambda: srv.completed >= N // 3, first, "progress")
             srv.holding = True  # the actor's next calls wait at the server: in flight
@@ -108,22 +110,37 @@ def test_rerun_while_the_dead_drivers_actor_lives_pays_each_job_once(
             locks = list(tmp_path.glob(".l.db.ray-*.actors/*.lock"))
             # the dead driver's actor is alive, holding its lock, as the rerun starts
             assert any(held(lock) for lock in locks), locks
+            rerun = subprocess.Popen(
+                command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+            waiting = threading.Event()
+
+            def read(stream: IO[str]) -> None:  # the rerun's stderr, line by line
+                for line in stream:
+                    lines.append(line)
+                    if "of a dead run to stop" in line:
+                        waiting.set()
 
             def release() -> None:  # once the rerun waits (at the latest after a pause)
-                stderr.waiting.wait(RELEASE_S)
+                waiting.wait(RELEASE_S)
                 srv.holding = False
 
+            assert rerun.stderr is not None
+            reader = threading.Thread(target=read, args=(rerun.stderr,), daemon=True)
+            reader.start()
             threading.Thread(target=release, daemon=True).start()
-            monkeypatch.chdir(tmp_path)
-            monkeypatch.setattr(sys, "stderr", stderr)
-            code = main(args)
-            monkeypatch.undo()
+            code = rerun.wait(timeout=600)
+            reader.join(60)
+            rerun.stderr.close()
         finally:
             srv.holding = False
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(first.pid, signal.SIGKILL)  # Ray's agents outlive their driver
-    assert code == 1, stderr.getvalue()  # the two bad lines
-    assert stderr.getvalue().count("waiting for 1 actor(s) of a dead run to stop") == 1
+            for proc in [p for p in (first, rerun) if p is not None]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # Ray's agents outlive their driver
+            kill_marked(marker)  # the first cluster's workers, each in its own process group
+    stderr = "".join(lines)
+    assert code == 1, stderr  # the two bad lines
+    assert stderr.count("waiting for 1 actor(s) of a dead run to stop") == 1
     results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(results) == N + EXTRA
     assert len({(r["source"], r["line"]) for r in results}) == len(results)

@@ -153,8 +153,12 @@ def test_a_rerun_waits_for_a_dead_runs_live_actor_then_reuses_what_it_paid(
     told: list[str] = []
     found: dict[str, str] = {}
 
+    def tell(line: str) -> None:
+        told.append(line)
+        waiting.set()
+
     def rerun() -> None:
-        orphans = Orphans(tmp_path / "l.db", 60, lambda line: (told.append(line), waiting.set()))
+        orphans = Orphans(tmp_path / "l.db", 60, tell)
         found.update(stored_results(orphans.directories, ["k4"]))
         orphans.close()
 
