@@ -20,6 +20,7 @@ from typing import IO
 import pytest
 
 from tierline.cli import main
+from tierline.ray.fragments import DriverFragment, open_actor_fragment
 
 from .conftest import EXTRA, CountingVLLM, jobs, vllm_config
 
@@ -162,3 +163,31 @@ def test_rerun_while_the_dead_drivers_actor_lives_pays_each_job_once(
     summary = json.loads(capsys.readouterr().out)
     assert sum(group["calls"] for group in summary) == srv.completed
     assert not list(tmp_path.glob(".l.db.ray-*"))  # the dead run's files merged and removed
+
+
+def test_rerun_refuses_with_exit_5_while_a_dead_runs_actor_keeps_paying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead run whose actor still holds its lock past the wait (the grace period, 0 here,
+    plus the margin): `tierline run --engine ray` exits 5 naming it, before it starts a
+    cluster or sends anything, and leaves the dead run's files for a later run."""
+    fragment = DriverFragment(tmp_path / "l.db")
+    run_id = fragment.ledger.start_run(command="run", config_origin="t.toml", inputs=["j"])
+    actor = open_actor_fragment(str(fragment.actors.resolve()), run_id, "a")  # still running
+    fragment.ledger.close()
+    os.close(fragment._lock)  # the driver dies: the kernel drops its locks
+    os.close(fragment._alive)
+    with CountingVLLM() as srv:
+        config = vllm_config(tmp_path / "t.toml", [srv])
+        inputs = jobs(tmp_path / "jobs.jsonl", 3)
+        capsys.readouterr()
+        code = main(["run", str(inputs), "-c", str(config), "-o", str(tmp_path / "out.jsonl"),
+                     "--ledger", str(tmp_path / "l.db"), "--engine", "ray",
+                     "--grace", "0"])  # fmt: skip
+        assert srv.arrived == 0
+    err = capsys.readouterr().err
+    assert code == 5, err
+    assert "waiting for 1 actor(s) of a dead run to stop" in err
+    assert "1 Ray actor(s) of a dead run" in err and fragment.actors.name in err
+    assert fragment.path.exists() and (fragment.actors / "a.db").exists()
+    actor.close()
