@@ -140,7 +140,8 @@ def _closed_port() -> int:
     [
         ("bogus", "expected HOST:PORT"),  # was an "internal error" (exit 70)
         ("127.0.0.1:{port}", "no Ray cluster answers there"),  # was a hang: Ray retries forever
-        ("ray://127.0.0.1:{port}", "no Ray cluster answers there"),  # was exit 70 after 30 s
+        # was exit 70 (after 30 s with no cluster, else from inside Ray Data)
+        ("ray://127.0.0.1:{port}", "Ray Client (ray://) cannot run Ray Data"),
     ],
 )
 @pytest.mark.parametrize("via_env", [False, True])

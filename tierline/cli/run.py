@@ -100,7 +100,7 @@ RayAddress = Annotated[
     typer.Option(
         "--ray-address",
         metavar="ADDR",
-        help="With --engine ray: the cluster to join (e.g. ray://head:10001 or auto); default: "
+        help="With --engine ray: the cluster to join, from one of its nodes (auto or HEAD:6379; not ray://); default: "
         "$RAY_ADDRESS, else a Ray instance of this machine, started and stopped by the run.",
     ),
 ]

@@ -28,7 +28,6 @@ grace period at most) those in flight, whose answers the driver then takes from 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import math
 import os
@@ -94,14 +93,18 @@ def check_address(address: str | None) -> None:
     if address is None or address == "auto":
         return
     where = f"Ray address {address!r} (--ray-address or $RAY_ADDRESS)"
-    host, colon, port = address.removeprefix("ray://").rpartition(":")
-    if not colon or not host or not port.isdigit():
-        raise UsageError(f"{where}: expected HOST:PORT, ray://HOST:PORT or auto")
-    # Ray Client (ray://) needs grpcio, which plain ray[data] lacks
-    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+    if address.startswith("ray://"):
+        # Ray Data does not run over Ray Client (ray-project/ray#42739: Ray's internal
+        # "'Worker' object has no attribute 'core_worker'", exit 70), and the actors write their
+        # ledger fragments where the driver reads them: the driver belongs on the cluster
         raise UsageError(
-            f"{where}: ray:// needs Ray Client: pip install 'tierline[ray]' (or 'ray[client]')"
+            f"{where}: Ray Client (ray://) cannot run Ray Data; run tierline on the cluster: "
+            "`ray job submit --address http://HEAD:8265 -- tierline run ...`, or "
+            "--ray-address auto (or HEAD:6379) on one of its nodes (docs/scale-out.md)"
         )
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise UsageError(f"{where}: expected HOST:PORT or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
     except OSError as exc:
