@@ -93,28 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=100, help="size of each file (MB)")
     args = parser.parse_args()
-    import logging
+    sys.path.insert(0, str(ROOT))  # tests/fakes
+    from tests.fakes.s3 import client, s3_server
 
-    from moto.server import ThreadedMotoServer
-    from pyarrow import fs as pafs
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    os.environ.update(env)  # signed requests here too (moto garbles unsigned multipart uploads)
-    try:
-        s3 = pafs.S3FileSystem(
-            endpoint_override=f"{host}:{port}", scheme="http", allow_bucket_creation=True
-        )
+    with s3_server() as env:
+        os.environ.update(env)  # signed requests here too (moto garbles unsigned multipart uploads)
+        env = {**os.environ}
+        s3 = client(env)
         s3.create_dir(BUCKET)
         with tempfile.TemporaryDirectory() as tmp:
             jobs = Path(tmp) / "jobs.jsonl"
@@ -130,8 +115,6 @@ def main() -> None:
                 ("read, whole", child("whole", f"{BUCKET}/in/jobs.jsonl", env)),
                 ("publish", child("publish", f"{BUCKET}/out", env, tmp, str(staging))),
             ]
-    finally:
-        server.stop()
     print(f"files: {jobs_mib:.0f} MiB of jobs ({n:,} lines), {size:.0f} MiB of results")
     for name, row in rows:
         added = row["after"] - row["before"]

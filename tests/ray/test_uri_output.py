@@ -5,7 +5,6 @@ be; results as a directory of JSONL parts and a `_SUCCESS` marker (tierline/ray/
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.s3 import client, s3_server
 from tierline.cli import main
 from tierline.ray import outputs
 from tierline.ray.outputs import SUCCESS, UriOutput, part_name
@@ -32,33 +32,10 @@ pytestmark = [
 def s3() -> Iterator[Any]:
     """A real S3 protocol server (moto) on a free port of 127.0.0.1, and pyarrow's S3 client
     pointed at it by the environment, as `aws` would be (AWS_ENDPOINT_URL); dummy keys."""
-    from moto.server import ThreadedMotoServer
-    from pyarrow import fs as pafs
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    with pytest.MonkeyPatch.context() as mp:
+    with s3_server() as env, pytest.MonkeyPatch.context() as mp:
         for name, value in env.items():
             mp.setenv(name, value)
-        try:
-            yield pafs.S3FileSystem(
-                endpoint_override=f"{host}:{port}",
-                scheme="http",
-                region="us-east-1",
-                allow_bucket_creation=True,
-                allow_bucket_deletion=True,
-            )
-        finally:
-            server.stop()
+        yield client(env)
 
 
 PART = re.compile(r"^part-\d{5}\.jsonl$")
